@@ -1,0 +1,103 @@
+"""What a solver needs from a diffusion prior, whatever its space (latent or pixel)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from treg_exp import seeding
+from treg_exp.errors import UserError
+from treg_exp.models.schedule import NoiseSchedule
+
+
+class NetworkCounter(Counter):
+    """Network evaluations, calls and rows kept apart: ``unet_calls``/``unet_rows``, ``encode_*``, ``decode_*``,
+    ``clip_image_*``, ``text_*``. A CFG pair of B images is one UNet call of 2B rows."""
+
+    def add(self, network: str, rows: int) -> None:
+        self[f"{network}_calls"] += 1
+        self[f"{network}_rows"] += rows
+
+
+class DiffusionPrior(nn.Module, ABC):
+    """A diffusion model seen as a prior on images ``x ∈ [−1, 1]^{3×H×W}``.
+
+    Subclasses set ``schedule`` (a :class:`NoiseSchedule`), ``latent_channels`` and ``latent_factor`` (8 for
+    Stable Diffusion's VAE, 1 for pixel-space priors), and implement the abstract methods. Weights are loaded
+    lazily by :meth:`load`, so building the object from a config needs none; :meth:`load` raises
+    :class:`treg_exp.errors.WeightsNotFoundError` with one line when they are missing.
+
+    Every network pass is counted in ``self.counter`` (see :class:`NetworkCounter`).
+    """
+
+    schedule: NoiseSchedule
+    latent_channels: int
+    latent_factor: int
+    #: dtype the networks run in; solvers keep their own state (CG, embeddings under Adam) in float32 or wider.
+    dtype: torch.dtype = torch.float32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counter = NetworkCounter()
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def load(self, device: torch.device | str = "cpu") -> DiffusionPrior:
+        """Load weights (if any) and move to ``device``. Idempotent."""
+        return self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def reset_counter(self) -> None:
+        self.counter.clear()
+
+    # --- shapes and noise ----------------------------------------------------------------------------------
+    def latent_shape(self, image_shape: Sequence[int]) -> tuple[int, int, int, int]:
+        """``[B, 3, H, W]`` image shape → ``[B, C, H/f, W/f]`` latent shape."""
+        b, _, h, w = image_shape
+        f = self.latent_factor
+        if h % f or w % f:
+            raise UserError(f"image size {h}x{w} is not a multiple of the prior's latent factor {f}")
+        return (b, self.latent_channels, h // f, w // f)
+
+    def initial_noise(
+        self, shape: Sequence[int], generators: Sequence[torch.Generator], dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """A draw of ``z_T`` for a latent batch ``shape``: N(0, I) unless the prior's marginal q(z_T) differs."""
+        return seeding.randn(shape[1:], generators, device=self.device, dtype=dtype)
+
+    # --- networks --------------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode(
+        self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None, mode: str = "sample"
+    ) -> torch.Tensor:
+        """``E(x)``: ``[B, 3, H, W]`` in [−1, 1] → ``[B, C, h, w]``; ``mode`` ``sample`` (needs ``generators``) or ``mean``."""
+
+    @abstractmethod
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``D(z)``: ``[B, C, h, w]`` → ``[B, 3, H, W]`` (nominally in [−1, 1], not clamped)."""
+
+    @abstractmethod
+    def eps(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        """Noise prediction ε(z_t, t, c) ``[B, C, h, w]`` (v-prediction models are converted to ε)."""
+
+    @abstractmethod
+    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text conditioning ``c`` for each prompt, ``[B, ...]`` (SD: ``[B, 77, D]`` CLIP hidden states)."""
+
+    def null_embedding(self, batch_size: int, null_prompt: str = "") -> torch.Tensor:
+        """``c_∅``: the embedding of ``null_prompt`` repeated ``batch_size`` times."""
+        return self.embed_text([null_prompt] * batch_size)
+
+    def embed_image(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised CLIP image features ``[B, D]`` of ``x`` in [−1, 1] (TReg's adaptive negation)."""
+        raise UserError(f"{type(self).__name__} has no image encoder; this solver option needs one")

@@ -1,0 +1,88 @@
+"""Linear forward models ``y = A x + σ_y n`` on image batches ``[B, 3, H, W]`` in [−1, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from treg_exp import seeding
+from treg_exp.operators.cg import conjugate_gradient
+
+
+class LinearOperator(nn.Module):
+    """A linear forward model ``A`` with Gaussian measurement noise ``σ_y`` (on the [−1, 1] scale).
+
+    Subclasses implement :meth:`forward` (noiseless ``A x``) and may override :meth:`adjoint` with a closed form;
+    the default adjoint is the vector–Jacobian product of :meth:`forward`. Operators with random parameters
+    (kernels, masks) draw them per image in :meth:`draw` from each image's measurement generator and keep them as
+    buffers with a leading batch axis; :meth:`params` returns them for saving beside the measurement, and
+    :meth:`with_params` rebuilds the operator from saved ones.
+
+    Inputs in bfloat16/float16 are computed in float32 (and returned in float32).
+    """
+
+    def __init__(self, sigma_y: float = 0.01) -> None:
+        super().__init__()
+        self.sigma_y = float(sigma_y)
+
+    # --- per-image parameters ------------------------------------------------------------------------------
+    def draw(self, generators: Sequence[torch.Generator], image_shape: Sequence[int]) -> LinearOperator:
+        """The operator for a batch whose image ``b`` draws its parameters from ``generators[b]``.
+
+        Deterministic operators return ``self``.
+        """
+        return self
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Per-image parameters ``{name: [B, ...]}`` (empty for deterministic operators)."""
+        return {}
+
+    def with_params(self, params: dict[str, torch.Tensor]) -> LinearOperator:
+        """The operator with the given per-image parameters (as returned by :meth:`params`)."""
+        return self
+
+    # --- the model ------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - documented in the class
+        raise NotImplementedError
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Aᵀ y`` by the vector–Jacobian product of :meth:`forward` (override with a closed form where cheaper)."""
+        y = y.float() if y.dtype in (torch.float16, torch.bfloat16) else y
+        x = torch.zeros(self.input_shape(y), dtype=y.dtype, device=y.device, requires_grad=True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.forward(x), x, grad_outputs=y)
+        return grad
+
+    def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
+        """The shape of ``x`` for a measurement ``y`` (needed by the default adjoint)."""
+        raise NotImplementedError(f"{type(self).__name__} must define input_shape or adjoint")
+
+    def measure(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """``y = A x + σ_y n`` with ``n`` drawn per image from ``generators``."""
+        y = self.forward(x)
+        noise = seeding.randn(y.shape[1:], generators, device=y.device, dtype=y.dtype)
+        return y + self.sigma_y * noise
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``AᵀA x``."""
+        return self.adjoint(self.forward(x))
+
+    def solve_damped(
+        self,
+        y: torch.Tensor,
+        x0: torch.Tensor,
+        lam: float,
+        iters: int,
+        tol: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``argmin_x ‖y − A x‖² + λ‖x − x₀‖²``: CG on ``(AᵀA + λI) x = Aᵀy + λx₀`` started at ``x₀`` (float32 or wider).
+
+        Returns ``(x, residual_norm [B])``.
+        """
+        dtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
+        x0 = x0.to(dtype)
+        y = y.to(dtype)
+        rhs = self.adjoint(y) + lam * x0
+        return conjugate_gradient(lambda v: self.normal(v) + lam * v, rhs, x0, iters, tol)

@@ -1,0 +1,59 @@
+"""Batched conjugate gradient for symmetric positive-definite systems, one independent system per image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image inner products ``[B]`` of ``[B, ...]`` tensors."""
+    return (a * b).flatten(1).sum(1)
+
+
+def _per_image(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def conjugate_gradient(
+    apply_matrix: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    x0: torch.Tensor,
+    iters: int,
+    tol: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``M x = b`` per image by CG, started at ``x0``.
+
+    Each image has its own step sizes (per-image inner products), so a batch of B equals B solves of one. An image
+    stops updating once its residual norm ``‖b − M x‖`` falls below ``tol`` (the official TReg code stops at 1e-4);
+    the loop ends when all have, or after ``iters`` iterations.
+
+    Args:
+        apply_matrix: ``x ↦ M x`` for ``[B, ...]`` tensors, M symmetric positive-definite per image.
+        rhs: ``b``, ``[B, ...]``.
+        x0: initial guess, same shape.
+        iters: maximum number of iterations.
+        tol: absolute residual-norm tolerance per image.
+
+    Returns:
+        ``(x, residual_norm)`` with ``residual_norm`` ``[B]`` the final ‖r‖ of each image.
+    """
+    x = x0.clone()
+    r = rhs - apply_matrix(x)
+    p = r.clone()
+    rs = _dot(r, r)
+    for _ in range(iters):
+        active = rs.sqrt() >= tol if tol > 0 else torch.ones_like(rs, dtype=torch.bool)
+        if not bool(active.any()):
+            break
+        mp = apply_matrix(p)
+        denom = _dot(p, mp)
+        alpha = torch.where(active & (denom > 0), rs / torch.where(denom > 0, denom, 1.0), 0.0)
+        x = x + _per_image(alpha, x) * p
+        r = r - _per_image(alpha, r) * mp
+        rs_new = _dot(r, r)
+        beta = torch.where(active & (rs > 0), rs_new / torch.where(rs > 0, rs, 1.0), 0.0)
+        p = torch.where(_per_image(active, p), r + _per_image(beta, p) * p, p)
+        rs = torch.where(active, rs_new, rs)
+    return x, rs.sqrt()

@@ -1,0 +1,151 @@
+"""The shared diffusion math every solver uses: timestep grid, Tweedie, DDIM step, classifier-free guidance.
+
+Notation (REFERENCE.md): ``ᾱ_t = alphas_cumprod[t]``;
+Tweedie ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t``;
+DDIM ``z′ = √ᾱ_prev·ẑ0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·ξ`` with ``σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)``;
+CFG ``ε̂ = ε(c_∅) + ω(ε(c) − ε(c_∅))``.
+
+``alpha_index_shift`` selects which ᾱ goes with the timestep handed to the network: 0 is the textbook
+(diffusers) ᾱ_t; 1 is the official TReg code, which prepends 1.0 to ``alphas_cumprod`` and so uses ᾱ_{t−1}.
+Past the end of the table (t − shift < 0) the schedule's ``final_alpha_cumprod`` is used, which with SD's
+``set_alpha_to_one=False`` is ᾱ_0: so with shift 1 the last step (t = 1) has ᾱ_t = ᾱ_prev = ᾱ_0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from treg_exp.models.schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a sampling grid.
+
+    Attributes:
+        index: position in the grid, 0 for the noisiest step.
+        t: timestep handed to the network.
+        t_prev: the next (less noisy) timestep, negative after the last step.
+        alpha_bar: ᾱ paired with ``t`` (after the index shift).
+        alpha_bar_prev: ᾱ paired with ``t_prev``.
+    """
+
+    index: int
+    t: int
+    t_prev: int
+    alpha_bar: float
+    alpha_bar_prev: float
+
+    @property
+    def is_last(self) -> bool:
+        return self.t_prev < 0
+
+
+def sampling_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+    """Descending timesteps of an ``num_steps`` grid, as diffusers' DDIMScheduler spaces them.
+
+    ``leading``: t = k·(T // N) + offset for k = N−1 … 0 (SD 1.5, 200 steps: 996, 991, …, 1).
+    ``trailing``: t = round(T − k·T/N) − 1.
+    """
+    big_t = schedule.num_train_timesteps
+    if not 0 < num_steps <= big_t:
+        raise ValueError(f"num_steps must be in 1..{big_t}, got {num_steps}")
+    if schedule.timestep_spacing == "leading":
+        ratio = big_t // num_steps
+        grid = [k * ratio + schedule.steps_offset for k in range(num_steps)][::-1]
+    elif schedule.timestep_spacing == "trailing":
+        ratio = big_t / num_steps
+        grid = [int(round(big_t - k * ratio)) - 1 for k in range(num_steps)]
+    else:
+        raise ValueError(f"unsupported timestep_spacing {schedule.timestep_spacing!r}")
+    if grid[0] >= big_t:
+        raise ValueError(
+            f"timestep {grid[0]} is outside the schedule's {big_t} steps "
+            f"(num_steps={num_steps}, steps_offset={schedule.steps_offset})"
+        )
+    return grid
+
+
+def alpha_bar_at(schedule: NoiseSchedule, t: int, alpha_index_shift: int = 0) -> float:
+    """ᾱ_{t − shift}, or the schedule's ``final_alpha_cumprod`` when ``t − shift < 0``."""
+    k = t - alpha_index_shift
+    return float(schedule.alphas_cumprod[k]) if k >= 0 else schedule.final_alpha_cumprod
+
+
+def ddim_plan(schedule: NoiseSchedule, num_steps: int, alpha_index_shift: int = 0) -> list[Step]:
+    """The grid of a DDIM sampler: each step's timestep and the ᾱ pair it uses (``t_prev = t − T // N``)."""
+    stride = schedule.num_train_timesteps // num_steps
+    return [
+        Step(
+            index=i,
+            t=t,
+            t_prev=t - stride,
+            alpha_bar=alpha_bar_at(schedule, t, alpha_index_shift),
+            alpha_bar_prev=alpha_bar_at(schedule, t - stride, alpha_index_shift),
+        )
+        for i, t in enumerate(sampling_timesteps(schedule, num_steps))
+    ]
+
+
+def tweedie(z_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """Tweedie estimate ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t``."""
+    return (z_t - (1.0 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+
+
+def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
+    """``σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)`` (0 when η = 0)."""
+    if eta == 0.0:
+        return 0.0
+    variance = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev)
+    return eta * max(variance, 0.0) ** 0.5
+
+
+def ddim_step(
+    z0: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_bar: float,
+    alpha_bar_prev: float,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DDIM update ``z′ = √ᾱ_prev·ẑ0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·ξ``.
+
+    Args:
+        z0: ``[B, C, h, w]`` the clean estimate ẑ0.
+        eps: ``[B, C, h, w]`` the noise estimate ε̂ paired with ``z0``.
+        noise: ξ, required when ``eta > 0``.
+    """
+    sigma = ddim_sigma(alpha_bar, alpha_bar_prev, eta)
+    z_prev = alpha_bar_prev**0.5 * z0 + max(1.0 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
+    if sigma > 0.0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs noise")
+        z_prev = z_prev + sigma * noise
+    return z_prev
+
+
+def guided_eps(
+    prior,
+    z_t: torch.Tensor,
+    t: int,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """Classifier-free guidance ``ε̂ = ε(c_∅) + ω(ε(c) − ε(c_∅))`` with the pair in one network call.
+
+    ω = 0 runs only the unconditional branch and ω = 1 only the conditional one (each one call of B rows);
+    otherwise one call of 2B rows ``[c_∅; c]`` (diffusers' order). This fixes the official TReg quirk in which
+    ω = 1.0 ran the null branch only.
+
+    Args:
+        z_t: ``[B, C, h, w]``; cond, uncond: ``[B, ...]`` embeddings (``c`` and ``c_∅``).
+    """
+    if guidance_scale == 0.0:
+        return prior.eps(z_t, t, uncond)
+    if guidance_scale == 1.0:
+        return prior.eps(z_t, t, cond)
+    eps_uncond, eps_cond = prior.eps(torch.cat([z_t, z_t]), t, torch.cat([uncond, cond])).chunk(2)
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
