@@ -1,0 +1,3 @@
+from treg_exp.metrics.base import DatasetMetric, ImageMetric, MetricContext, MetricSuite
+
+__all__ = ["DatasetMetric", "ImageMetric", "MetricContext", "MetricSuite"]

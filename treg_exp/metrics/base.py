@@ -1,0 +1,76 @@
+"""Metric interfaces: per-image metrics computed as images are solved, dataset metrics at the end of a run."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from treg_exp.operators.base import LinearOperator
+
+
+@dataclass
+class MetricContext:
+    """What a per-image metric may need besides the two images.
+
+    Attributes:
+        y: ``[B, ...]`` the noisy measurement.
+        operator: the forward model with the batch's parameters.
+        prompts: the text prompt of each image.
+    """
+
+    y: torch.Tensor
+    operator: LinearOperator
+    prompts: Sequence[str]
+
+
+class ImageMetric(ABC):
+    """A metric with one value per image. Inputs are what was saved: 8-bit PNG values mapped to [−1, 1]."""
+
+    def prepare(self, device: torch.device | str) -> None:  # noqa: B027 - optional hook
+        """Load weights (raise :class:`treg_exp.errors.WeightsNotFoundError` with one line if missing)."""
+
+    @abstractmethod
+    def __call__(
+        self, recon: torch.Tensor, gt: torch.Tensor, context: MetricContext
+    ) -> dict[str, torch.Tensor]:
+        """``recon``, ``gt``: ``[B, 3, H, W]`` in [−1, 1] (quantised to 8 bits). Returns ``{column: [B]}``."""
+
+
+class DatasetMetric(ABC):
+    """A metric of the whole set of reconstructions (FID, KID), computed from the run's folders."""
+
+    def prepare(self, device: torch.device | str) -> None:  # noqa: B027 - optional hook
+        """Load or stage weights; raise :class:`treg_exp.errors.WeightsNotFoundError` if missing."""
+
+    @abstractmethod
+    def __call__(self, recon_dir: Path, gt_dir: Path) -> dict[str, float]:
+        """Columns for ``summary.json`` from the PNGs in ``recon_dir`` and ``gt_dir``."""
+
+
+@dataclass
+class MetricSuite:
+    """The metrics of a run (``conf/metrics/*``); ``protocol`` names how images are scored (``standard``)."""
+
+    image: list[ImageMetric] = field(default_factory=list)
+    dataset: list[DatasetMetric] = field(default_factory=list)
+    protocol: str = "standard"
+
+    def prepare(self, device: torch.device | str) -> None:
+        for metric in [*self.image, *self.dataset]:
+            metric.prepare(device)
+
+    def per_image(self, recon: torch.Tensor, gt: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
+        values: dict[str, torch.Tensor] = {}
+        for metric in self.image:
+            values.update(metric(recon, gt, context))
+        return values
+
+    def per_dataset(self, recon_dir: Path, gt_dir: Path) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for metric in self.dataset:
+            values.update(metric(recon_dir, gt_dir))
+        return values
