@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: on these machines plain `torch torchvision` resolve to matching builds on local disk.
 	$(PY) -m pip install --quiet torch torchvision
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,slurm]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,15 @@ class Sample:
     prompt: str
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """A sequence of :class:`Sample`; subclasses implement ``__len__`` and ``__getitem__``."""
+class ImageDataset(ABC):
+    """A sequence of :class:`Sample`."""
 
-    def __getitem__(self, index: int) -> Sample:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> Sample: ...
+
+    def image_id(self, index: int) -> str:
+        """The id of image ``index`` (override where it is cheaper than loading the image)."""
+        return self[index].id

@@ -80,7 +80,10 @@ class DiffusionPrior(nn.Module, ABC):
     def encode(
         self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None, mode: str = "sample"
     ) -> torch.Tensor:
-        """``E(x)``: ``[B, 3, H, W]`` in [−1, 1] → ``[B, C, h, w]``; ``mode`` ``sample`` (needs ``generators``) or ``mean``."""
+        """``E(x)``: ``[B, 3, H, W]`` in [−1, 1] → ``[B, C, h, w]``.
+
+        ``mode``: ``"sample"`` (the encoder posterior's sample, noise from ``generators``) or ``"mean"``.
+        """
 
     @abstractmethod
     def decode(self, z: torch.Tensor) -> torch.Tensor:

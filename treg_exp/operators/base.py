@@ -77,7 +77,9 @@ class LinearOperator(nn.Module):
         iters: int,
         tol: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``argmin_x ‖y − A x‖² + λ‖x − x₀‖²``: CG on ``(AᵀA + λI) x = Aᵀy + λx₀`` started at ``x₀`` (float32 or wider).
+        """``argmin_x ‖y − A x‖² + λ‖x − x₀‖²``: CG on ``(AᵀA + λI) x = Aᵀy + λx₀`` started at ``x₀``.
+
+        Computed in float32 (float64 when ``x₀`` is float64) whatever the network dtype.
 
         Returns ``(x, residual_norm [B])``.
         """

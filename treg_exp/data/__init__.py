@@ -1,0 +1,3 @@
+from treg_exp.data.base import ImageDataset, Sample
+
+__all__ = ["ImageDataset", "Sample"]

@@ -1,0 +1,137 @@
+"""Loading pretrained components without surprises: local first, online only when allowed, one-line errors.
+
+The Hugging Face clients retry for 20 s to 4 min before failing when a file is missing and the network is down, and
+``CLIPTokenizer.from_pretrained`` (transformers ≥ 5) silently returns a tokenizer holding only its 2 special tokens
+when its files are absent. So every component is first looked up with ``local_files_only=True`` (no network, fails
+in well under a second); only when that fails *and* downloads are allowed (``local_files_only: false`` in the
+config and ``HF_HUB_OFFLINE`` unset) is it fetched; a tokenizer with too few tokens counts as missing.
+
+Where weights may live, tried in this order:
+1. ``model_id`` is a local directory (a diffusers folder, e.g. written by ``save_pretrained``);
+2. ``<cache_dir>/<model_id>`` is a local directory (weights staged with ``--local-dir`` style layout);
+3. the Hugging Face cache in ``cache_dir`` (``null``: the default cache, ``HF_HOME`` …), by Hub id;
+4. the Hub, when allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from treg_exp.errors import WeightsNotFoundError
+
+T = TypeVar("T")
+
+#: A tokenizer with at most this many tokens was built from no files (only its special tokens).
+MIN_TOKENIZER_SIZE = 3
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read now rather than at import time."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub ships with diffusers
+        return False
+
+
+def downloads_allowed(local_files_only: bool) -> bool:
+    """Whether a loader may go online: the config allows it and the environment is not offline."""
+    return not local_files_only and not hub_offline()
+
+
+def staging_hint(model_id: str) -> str:
+    """How to make ``model_id`` available offline (one sentence)."""
+    return (
+        f"stage it with `python scripts/fetch_weights.py --model {model_id} --dest <dir>` and run with "
+        f"`paths.weights=<dir>` (or set model.local_files_only=false on a machine with network access)"
+    )
+
+
+def missing_weights(
+    model_id: str, what: str, where: str, reason: BaseException | str | None = None
+) -> WeightsNotFoundError:
+    """A one-line :class:`WeightsNotFoundError` naming the model, the missing part, where we looked, how to stage it."""
+    detail = ""
+    if reason is not None:
+        lines = str(reason).strip().splitlines()
+        if lines:
+            detail = f"; {type(reason).__name__ if isinstance(reason, BaseException) else 'note'}: {lines[0][:160]}"
+    return WeightsNotFoundError(
+        f"weights for model '{model_id}' not found ({what} missing in {where}{detail}); {staging_hint(model_id)}"
+    )
+
+
+def resolve_source(model_id: str, cache_dir: str | os.PathLike | None) -> tuple[str, bool]:
+    """Where to load ``model_id`` from: ``(path_or_id, is_local_dir)``.
+
+    A local directory (``model_id`` itself, or ``<cache_dir>/<model_id>``) wins; otherwise the Hub id, to be looked
+    up in the HF cache ``cache_dir`` (and online when allowed).
+    """
+    if Path(model_id).expanduser().is_dir():
+        return str(Path(model_id).expanduser()), True
+    if cache_dir is not None:
+        staged = Path(cache_dir).expanduser() / model_id
+        if staged.is_dir():
+            return str(staged), True
+    return model_id, False
+
+
+def load_component(
+    loader: Callable[..., T],
+    model_id: str,
+    what: str,
+    *,
+    cache_dir: str | os.PathLike | None,
+    local_files_only: bool,
+    check: Callable[[T], bool] | None = None,
+    **kwargs: Any,
+) -> T:
+    """Call ``loader(source, **kwargs)`` (a ``from_pretrained``) local-first; raise a one-line error when missing.
+
+    Args:
+        loader: e.g. ``UNet2DConditionModel.from_pretrained``.
+        model_id: Hub id or local directory (see :func:`resolve_source`).
+        what: the part being loaded, for the error message (e.g. ``"unet"``).
+        cache_dir: HF cache directory or staging folder; ``None`` for the default cache.
+        local_files_only: the config's setting; downloads also need ``HF_HUB_OFFLINE`` unset.
+        check: returns False for a result that was silently built without its files (the offline tokenizer).
+        kwargs: passed through (``subfolder``, ``revision``, dtype …).
+    """
+    source, is_local = resolve_source(model_id, cache_dir)
+    extra = {} if is_local else {"cache_dir": None if cache_dir is None else str(cache_dir)}
+    try:
+        result = loader(source, local_files_only=True, **extra, **kwargs)
+        if check is None or check(result):
+            return result
+        reason: BaseException | str = "loaded without its files"
+    except (OSError, ValueError) as error:  # missing files surface as OSError / ValueError
+        reason = error
+    if is_local:
+        raise missing_weights(model_id, what, f"local directory {source}", reason) from None
+    where = f"the Hugging Face cache {cache_dir or '(default)'}"
+    if not downloads_allowed(local_files_only):
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "local_files_only=true"
+        # an OSError here just says "file not found" (transformers words it as a connection problem): leave it out
+        shown = None if isinstance(reason, OSError) else reason
+        raise missing_weights(model_id, what, f"{where}, downloads off: {why}", shown) from None
+    try:
+        result = loader(source, local_files_only=False, **extra, **kwargs)
+    except Exception as error:  # network failures come in many types; the user needs one line either way
+        raise missing_weights(model_id, what, f"{where} or on the Hub", error) from None
+    if check is not None and not check(result):
+        raise missing_weights(model_id, what, f"{where} or on the Hub", "downloaded files are incomplete")
+    return result
+
+
+def tokenizer_is_complete(tokenizer: Any) -> bool:
+    """False for the tokenizer transformers builds from no files (only its special tokens)."""
+    return len(tokenizer) > MIN_TOKENIZER_SIZE

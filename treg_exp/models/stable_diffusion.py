@@ -1,0 +1,331 @@
+"""Stable Diffusion (1.x / 2.x) as a :class:`DiffusionPrior`, over diffusers and transformers components.
+
+``E(x) = s · vae.encode(x)`` and ``D(z) = vae.decode(z / s)`` with ``s = vae.config.scaling_factor`` (0.18215 for
+SD 1.x); ``ε(z_t, t, c)`` from the UNet (v-prediction converted to ε); ``c`` = CLIP text hidden states ``[B, 77, D]``
+as diffusers' pipeline computes them; ``embed_image`` = L2-normalised CLIP image features with TReg's official
+preprocessing (REFERENCE.md, TReg section). Nothing is loaded in ``__init__``; :meth:`StableDiffusionPrior.load`
+loads once (local files first, see :mod:`treg_exp.models.loading`).
+
+Every network pass is counted in ``self.counter``: ``unet``, ``encode``, ``decode``, ``clip_image``, ``text``
+(calls and rows apart; a CFG pair of B images is one UNet call of 2B rows).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from treg_exp import seeding
+from treg_exp.errors import UserError
+from treg_exp.models import loading
+from treg_exp.models.base import DiffusionPrior
+from treg_exp.models.schedule import NoiseSchedule
+
+DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
+#: OpenAI CLIP's image normalisation (mean, std), as the official TReg code applies it.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float16"`` / ``"bfloat16"`` / ``"float32"`` / ``"float64"`` (or a torch dtype) → torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise UserError(f"unknown model dtype {dtype!r}; use one of float16, bfloat16, float32, float64") from None
+
+
+def clip_preprocess(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """TReg's official CLIP preprocessing of ``x`` ``[B, 3, H, W]`` in [−1, 1] → ``[B, 3, S, S]`` normalised.
+
+    Bicubic resize of the *uncropped* image to ``S × S`` with ``align_corners=True`` and no antialiasing, then
+    ``(x + 1) / 2`` and CLIP's mean/std. (``CLIPImageProcessor`` would centre-crop and antialias instead.)
+    """
+    x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=True, antialias=False)
+    x = (x + 1.0) / 2.0
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class StableDiffusionPrior(DiffusionPrior):
+    """Stable Diffusion's UNet, VAE and CLIP text encoder (plus an optional CLIP image tower) as a prior.
+
+    Args:
+        model_id: Hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a local diffusers directory.
+        dtype: the networks' dtype (``float16``, ``bfloat16``, ``float32``, ``float64``). Solvers keep their state
+            in float32 (float64 when this is float64); :meth:`eps`, :meth:`encode`, :meth:`decode` return the
+            dtype of their input.
+        local_files_only: never download (also implied by ``HF_HUB_OFFLINE``). Local files are always tried first.
+        cache_dir: Hugging Face cache (or a staging folder holding ``<model_id>/``); ``None``: the default cache.
+        clip_image_model: Hub id or local directory of a transformers ``CLIPVisionModelWithProjection`` for
+            :meth:`embed_image` (``openai/clip-vit-large-patch14`` for SD 1.x); ``None``: no image tower.
+        gradient_checkpointing: enable it on the UNet and the VAE (for solvers that backpropagate through them).
+        revision: Hub revision of ``model_id``.
+        variant: weight variant of ``model_id`` (e.g. ``fp16``), for the UNet, VAE and text encoder.
+    """
+
+    latent_channels = 4
+    latent_factor = 8
+
+    def __init__(
+        self,
+        model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        dtype: str | torch.dtype = "float16",
+        local_files_only: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        clip_image_model: str | None = None,
+        gradient_checkpointing: bool = False,
+        revision: str | None = None,
+        variant: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_id = str(model_id)
+        self.dtype = parse_dtype(dtype)
+        self.local_files_only = bool(local_files_only)
+        self.cache_dir = None if cache_dir in (None, "") else str(cache_dir)
+        self.clip_image_model = None if clip_image_model in (None, "") else str(clip_image_model)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.revision = revision
+        self.variant = variant
+        self.tokenizer: Any = None
+        self.scheduler_config: dict[str, Any] = {}
+        self.prediction_type = "epsilon"
+        self._schedule: NoiseSchedule | None = None
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._loaded = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    @property
+    def schedule(self) -> NoiseSchedule:  # type: ignore[override]
+        if self._schedule is None:
+            raise UserError(f"{type(self).__name__} ({self.model_id}): call load() before using the schedule")
+        return self._schedule
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """The dtype solvers keep their state in: float64 for a float64 prior, else float32."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def _load_components(self) -> dict[str, Any]:
+        """Load ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler_config``, ``image_encoder``.
+
+        Raises :class:`treg_exp.errors.WeightsNotFoundError` (one line) within seconds when any part is missing.
+        Subclasses (the tiny model) build them in code instead.
+        """
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        common = {"cache_dir": self.cache_dir, "local_files_only": self.local_files_only}
+        hub = {"revision": self.revision} if self.revision else {}
+        variant = {"variant": self.variant} if self.variant else {}
+        mid = self.model_id
+        # the scheduler config first: a few bytes, so a missing model fails before anything heavy is read
+        scheduler_config = loading.load_component(
+            DDIMScheduler.load_config, mid, "scheduler/scheduler_config.json", subfolder="scheduler", **common, **hub
+        )
+        tokenizer = loading.load_component(
+            CLIPTokenizer.from_pretrained,
+            mid,
+            "tokenizer",
+            check=loading.tokenizer_is_complete,
+            subfolder="tokenizer",
+            **common,
+            **hub,
+        )
+        text_encoder = loading.load_component(
+            CLIPTextModel.from_pretrained, mid, "text_encoder", subfolder="text_encoder", **common, **hub, **variant
+        )
+        vae = loading.load_component(AutoencoderKL.from_pretrained, mid, "vae", subfolder="vae", **common, **hub, **variant)
+        unet = loading.load_component(
+            UNet2DConditionModel.from_pretrained, mid, "unet", subfolder="unet", **common, **hub, **variant
+        )
+        image_encoder = None
+        if self.clip_image_model is not None:
+            from transformers import CLIPVisionModelWithProjection
+
+            image_encoder = loading.load_component(
+                CLIPVisionModelWithProjection.from_pretrained, self.clip_image_model, "CLIP image tower", **common
+            )
+        return {
+            "unet": unet,
+            "vae": vae,
+            "text_encoder": text_encoder,
+            "tokenizer": tokenizer,
+            "scheduler_config": dict(scheduler_config),
+            "image_encoder": image_encoder,
+        }
+
+    def load(self, device: torch.device | str = "cpu") -> StableDiffusionPrior:
+        """Load every component (once) and move to ``device`` in ``self.dtype``. Idempotent."""
+        if not self._loaded:
+            self._install(self._load_components())
+        return self.to(device)
+
+    def _install(self, parts: dict[str, Any]) -> None:
+        """Adopt loaded components: frozen, eval mode, in ``self.dtype``; read the schedule and prediction type."""
+        config = parts["scheduler_config"]
+        prediction_type = config.get("prediction_type", "epsilon")
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"{self.model_id}: unsupported prediction_type {prediction_type!r} ({PREDICTION_TYPES})")
+        self.scheduler_config = config
+        self.prediction_type = prediction_type
+        self._schedule = NoiseSchedule.from_diffusers_config(config)
+        self.tokenizer = parts["tokenizer"]
+        for name in ("unet", "vae", "text_encoder", "image_encoder"):
+            module = parts.get(name)
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+                module.to(self.dtype)
+            # nn.Module.__setattr__ registers the networks, so .to(device) and .device see them
+            setattr(self, name, module)
+        self.latent_channels = int(self.vae.config.latent_channels)
+        self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if self.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.vae.enable_gradient_checkpointing()
+        self._text_cache.clear()
+        self._loaded = True
+
+    def _require_loaded(self) -> None:
+        if not self._loaded:
+            raise UserError(f"{type(self).__name__} ({self.model_id}): call load(device) first")
+
+    @property
+    def scaling_factor(self) -> float:
+        """``s`` of ``E(x) = s · vae.encode(x)`` (0.18215 for SD 1.x)."""
+        self._require_loaded()
+        return float(self.vae.config.scaling_factor)
+
+    # --- networks --------------------------------------------------------------------------------------------
+    def eps(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        """ε(z_t, t, c) ``[B, C, h, w]`` in ``z_t``'s dtype; the UNet runs in ``self.dtype``.
+
+        v-prediction models: ``ε = √ᾱ_t·v + √(1−ᾱ_t)·z_t`` with the textbook ᾱ_t of the timestep ``t`` the UNet
+        is given (whatever ``alpha_index_shift`` a solver uses for its own update).
+
+        Args:
+            z_t: ``[B, C, h, w]`` noisy latents; t: the integer timestep; cond: ``[B, 77, D]`` text conditioning.
+        """
+        self._require_loaded()
+        if cond.shape[0] != z_t.shape[0]:
+            raise UserError(f"eps: {z_t.shape[0]} latents but {cond.shape[0]} conditioning rows")
+        timestep = torch.tensor(int(t), device=z_t.device, dtype=torch.long)
+        out = self.unet(
+            z_t.to(self.dtype), timestep, encoder_hidden_states=cond.to(self.dtype), return_dict=False
+        )[0].to(z_t.dtype)
+        self.counter.add("unet", z_t.shape[0])
+        if self.prediction_type == "v_prediction":
+            alpha_bar = float(self.schedule.alphas_cumprod[int(t)])
+            out = alpha_bar**0.5 * out + (1.0 - alpha_bar) ** 0.5 * z_t
+        return out
+
+    def encode(
+        self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None, mode: str = "sample"
+    ) -> torch.Tensor:
+        """``E(x) = s · (μ + σ·n)`` (``mode="sample"``, n drawn per image from ``generators``) or ``s · μ`` (``"mean"``).
+
+        Args:
+            x: ``[B, 3, H, W]`` in [−1, 1]. Returns ``[B, 4, H/8, W/8]`` in ``x``'s dtype.
+        """
+        self._require_loaded()
+        if mode not in ("sample", "mean"):
+            raise UserError(f"encode mode must be 'sample' or 'mean', got {mode!r}")
+        if mode == "sample" and (generators is None or len(generators) != x.shape[0]):
+            raise UserError("encode(mode='sample') needs one generator per image")
+        dist = self.vae.encode(x.to(self.dtype)).latent_dist
+        self.counter.add("encode", x.shape[0])
+        z = dist.mean.to(x.dtype)
+        if mode == "sample":
+            noise = seeding.randn(z.shape[1:], generators, device=z.device, dtype=x.dtype)
+            z = z + dist.std.to(x.dtype) * noise
+        return self.scaling_factor * z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``D(z) = vae.decode(z / s)``: ``[B, 4, h, w]`` → ``[B, 3, 8h, 8w]`` in ``z``'s dtype (not clamped)."""
+        self._require_loaded()
+        x = self.vae.decode((z / self.scaling_factor).to(self.dtype), return_dict=False)[0]
+        self.counter.add("decode", z.shape[0])
+        return x.to(z.dtype)
+
+    @torch.no_grad()
+    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP text hidden states ``c`` ``[B, 77, D]`` in :attr:`state_dtype`, as diffusers' pipeline computes them.
+
+        Tokenised with ``padding="max_length"``, ``max_length=tokenizer.model_max_length`` and truncation; each
+        distinct prompt is encoded once and cached (the ``text`` counter counts encoder passes).
+        """
+        self._require_loaded()
+        if isinstance(prompts, str):
+            raise UserError("embed_text takes a list of prompts, one per image")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            ids = self.tokenizer(
+                list(missing),
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            hidden = self.text_encoder(ids)[0]
+            self.counter.add("text", len(missing))
+            for prompt, row in zip(missing, hidden, strict=True):
+                self._text_cache[prompt] = row.to(self.state_dtype)
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def check_image_encoder(self) -> None:
+        """Raise a one-line :class:`UserError` unless :meth:`embed_image` can work (call it before expensive work).
+
+        The image features are compared with text-embedding rows (TReg's adaptive negation), so the image tower's
+        projection width must equal the text width (SD 1.x + ViT-L/14: 768; SD 2.x needs an OpenCLIP ViT-H tower).
+        """
+        self._require_loaded()
+        if self.image_encoder is None:
+            raise UserError(
+                f"model {self.model_id} has no CLIP image tower: set model.clip_image_model "
+                "(openai/clip-vit-large-patch14 for SD 1.x) or turn adaptive negation off"
+            )
+        image_width = int(self.image_encoder.config.projection_dim)
+        text_width = int(self.text_encoder.config.hidden_size)
+        if image_width != text_width:
+            raise UserError(
+                f"CLIP image tower {self.clip_image_model} projects to {image_width} dims but {self.model_id}'s text "
+                f"width is {text_width}; adaptive negation needs an image tower of the same width (SD 2.x: OpenCLIP "
+                "ViT-H/14) or solver.adaptive_negation=false"
+            )
+
+    def embed_image(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised CLIP image features ``f̂`` ``[B, D]`` of ``x`` ``[B, 3, H, W]`` in [−1, 1].
+
+        Official TReg preprocessing (:func:`clip_preprocess`) at the tower's ``image_size`` (224 for ViT-L/14),
+        then ``CLIPVisionModelWithProjection(...).image_embeds`` normalised; returned in :attr:`state_dtype`.
+        """
+        self.check_image_encoder()
+        size = int(self.image_encoder.config.image_size)
+        pixels = clip_preprocess(x, size).to(self.dtype)
+        features = self.image_encoder(pixel_values=pixels).image_embeds.to(self.state_dtype)
+        self.counter.add("clip_image", x.shape[0])
+        return features / features.norm(dim=-1, keepdim=True)
