@@ -155,19 +155,47 @@ class StableDiffusionPrior(DiffusionPrior):
             **common,
             **hub,
         )
+        # read the weights in the target dtype (diffusers: torch_dtype, transformers ≥ 5: dtype)
         text_encoder = loading.load_component(
-            CLIPTextModel.from_pretrained, mid, "text_encoder", subfolder="text_encoder", **common, **hub, **variant
+            CLIPTextModel.from_pretrained,
+            mid,
+            "text_encoder",
+            subfolder="text_encoder",
+            dtype=self.dtype,
+            **common,
+            **hub,
+            **variant,
         )
-        vae = loading.load_component(AutoencoderKL.from_pretrained, mid, "vae", subfolder="vae", **common, **hub, **variant)
+        vae = loading.load_component(
+            AutoencoderKL.from_pretrained,
+            mid,
+            "vae",
+            subfolder="vae",
+            torch_dtype=self.dtype,
+            **common,
+            **hub,
+            **variant,
+        )
         unet = loading.load_component(
-            UNet2DConditionModel.from_pretrained, mid, "unet", subfolder="unet", **common, **hub, **variant
+            UNet2DConditionModel.from_pretrained,
+            mid,
+            "unet",
+            subfolder="unet",
+            torch_dtype=self.dtype,
+            **common,
+            **hub,
+            **variant,
         )
         image_encoder = None
         if self.clip_image_model is not None:
             from transformers import CLIPVisionModelWithProjection
 
             image_encoder = loading.load_component(
-                CLIPVisionModelWithProjection.from_pretrained, self.clip_image_model, "CLIP image tower", **common
+                CLIPVisionModelWithProjection.from_pretrained,
+                self.clip_image_model,
+                "CLIP image tower",
+                dtype=self.dtype,
+                **common,
             )
         return {
             "unet": unet,
@@ -199,7 +227,8 @@ class StableDiffusionPrior(DiffusionPrior):
             if module is not None:
                 module.requires_grad_(False)
                 module.eval()
-                module.to(self.dtype)
+                # nn.Module.to, not diffusers' override, which warns about fp32 modules on every cast
+                torch.nn.Module.to(module, self.dtype)
             # nn.Module.__setattr__ registers the networks, so .to(device) and .device see them
             setattr(self, name, module)
         self.latent_channels = int(self.vae.config.latent_channels)
@@ -234,9 +263,8 @@ class StableDiffusionPrior(DiffusionPrior):
         if cond.shape[0] != z_t.shape[0]:
             raise UserError(f"eps: {z_t.shape[0]} latents but {cond.shape[0]} conditioning rows")
         timestep = torch.tensor(int(t), device=z_t.device, dtype=torch.long)
-        out = self.unet(
-            z_t.to(self.dtype), timestep, encoder_hidden_states=cond.to(self.dtype), return_dict=False
-        )[0].to(z_t.dtype)
+        out = self.unet(z_t.to(self.dtype), timestep, encoder_hidden_states=cond.to(self.dtype), return_dict=False)
+        out = out[0].to(z_t.dtype)
         self.counter.add("unet", z_t.shape[0])
         if self.prediction_type == "v_prediction":
             alpha_bar = float(self.schedule.alphas_cumprod[int(t)])
@@ -246,7 +274,7 @@ class StableDiffusionPrior(DiffusionPrior):
     def encode(
         self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None, mode: str = "sample"
     ) -> torch.Tensor:
-        """``E(x) = s · (μ + σ·n)`` (``mode="sample"``, n drawn per image from ``generators``) or ``s · μ`` (``"mean"``).
+        """``E(x) = s·(μ + σ·n)`` (``mode="sample"``, n drawn per image from ``generators``) or ``s·μ`` (``"mean"``).
 
         Args:
             x: ``[B, 3, H, W]`` in [−1, 1]. Returns ``[B, 4, H/8, W/8]`` in ``x``'s dtype.

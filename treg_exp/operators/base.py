@@ -11,6 +11,11 @@ from treg_exp import seeding
 from treg_exp.operators.cg import conjugate_gradient
 
 
+def compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype operators compute in: float16/bfloat16 promoted to float32, float32/64 kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class LinearOperator(nn.Module):
     """A linear forward model ``A`` with Gaussian measurement noise ``σ_y`` (on the [−1, 1] scale).
 
@@ -64,6 +69,13 @@ class LinearOperator(nn.Module):
         y = self.forward(x)
         noise = seeding.randn(y.shape[1:], generators, device=y.device, dtype=y.dtype)
         return y + self.sigma_y * noise
+
+    def measurement_image(self, y: torch.Tensor) -> torch.Tensor:
+        """A viewable picture ``[B, 3, H', W']`` in [−1, 1] of a measurement ``y`` (saved as ``measurement/<id>.png``).
+
+        The default suits operators whose ``y`` is an image (blur, SR, denoising): ``y`` clamped, in float32.
+        """
+        return y.float().clamp(-1.0, 1.0)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``AᵀA x``."""

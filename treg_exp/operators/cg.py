@@ -22,8 +22,9 @@ def conjugate_gradient(
     x0: torch.Tensor,
     iters: int,
     tol: float = 0.0,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``M x = b`` per image by CG, started at ``x0``.
+    """Solve ``M x = b`` per image by CG, started at ``x0`` (preconditioned CG when ``preconditioner`` is given).
 
     Each image has its own step sizes (per-image inner products), so a batch of B equals B solves of one. An image
     stops updating once its residual norm ``‖b − M x‖`` falls below ``tol`` (the official TReg code stops at 1e-4);
@@ -35,25 +36,32 @@ def conjugate_gradient(
         x0: initial guess, same shape.
         iters: maximum number of iterations.
         tol: absolute residual-norm tolerance per image.
+        preconditioner: optional ``r ↦ K⁻¹ r`` with K symmetric positive-definite per image (K ≈ M); the
+            tolerance still applies to the unpreconditioned residual ``‖b − M x‖``.
 
     Returns:
         ``(x, residual_norm)`` with ``residual_norm`` ``[B]`` the final ‖r‖ of each image.
     """
     x = x0.clone()
     r = rhs - apply_matrix(x)
-    p = r.clone()
+    z = r if preconditioner is None else preconditioner(r)
+    p = z.clone()
     rs = _dot(r, r)
+    rz = rs if preconditioner is None else _dot(r, z)
     for _ in range(iters):
         active = rs.sqrt() >= tol if tol > 0 else torch.ones_like(rs, dtype=torch.bool)
         if not bool(active.any()):
             break
         mp = apply_matrix(p)
         denom = _dot(p, mp)
-        alpha = torch.where(active & (denom > 0), rs / torch.where(denom > 0, denom, 1.0), 0.0)
+        alpha = torch.where(active & (denom > 0), rz / torch.where(denom > 0, denom, 1.0), 0.0)
         x = x + _per_image(alpha, x) * p
         r = r - _per_image(alpha, r) * mp
         rs_new = _dot(r, r)
-        beta = torch.where(active & (rs > 0), rs_new / torch.where(rs > 0, rs, 1.0), 0.0)
-        p = torch.where(_per_image(active, p), r + _per_image(beta, p) * p, p)
+        z = r if preconditioner is None else preconditioner(r)
+        rz_new = rs_new if preconditioner is None else _dot(r, z)
+        beta = torch.where(active & (rz > 0), rz_new / torch.where(rz > 0, rz, 1.0), 0.0)
+        p = torch.where(_per_image(active, p), z + _per_image(beta, p) * p, p)
         rs = torch.where(active, rs_new, rs)
+        rz = torch.where(active, rz_new, rz)
     return x, rs.sqrt()

@@ -377,8 +377,9 @@ class TReg(Solver):
                 callback(step.index, values)
 
         with torch.no_grad():
-            # The output is D(ẑ0) of the last step (the official "for the last step, do not add noise").
-            x = self._decode(prior, z0, dtype)
+            # The output is D(ẑ0) of the last step (the official "for the last step, do not add noise"), reusing
+            # that step's decode when it made one.
+            x = x0 if x0 is not None else self._decode(prior, z0, dtype)
         return x.clamp(-1.0, 1.0).float()
 
     def _eps(

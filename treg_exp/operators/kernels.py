@@ -1,0 +1,182 @@
+"""Blur and resampling kernels of the papers, pinned to the constructions of their code.
+
+- :func:`gaussian_kernel`: DPS's 61×61 Gaussian (``scipy.ndimage.gaussian_filter`` of a centred delta: a separable,
+  normalised 1-D Gaussian truncated at ``4σ``), σ = 5.0 (TReg) or 3.0 (DPS/P2L). Sum 1, symmetric.
+- :func:`svd_gaussian_taps`: the 1-D kernel of TReg's truncated-SVD deblurring (``functions/degradation.py``:
+  ``exp(−k²/2σ²)`` for ``k = −30 … 29``, normalised — its +30 tap is absent, ≈1e-8 of the centre at σ = 5).
+- :func:`motion_kernel`: Borodenko's ``motionblur`` random-trajectory kernel (the generator DPS calls with size 61,
+  intensity 0.5), with every random draw taken from a per-image ``torch.Generator`` instead of NumPy's global state.
+- :func:`keys_cubic` and :func:`downsample_matrix`: Keys' cubic convolution (a = −0.5) stretched by the factor
+  (antialiased, ``4·factor`` taps) on PIL's sampling grid — output pixel ``m`` is centred on input coordinate
+  ``(m + ½)·factor`` — which is what DPS's resizer, PIL's ``BICUBIC`` and DDRM/TReg's ``SRConv`` compute; they
+  differ only in the boundary (``reflect``: half-sample symmetric, DPS/DDRM; ``renormalize``: PIL's clipped and
+  renormalised window). ``kernel="box"`` gives average pooling (P2L's SR ×8).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from treg_exp.errors import UserError
+
+
+def gaussian_kernel_1d(size: int, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Normalised 1-D Gaussian ``[size]`` (float64) centred at ``size // 2``, zero beyond ``int(truncate·σ + ½)``.
+
+    This is the row of ``scipy.ndimage.gaussian_filter(delta, σ)`` that DPS uses to build its kernel.
+    """
+    if size < 1 or size % 2 == 0:
+        raise UserError(f"kernel_size must be a positive odd number, got {size}")
+    if sigma <= 0:
+        raise UserError(f"kernel_sigma must be positive, got {sigma}")
+    radius = min(int(truncate * sigma + 0.5), size // 2)
+    offsets = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    g = torch.where(offsets.abs() <= radius, g, torch.zeros_like(g))
+    return g / g.sum()
+
+
+def gaussian_kernel(size: int = 61, sigma: float = 5.0) -> torch.Tensor:
+    """DPS's Gaussian blur kernel ``[size, size]`` (float64, sum 1): outer product of :func:`gaussian_kernel_1d`."""
+    g = gaussian_kernel_1d(size, sigma)
+    return torch.outer(g, g)
+
+
+def svd_gaussian_taps(size: int = 61, sigma: float = 5.0) -> torch.Tensor:
+    """TReg's 1-D truncated-SVD blur taps ``[2·(size//2)]`` for offsets ``−size//2 … size//2 − 1`` (float64, sum 1)."""
+    if sigma <= 0:
+        raise UserError(f"kernel_sigma must be positive, got {sigma}")
+    half = size // 2
+    offsets = torch.arange(-half, half, dtype=torch.float64)
+    g = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return g / g.sum()
+
+
+# --- Borodenko's motion-blur trajectory ------------------------------------------------------------------------
+_EPS = float(np.finfo(float).eps)
+
+
+def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return low + (high - low) * u
+
+
+def _beta_int(generator: torch.Generator, a: int, b: int) -> float:
+    """Beta(a, b) for integer shapes, as G_a / (G_a + G_b) with Gamma(k) = −Σ log U (k uniforms)."""
+    u = torch.rand(a + b, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    ga = float(-u[:a].log().sum())
+    gb = float(-u[a:].log().sum())
+    return ga / (ga + gb)
+
+
+def _triangular(generator: torch.Generator, left: float, mode: float, right: float) -> float:
+    u = _uniform(generator)
+    c = (mode - left) / (right - left)
+    if u < c:
+        return left + math.sqrt(u * (right - left) * (mode - left))
+    return right - math.sqrt((1.0 - u) * (right - left) * (right - mode))
+
+
+def motion_kernel(size: int = 61, intensity: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random motion-blur kernel ``[size, size]`` (float32, sum 1), Borodenko's ``Kernel(...).kernelMatrix``.
+
+    The path is drawn on a canvas twice the size: a total length ``0.75·D·(U + U(0, I²))`` (``D`` the canvas
+    diagonal, ``I`` the intensity) made of Beta(1, 30)-distributed steps, with angles bounded by ``U(0, I·π)`` whose
+    sign flips with a Beta(2, 20) jitter probability; the path is centred on its centre of mass, drawn as a white
+    line of width ``int(D/150)``, blurred by a Gaussian of radius ``int(0.01·D)``, resized with Lanczos, converted to
+    8-bit grey and normalised — as in the original, only the random source differs (``generator``).
+    """
+    if size < 3:
+        raise UserError(f"motion kernel_size must be at least 3, got {size}")
+    if not 0.0 <= intensity <= 1.0:
+        raise UserError(f"motion blur intensity must be in [0, 1], got {intensity}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    canvas = 2 * size
+    diagonal = math.sqrt(2.0) * canvas
+    # steps
+    max_len = 0.75 * diagonal * (_uniform(g) + _uniform(g, 0.0, intensity**2))
+    steps: list[float] = []
+    while sum(steps) < max_len:
+        # Beta(1, 30) by inversion: 1 − U^(1/30)
+        step = (1.0 - _uniform(g) ** (1.0 / 30.0)) * (1.0 - intensity + _EPS) * diagonal
+        if step < max_len:
+            steps.append(step)
+    # angles
+    max_angle = _uniform(g, 0.0, intensity * math.pi)
+    jitter = _beta_int(g, 2, 20)
+    angles = [_uniform(g, -max_angle, max_angle)]
+    while len(angles) < len(steps):
+        angle = _triangular(g, 0.0, intensity * max_angle, max_angle + _EPS)
+        sign = float(np.sign(angles[-1]))
+        angles.append(-angle * sign if _uniform(g) < jitter else angle * sign)
+    path = np.cumsum(np.asarray(steps) * np.exp(1j * np.asarray(angles)))
+    path = path - path.sum() / len(steps) + (canvas + 1j * canvas) / 2
+    image = Image.new("RGB", (canvas, canvas))
+    ImageDraw.Draw(image).line(xy=list(zip(path.real, path.imag, strict=True)), width=int(diagonal / 150))
+    image = image.filter(ImageFilter.GaussianBlur(radius=int(diagonal * 0.01)))
+    image = image.resize((size, size), resample=Image.LANCZOS).convert("L")
+    kernel = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+    total = kernel.sum()
+    if total <= 0:  # a path shorter than a pixel cannot happen for size ≥ 3, but never divide by zero
+        kernel = torch.zeros(size, size)
+        kernel[size // 2, size // 2] = 1.0
+        return kernel
+    return kernel / total
+
+
+# --- Keys bicubic / box downsampling matrices -------------------------------------------------------------------
+def keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel (support |x| < 2); a = −0.5 is PIL's, DPS's and DDRM's choice."""
+    ax = x.abs()
+    near = (a + 2) * ax**3 - (a + 3) * ax**2 + 1
+    far = a * ax**3 - 5 * a * ax**2 + 8 * a * ax - 4 * a
+    return torch.where(ax <= 1, near, torch.where(ax < 2, far, torch.zeros_like(ax)))
+
+
+def downsample_matrix(n: int, factor: int, kernel: str = "bicubic", boundary: str = "reflect") -> torch.Tensor:
+    """1-D antialiased downsampling matrix ``[n // factor, n]`` (float64, rows sum to 1).
+
+    Args:
+        n: input length (divisible by ``factor``).
+        factor: integer scale factor.
+        kernel: ``bicubic`` (Keys a = −0.5 stretched by ``factor``: ``4·factor`` taps) or ``box`` (average pooling).
+        boundary: ``reflect`` (half-sample symmetric extension, index ``−j−1``: DPS's resizer, DDRM/TReg's
+            ``SRConv``) or ``renormalize`` (taps outside the image dropped and the row renormalised: PIL).
+    """
+    if factor < 1 or n % factor != 0:
+        raise UserError(f"image size {n} is not divisible by the SR factor {factor}")
+    if kernel not in ("bicubic", "box"):
+        raise UserError(f"unknown SR kernel {kernel!r}; use 'bicubic' or 'box'")
+    if boundary not in ("reflect", "renormalize"):
+        raise UserError(f"unknown SR boundary {boundary!r}; use 'reflect' or 'renormalize'")
+    m = n // factor
+    if kernel == "box":
+        mat = torch.zeros(m, n, dtype=torch.float64)
+        for i in range(m):
+            mat[i, i * factor : (i + 1) * factor] = 1.0 / factor
+        return mat
+    mat = torch.zeros(m, n, dtype=torch.float64)
+    for i in range(m):
+        centre = (i + 0.5) * factor
+        lo = math.floor(centre - 2 * factor)
+        hi = math.ceil(centre + 2 * factor)
+        js = torch.arange(lo, hi + 1)
+        w = keys_cubic((js.to(torch.float64) + 0.5 - centre) / factor)
+        keep = w != 0
+        js, w = js[keep], w[keep]
+        if boundary == "renormalize":
+            inside = (js >= 0) & (js < n)
+            js, w = js[inside], w[inside]
+        else:
+            w = w / w.sum()  # normalised over the full kernel, then folded back (DDRM's ``+=``)
+            js = torch.where(js < 0, -js - 1, js)
+            js = torch.where(js >= n, 2 * n - 1 - js, js)
+            if bool(((js < 0) | (js >= n)).any()):
+                raise UserError(f"image size {n} is too small for a bicubic ×{factor} kernel")
+        mat[i].index_add_(0, js, w)
+        mat[i] /= mat[i].sum()
+    return mat
