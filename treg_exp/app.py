@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from treg_exp.errors import UserError
+from treg_exp.errors import find_user_error
 from treg_exp.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,10 @@ def main(cfg: DictConfig) -> None:
     """Entry point called by ``run.py``."""
     try:
         results = run(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     print(format_table(results))

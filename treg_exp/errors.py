@@ -7,3 +7,14 @@ class UserError(RuntimeError):
 
 class WeightsNotFoundError(UserError):
     """Model or metric weights are not available locally (and may not be downloaded)."""
+
+
+def find_user_error(error: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``error`` (Hydra's ``instantiate`` wraps what constructors raise), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

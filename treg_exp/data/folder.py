@@ -48,7 +48,7 @@ class ImageFolder(ImageDataset):
 
     def __init__(
         self,
-        root: str,
+        root: str | None,
         resolution: int = 512,
         prompt: str = "",
         captions: str | None = None,
@@ -56,6 +56,8 @@ class ImageFolder(ImageDataset):
         limit: int | None = None,
         stride: int = 1,
     ) -> None:
+        if not root:
+            raise UserError("data=folder needs the image folder: data.root=/path/to/images")
         self.root = Path(root)
         self.resolution = resolution
         self.prompt = prompt

@@ -6,10 +6,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from treg_exp.errors import UserError
 from treg_exp.operators.base import LinearOperator
+
+# "standard": the papers' protocol as this project computes it; "treg": as the official TReg script scored its
+# images (see treg_exp.metrics.treg). A metric learns the protocol through ``use_protocol``.
+PROTOCOLS = ("standard", "treg")
 
 
 @dataclass
@@ -27,7 +33,16 @@ class MetricContext:
     prompts: Sequence[str]
 
 
-class ImageMetric(ABC):
+class _ProtocolAware:
+    protocol: str = "standard"
+
+    def use_protocol(self, protocol: str) -> list[str]:
+        """Score the way ``protocol`` does; returns the departures from ``standard`` that this introduces."""
+        self.protocol = protocol
+        return []
+
+
+class ImageMetric(_ProtocolAware, ABC):
     """A metric with one value per image. Inputs are what was saved: 8-bit PNG values mapped to [−1, 1]."""
 
     def prepare(self, device: torch.device | str) -> None:  # noqa: B027 - optional hook
@@ -40,7 +55,7 @@ class ImageMetric(ABC):
         """``recon``, ``gt``: ``[B, 3, H, W]`` in [−1, 1] (quantised to 8 bits). Returns ``{column: [B]}``."""
 
 
-class DatasetMetric(ABC):
+class DatasetMetric(_ProtocolAware, ABC):
     """A metric of the whole set of reconstructions (FID, KID), computed from the run's folders."""
 
     def prepare(self, device: torch.device | str) -> None:  # noqa: B027 - optional hook
@@ -53,11 +68,34 @@ class DatasetMetric(ABC):
 
 @dataclass
 class MetricSuite:
-    """The metrics of a run (``conf/metrics/*``); ``protocol`` names how images are scored (``standard``)."""
+    """The metrics of a run (``conf/metrics/*``); ``protocol`` names how images are scored (``standard``).
+
+    ``protocol: treg`` makes every metric score as the official TReg script did; :meth:`departures` lists each
+    difference from the standard protocol (for ``summary.json``).
+    """
 
     image: list[ImageMetric] = field(default_factory=list)
     dataset: list[DatasetMetric] = field(default_factory=list)
     protocol: str = "standard"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"metrics.protocol={self.protocol} is not one of {', '.join(PROTOCOLS)}")
+        self.image = list(self.image)
+        self.dataset = list(self.dataset)
+        self._departures: list[str] = []
+        for metric in [*self.image, *self.dataset]:
+            for note in metric.use_protocol(self.protocol):
+                if note not in self._departures:
+                    self._departures.append(note)
+
+    def departures(self) -> list[str]:
+        """The ways this suite departs from the standard protocol (empty for ``standard``)."""
+        return list(self._departures)
+
+    def describe(self) -> dict[str, Any]:
+        """``{"protocol", "protocol_departures"}`` for ``summary.json``."""
+        return {"protocol": self.protocol, "protocol_departures": self.departures()}
 
     def prepare(self, device: torch.device | str) -> None:
         for metric in [*self.image, *self.dataset]:

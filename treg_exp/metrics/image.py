@@ -5,6 +5,9 @@ SSIM: torchmetrics' ``structural_similarity_index_measure`` (Gaussian window 11,
 [0, 1] images, averaged over channels, as skimage's ``structural_similarity(..., gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, channel_axis=0, data_range=1)`` computes it.
 Measurement consistency: ``‖A x̂ − y‖ / ‖y‖`` per image.
+
+Under ``metrics.protocol=treg`` PSNR and SSIM score the min–max stretched images and the consistency metric adds
+the official script's ``y_mse = ‖A x̂ − y‖² / m`` (see :mod:`treg_exp.metrics.treg`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from treg_exp.metrics import treg
 from treg_exp.metrics.base import ImageMetric, MetricContext
 
 
@@ -34,20 +38,44 @@ def ssim(recon: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return values.float()
 
 
-class PSNR(ImageMetric):
-    def __call__(self, recon, gt, context: MetricContext) -> dict[str, torch.Tensor]:
-        return {"psnr": psnr(recon, gt)}
+class StretchingMetric(ImageMetric):
+    """An image metric that, under the ``treg`` protocol, scores min–max stretched images."""
+
+    def use_protocol(self, protocol: str) -> list[str]:
+        super().use_protocol(protocol)
+        return [treg.STRETCH] if protocol == "treg" else []
+
+    def _inputs(self, recon: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.protocol == "treg":
+            return treg.minmax_stretch(recon.float()), treg.minmax_stretch(gt.float())
+        return recon, gt
 
 
-class SSIM(ImageMetric):
+class PSNR(StretchingMetric):
+    """Column ``psnr`` (dB, peak 255 on the 8-bit images)."""
+
     def __call__(self, recon, gt, context: MetricContext) -> dict[str, torch.Tensor]:
-        return {"ssim": ssim(recon, gt)}
+        return {"psnr": psnr(*self._inputs(recon, gt)).cpu()}
+
+
+class SSIM(StretchingMetric):
+    """Column ``ssim``."""
+
+    def __call__(self, recon, gt, context: MetricContext) -> dict[str, torch.Tensor]:
+        return {"ssim": ssim(*self._inputs(recon, gt)).cpu()}
 
 
 class MeasurementConsistency(ImageMetric):
-    """``‖A x̂ − y‖ / ‖y‖`` per image (on the saved reconstruction)."""
+    """``consistency = ‖A x̂ − y‖ / ‖y‖`` per image (on the saved reconstruction); ``treg`` adds ``y_mse``."""
+
+    def use_protocol(self, protocol: str) -> list[str]:
+        super().use_protocol(protocol)
+        return [treg.Y_MSE] if protocol == "treg" else []
 
     def __call__(self, recon, gt, context: MetricContext) -> dict[str, torch.Tensor]:
         y = context.y.float()
-        residual = (context.operator(recon.float().to(y.device)) - y).flatten(1).norm(dim=1)
-        return {"consistency": (residual / y.flatten(1).norm(dim=1)).cpu()}
+        residual = (context.operator(recon.float().to(y.device)) - y).flatten(1)
+        values = {"consistency": (residual.norm(dim=1) / y.flatten(1).norm(dim=1)).cpu()}
+        if self.protocol == "treg":
+            values["y_mse"] = residual.pow(2).mean(dim=1).cpu()
+        return values

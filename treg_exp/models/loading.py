@@ -6,19 +6,24 @@ when its files are absent. So every component is first looked up with ``local_fi
 in well under a second); only when that fails *and* downloads are allowed (``local_files_only: false`` in the
 config and ``HF_HUB_OFFLINE`` unset) is it fetched; a tokenizer with too few tokens counts as missing.
 
-Where weights may live, tried in this order:
+Where weights may live, tried in this order (``cache_dir`` is ``paths.weights`` in the model configs):
 1. ``model_id`` is a local directory (a diffusers folder, e.g. written by ``save_pretrained``);
-2. ``<cache_dir>/<model_id>`` is a local directory (weights staged with ``--local-dir`` style layout);
-3. the Hugging Face cache in ``cache_dir`` (``null``: the default cache, ``HF_HOME`` …), by Hub id;
+2. ``<cache_dir>/<model_id>`` is a local directory (a folder staged by hand);
+3. the Hugging Face cache ``<cache_dir>/huggingface/hub`` (what ``scripts/fetch_weights.py --out DIR`` writes) or
+   ``<cache_dir>`` itself, by Hub id; ``cache_dir=None``: the default cache (``HF_HOME`` …);
 4. the Hub, when allowed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from treg_exp.errors import WeightsNotFoundError
 
@@ -48,12 +53,55 @@ def downloads_allowed(local_files_only: bool) -> bool:
     return not local_files_only and not hub_offline()
 
 
+@functools.lru_cache(maxsize=4)
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub endpoint (``HF_ENDPOINT``, default huggingface.co) opens within
+    ``timeout`` s. Asked once per process before any download, because the Hub client retries for 20 s to 4 min
+    on a machine without network. With an HTTPS proxy configured the direct probe means nothing: assume yes."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+#: ``scripts/fetch_weights.py --models`` keys of the Hub models it knows (CLIP ViT-L/14 is always fetched).
+FETCH_KEYS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+    "CompVis/stable-diffusion-v1-4": "sd14",
+    "stabilityai/stable-diffusion-2-1-base": "sd21base",
+    "openai/clip-vit-large-patch14": None,
+}
+
+
 def staging_hint(model_id: str) -> str:
     """How to make ``model_id`` available offline (one sentence)."""
+    if model_id in FETCH_KEYS:
+        key = FETCH_KEYS[model_id]
+        command = "python scripts/fetch_weights.py --out DIR" + (f" --models {key}" if key else "")
+        stage = f"stage it with `{command}`"
+    else:
+        stage = f"stage it as a diffusers folder DIR/{model_id} (or in the Hugging Face cache DIR/huggingface/hub)"
     return (
-        f"stage it with `python scripts/fetch_weights.py --model {model_id} --dest <dir>` and run with "
-        f"`paths.weights=<dir>` (or set model.local_files_only=false on a machine with network access)"
+        f"{stage} and run with `paths.weights=DIR` "
+        "(or allow downloads: model.local_files_only=false and HF_HUB_OFFLINE unset)"
     )
+
+
+def hf_cache_dir(cache_dir: str | os.PathLike | None) -> str | None:
+    """The Hugging Face hub cache inside ``cache_dir``: ``cache_dir/huggingface/hub`` when that exists (the layout
+    ``scripts/fetch_weights.py --out DIR`` writes), else ``cache_dir`` itself; ``None`` keeps the default cache."""
+    if cache_dir is None:
+        return None
+    nested = Path(cache_dir).expanduser() / "huggingface" / "hub"
+    return str(nested) if nested.is_dir() else str(Path(cache_dir).expanduser())
 
 
 def missing_weights(
@@ -107,9 +155,13 @@ def load_component(
         kwargs: passed through (``subfolder``, ``revision``, dtype …).
     """
     source, is_local = resolve_source(model_id, cache_dir)
-    extra = {} if is_local else {"cache_dir": None if cache_dir is None else str(cache_dir)}
+    hub_cache = hf_cache_dir(cache_dir)
+    extra = {} if is_local else {"cache_dir": hub_cache}
     try:
-        result = loader(source, local_files_only=True, **extra, **kwargs)
+        with warnings.catch_warnings():
+            # diffusers passes a deprecated argument to huggingface_hub on every config lookup: noise for users
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            result = loader(source, local_files_only=True, **extra, **kwargs)
         if check is None or check(result):
             return result
         reason: BaseException | str = "loaded without its files"
@@ -117,12 +169,14 @@ def load_component(
         reason = error
     if is_local:
         raise missing_weights(model_id, what, f"local directory {source}", reason) from None
-    where = f"the Hugging Face cache {cache_dir or '(default)'}"
+    where = f"the Hugging Face cache {hub_cache or '(default)'}"
     if not downloads_allowed(local_files_only):
-        why = "HF_HUB_OFFLINE is set" if hub_offline() else "local_files_only=true"
+        why = "local_files_only=true" if local_files_only else "HF_HUB_OFFLINE is set"
         # an OSError here just says "file not found" (transformers words it as a connection problem): leave it out
         shown = None if isinstance(reason, OSError) else reason
         raise missing_weights(model_id, what, f"{where}, downloads off: {why}", shown) from None
+    if not hub_reachable():
+        raise missing_weights(model_id, what, f"{where}, and the Hub is unreachable from this machine") from None
     try:
         result = loader(source, local_files_only=False, **extra, **kwargs)
     except Exception as error:  # network failures come in many types; the user needs one line either way

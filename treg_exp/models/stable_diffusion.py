@@ -233,11 +233,24 @@ class StableDiffusionPrior(DiffusionPrior):
             setattr(self, name, module)
         self.latent_channels = int(self.vae.config.latent_channels)
         self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        if self.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-            self.vae.enable_gradient_checkpointing()
         self._text_cache.clear()
         self._loaded = True
+        self.set_gradient_checkpointing(self.gradient_checkpointing)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Switch gradient checkpointing of the UNet and the VAE (now if loaded, else at :meth:`load`).
+
+        It trades a second forward pass for not storing activations, on the solvers' backward passes (DPS-type
+        steps) only: diffusers checkpoints only while gradients are enabled.
+        """
+        self.gradient_checkpointing = bool(enabled)
+        if not self._loaded:
+            return
+        for module in (self.unet, self.vae):
+            if enabled:
+                module.enable_gradient_checkpointing()
+            else:
+                module.disable_gradient_checkpointing()
 
     def _require_loaded(self) -> None:
         if not self._loaded:
@@ -322,7 +335,8 @@ class StableDiffusionPrior(DiffusionPrior):
             self.counter.add("text", len(missing))
             for prompt, row in zip(missing, hidden, strict=True):
                 self._text_cache[prompt] = row.to(self.state_dtype)
-        return torch.stack([self._text_cache[p] for p in prompts])
+        # stack copies, so callers may edit their embedding (TReg's c_∅) without touching the cache
+        return torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
 
     def check_image_encoder(self) -> None:
         """Raise a one-line :class:`UserError` unless :meth:`embed_image` can work (call it before expensive work).
@@ -353,7 +367,8 @@ class StableDiffusionPrior(DiffusionPrior):
         """
         self.check_image_encoder()
         size = int(self.image_encoder.config.image_size)
-        pixels = clip_preprocess(x, size).to(self.dtype)
+        # resize and normalise in float32 (float64) whatever the networks' dtype; only the tower runs in self.dtype
+        pixels = clip_preprocess(x.to(self.state_dtype), size).to(self.dtype)
         features = self.image_encoder(pixel_values=pixels).image_embeds.to(self.state_dtype)
         self.counter.add("clip_image", x.shape[0])
         return features / features.norm(dim=-1, keepdim=True)

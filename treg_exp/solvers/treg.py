@@ -234,11 +234,15 @@ class TReg(Solver):
                 f"TReg got {y.shape[0]} measurements, {len(prompts)} prompts and {len(generators)} generators "
                 f"for a batch of {batch} images"
             )
-        if self.adaptive_negation and type(prior).embed_image is DiffusionPrior.embed_image:
-            raise UserError(
-                f"TReg's adaptive negation needs a CLIP image encoder, which {type(prior).__name__} does not have; "
-                "set solver.adaptive_negation=false"
-            )
+        if self.adaptive_negation:
+            if type(prior).embed_image is DiffusionPrior.embed_image:
+                raise UserError(
+                    f"TReg's adaptive negation needs a CLIP image encoder, which {type(prior).__name__} does not "
+                    "have; set solver.adaptive_negation=false"
+                )
+            check = getattr(prior, "check_image_encoder", None)
+            if callable(check):
+                check()  # a missing tower or a width mismatch (SD 2.x + ViT-L/14) fails here, before any step
 
     def _decode(self, prior: DiffusionPrior, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return prior.decode(z.to(prior.dtype)).to(dtype)

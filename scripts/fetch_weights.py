@@ -1,0 +1,88 @@
+"""Download every weight a run may need into one folder, for clusters without internet.
+
+    python scripts/fetch_weights.py --out /shared/treg-weights            # SD 1.5 + metrics
+    python scripts/fetch_weights.py --out DIR --models sd15 sd14 sd21base
+    python scripts/fetch_weights.py --out DIR --dry-run                   # list what would be fetched
+
+then run with ``paths.weights=DIR`` (``HF_HOME``, ``HF_HUB_OFFLINE``, ``TORCH_HOME`` and clean-fid's file are set
+and placed by :func:`treg_exp.weights.stage_weights`). The layout is described in :mod:`treg_exp.weights`.
+Files already present are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from treg_exp import weights  # noqa: E402 - after the path insert, so the script runs from a checkout
+
+# Hugging Face repositories of the diffusion models (conf/model/*) and CLIP (TReg's adaptive negation, CLIP score).
+HF_MODELS = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd14": "CompVis/stable-diffusion-v1-4",
+    "sd21base": "stabilityai/stable-diffusion-2-1-base",
+    "clip": weights.CLIP_MODEL,
+}
+# fp32 safetensors of each diffusers component plus configs and tokenizers (not the fp16/EMA/ckpt duplicates)
+HF_PATTERNS = ["*.json", "*.txt", "tokenizer/*", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors", "model.safetensors"]
+TORCH_FILES = {
+    weights.VGG16_FILE: "https://download.pytorch.org/models/vgg16-397923af.pth",
+    weights.ALEXNET_FILE: "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    weights.PT_INCEPTION_FILE: "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+}
+CLEANFID_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+
+
+@dataclass
+class Item:
+    """One thing to fetch: a Hub repository (``kind="hf"``) or a file from a URL (``kind="url"``) to ``target``."""
+
+    kind: str
+    source: str
+    target: Path
+
+
+def plan(out: Path, models: list[str]) -> list[Item]:
+    """What ``--out out --models ...`` fetches, and where (CLIP and the metric weights are always included)."""
+    hub = out / "huggingface" / "hub"
+    items = [Item("hf", HF_MODELS[m], hub) for m in [*models, "clip"] if m in HF_MODELS]
+    checkpoints = out / "torch" / "hub" / "checkpoints"
+    items += [Item("url", url, checkpoints / name) for name, url in TORCH_FILES.items()]
+    items.append(Item("url", CLEANFID_URL, out / "cleanfid" / weights.CLEANFID_INCEPTION_FILE))
+    return items
+
+
+def fetch(item: Item) -> None:
+    if item.kind == "hf":
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(item.source, cache_dir=str(item.target), allow_patterns=HF_PATTERNS)
+    elif not item.target.is_file():
+        import torch
+
+        item.target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(item.source, str(item.target), progress=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="the cache folder (later: paths.weights=OUT)")
+    parser.add_argument("--models", nargs="*", default=["sd15"], choices=[m for m in HF_MODELS if m != "clip"])
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and download nothing")
+    args = parser.parse_args(argv)
+    items = plan(args.out.expanduser().resolve(), args.models)
+    for item in items:
+        print(f"{item.kind:>3}  {item.source}  ->  {item.target}")
+        if not args.dry_run:
+            fetch(item)
+    if not args.dry_run:
+        print(f"done; run with paths.weights={args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,522 @@
+"""Forward operators: configs, adjoints, CG, kernels, bicubic, masks, noise, FFT vs direct, svd vs dense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+
+from treg_exp import seeding
+from treg_exp.errors import UserError
+from treg_exp.operators import (
+    Blur,
+    Denoising,
+    Inpainting,
+    LinearOperator,
+    MotionBlur,
+    SeparableDownsample,
+    SeparableSVD,
+    gaussian_deblur,
+    super_resolution,
+)
+from treg_exp.operators.kernels import (
+    downsample_matrix,
+    gaussian_kernel,
+    gaussian_kernel_1d,
+    keys_cubic,
+    motion_kernel,
+    svd_gaussian_taps,
+)
+from treg_exp.operators.masks import box_mask, freeform_mask, random_mask
+from treg_exp.operators.svd import blur_matrix, svd_downsample, svd_gaussian_blur, truncated
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+
+
+def gens(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def compose_task(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(overrides=[f"+task={name}", *(f"task.{o}" for o in overrides)])
+    return cfg.task
+
+
+def rel_adjoint_error(op: LinearOperator, x: torch.Tensor, gen_seed: int = 5) -> float:
+    """``|<Ax, y> − <x, Aᵀy>|`` over ``‖Ax‖‖y‖``, per image (max), for a random ``y``."""
+    ax = op(x)
+    y = torch.randn(ax.shape, generator=torch.Generator().manual_seed(gen_seed), dtype=x.dtype)
+    aty = op.adjoint(y)
+    assert aty.shape == x.shape
+    lhs = (ax * y).flatten(1).sum(1)
+    rhs = (x * aty).flatten(1).sum(1)
+    scale = ax.flatten(1).norm(dim=1) * y.flatten(1).norm(dim=1)
+    return float(((lhs - rhs).abs() / scale).max())
+
+
+def small_ops() -> dict[str, LinearOperator]:
+    """Every operator family on small images (drawn for a batch of 2 with distinct per-image parameters)."""
+    shape = (2, 3, 32, 32)
+    g = gens(1, 2)
+    ops: dict[str, LinearOperator] = {}
+    for pad in ("reflect", "zeros", "circular"):
+        for impl in ("fft", "direct"):
+            ops[f"gauss_{pad}_{impl}"] = gaussian_deblur(kernel_size=9, kernel_sigma=2.0, padding=pad, impl=impl)
+            ops[f"motion_{pad}_{impl}"] = MotionBlur(kernel_size=15, padding=pad, impl=impl).draw(g, shape)
+    ops["sr4_reflect"] = SeparableDownsample(4)
+    ops["sr4_pil"] = SeparableDownsample(4, boundary="renormalize")
+    ops["sr8_box"] = SeparableDownsample(8, kernel="box")
+    ops["svd_blur"] = svd_gaussian_blur(kernel_size=61, kernel_sigma=5.0)
+    ops["svd_sr4"] = svd_downsample(4)
+    ops["inpaint_box"] = Inpainting("box").draw(gens(1, 2), shape)
+    ops["inpaint_random"] = Inpainting("random", drop_ratio=0.5).draw(gens(1, 2), shape)
+    ops["inpaint_freeform"] = Inpainting("freeform").draw(gens(1, 2), shape)
+    ops["denoise"] = Denoising()
+    return ops
+
+
+OPS = small_ops()
+
+
+# --- configs ----------------------------------------------------------------------------------------------------
+EXPECTED_TASKS = {
+    "gauss_deblur",
+    "motion_deblur",
+    "sr4",
+    "sr8",
+    "sr16",
+    "inpaint_box",
+    "inpaint_random",
+    "inpaint_freeform",
+    "denoise",
+}
+
+
+def test_all_tasks_present() -> None:
+    assert EXPECTED_TASKS <= set(TASKS)
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_task_composes_and_instantiates(name: str) -> None:
+    cfg = compose_task(name)
+    assert cfg.name == name and cfg.sigma_y == 0.01
+    op = instantiate(cfg)
+    assert isinstance(op, LinearOperator) and op.sigma_y == 0.01
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    op = op.draw(gens(3, 4), x.shape)
+    y = op.measure(x, gens(3, 4))
+    assert torch.isfinite(y).all()
+    view = op.measurement_image(y)
+    assert view.shape[:2] == (2, 3) and view.min() >= -1 and view.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "cls"),
+    [
+        ("gauss_deblur", ["impl=svd"], SeparableSVD),
+        ("gauss_deblur", ["impl=direct", "padding=circular", "kernel_sigma=3.0"], Blur),
+        ("gauss_deblur", ["padding=zeros"], Blur),
+        ("motion_deblur", ["impl=direct", "padding=zeros"], MotionBlur),
+        ("sr16", ["impl=svd"], SeparableSVD),
+        ("sr4", ["boundary=renormalize"], SeparableDownsample),
+        ("sr8", ["impl=svd"], SeparableSVD),
+        ("inpaint_box", ["placement=center"], Inpainting),
+    ],
+)
+def test_task_options_instantiate(name: str, overrides: list[str], cls: type) -> None:
+    op = instantiate(compose_task(name, *overrides))
+    assert isinstance(op, cls)
+
+
+def test_kernel_sigma_override_gives_dps_kernel() -> None:
+    op = instantiate(compose_task("gauss_deblur", "kernel_sigma=3.0"))
+    assert torch.allclose(op.kernel[0, 0].double(), gaussian_kernel(61, 3.0), atol=1e-7)
+
+
+def test_bad_options_are_user_errors() -> None:
+    with pytest.raises(UserError, match="padding"):
+        gaussian_deblur(padding="mirror")
+    with pytest.raises(UserError, match="impl"):
+        gaussian_deblur(impl="cuda")
+    with pytest.raises(UserError, match="larger than 30"):
+        gaussian_deblur()(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(UserError, match="divisible"):
+        SeparableDownsample(16)(torch.zeros(1, 3, 40, 40))
+    with pytest.raises(UserError, match="draw"):
+        MotionBlur()(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(UserError, match="mask_type"):
+        Inpainting("stripes")
+    with pytest.raises(UserError, match="not found"):
+        Inpainting("file", mask_file="/nonexistent/masks.npz")
+
+
+# --- adjointness and batching -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_adjoint_float64(name: str) -> None:
+    op = OPS[name]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert rel_adjoint_error(op, x) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "name", ["gauss_reflect_fft", "motion_reflect_direct", "sr4_reflect", "svd_sr4", "inpaint_box"]
+)
+def test_adjoint_equals_autograd_vjp(name: str) -> None:
+    """deepinv's A_vjp check: the closed-form adjoint equals the vector–Jacobian product of forward."""
+    op = OPS[name]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    y = torch.randn(op(x).shape, dtype=torch.float64)
+    xr = torch.zeros_like(x, requires_grad=True)
+    (vjp,) = torch.autograd.grad(op(xr), xr, grad_outputs=y)
+    assert torch.allclose(op.adjoint(y), vjp, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["motion_reflect_fft", "motion_circular_direct", "inpaint_freeform", "inpaint_random"])
+def test_batch_of_two_equals_two_of_one(name: str) -> None:
+    """Per-image parameters: drawing and applying for a batch equals doing it image by image."""
+    if name.startswith("motion"):
+        pad, impl = name.split("_")[1:]
+        template_op: LinearOperator = MotionBlur(kernel_size=15, padding=pad, impl=impl)
+    elif name == "inpaint_random":
+        template_op = Inpainting("random", drop_ratio=0.5)
+    else:
+        template_op = Inpainting("freeform")
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    both = template_op.draw(gens(7, 8), x.shape)
+    y_both = both.measure(x, gens(7, 8))
+    for b, seed in enumerate((7, 8)):
+        one = template_op.draw(gens(seed), x[b : b + 1].shape)
+        for key, value in one.params().items():
+            assert torch.equal(value[0], both.params()[key][b])
+        assert torch.allclose(one.measure(x[b : b + 1], gens(seed))[0], y_both[b], rtol=0, atol=1e-12)
+        assert torch.allclose(one.adjoint(y_both[b : b + 1])[0], both.adjoint(y_both)[b], rtol=0, atol=1e-12)
+
+
+def test_params_roundtrip() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    for op in (OPS["motion_reflect_fft"], OPS["inpaint_freeform"]):
+        params = op.params()
+        assert params and all(v.shape[0] == 2 for v in params.values())
+        rebuilt = type(op)().with_params({k: v.clone() for k, v in params.items()})
+        assert torch.equal(rebuilt(x), op(x))
+
+
+# --- conjugate gradient -----------------------------------------------------------------------------------------
+def dense_matrix(op: LinearOperator, h: int = 16, w: int = 16) -> torch.Tensor:
+    """``A`` of one single-channel image as a dense ``[m, h·w]`` float64 matrix (op with one image's params)."""
+    basis = torch.eye(h * w, dtype=torch.float64).view(h * w, 1, h, w)
+    return op(basis).reshape(h * w, -1).T
+
+
+@pytest.mark.parametrize("kind", ["blur_reflect", "motion_zeros", "inpaint_random", "sr2"])
+def test_cg_matches_dense_solve(kind: str) -> None:
+    shape = (2, 3, 16, 16)
+    if kind == "blur_reflect":
+        op: LinearOperator = gaussian_deblur(kernel_size=7, kernel_sigma=1.5, padding="reflect", impl="direct")
+    elif kind == "motion_zeros":
+        op = MotionBlur(kernel_size=9, padding="zeros").draw(gens(1, 2), shape)
+    elif kind == "inpaint_random":
+        op = Inpainting("random", drop_ratio=0.6).draw(gens(1, 2), shape)
+    else:
+        op = SeparableDownsample(2)
+    x_true = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x0 = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = op(x_true)
+    lam = 0.05
+    x_cg, res = op.solve_damped(y, x0, lam, iters=300, tol=1e-11)
+    assert (res < 1e-10).all()
+    for b in range(2):
+        params = {k: v[b : b + 1] for k, v in op.params().items()}
+        a = dense_matrix(op.with_params(params) if params else op)
+        m = a.T @ a + lam * torch.eye(a.shape[1], dtype=torch.float64)
+        for c in range(3):
+            rhs = a.T @ y[b, c].reshape(-1) + lam * x0[b, c].reshape(-1)
+            ref = torch.linalg.solve(m, rhs)
+            assert torch.allclose(x_cg[b, c].reshape(-1), ref, rtol=0, atol=1e-8 * float(ref.abs().max()))
+    # a batch of two equals two batches of one (per-image step sizes)
+    for b in range(2):
+        params = {k: v[b : b + 1] for k, v in op.params().items()}
+        single = op.with_params(params) if params else op
+        x1, _ = single.solve_damped(y[b : b + 1], x0[b : b + 1], lam, iters=7)
+        x2, _ = op.solve_damped(y, x0, lam, iters=7)
+        assert torch.allclose(x1[0], x2[b], rtol=0, atol=1e-12)
+
+
+def test_solve_damped_bfloat16_runs_in_float32() -> None:
+    op = gaussian_deblur(kernel_size=7, kernel_sigma=1.5)
+    x0 = torch.randn(1, 3, 16, 16).bfloat16()
+    x, _ = op.solve_damped(op(x0), x0, 1e-4, iters=5)
+    assert x.dtype == torch.float32
+
+
+# --- kernels ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sigma", [3.0, 5.0])
+def test_gaussian_kernel(sigma: float) -> None:
+    from scipy.ndimage import gaussian_filter
+
+    k = gaussian_kernel(61, sigma)
+    assert k.shape == (61, 61)
+    assert abs(float(k.sum()) - 1.0) < 1e-12
+    assert torch.equal(k, k.flip(0)) and torch.equal(k, k.flip(1)) and torch.equal(k, k.T)
+    # DPS builds it as scipy's gaussian_filter of a centred delta
+    delta = np.zeros((61, 61))
+    delta[30, 30] = 1.0
+    assert np.allclose(k.numpy(), gaussian_filter(delta, sigma), atol=1e-15)
+    # the spread is σ (the 4σ truncation removes < 0.5 % of the variance)
+    g = gaussian_kernel_1d(61, sigma)
+    var = float((g * (torch.arange(61, dtype=torch.float64) - 30) ** 2).sum())
+    assert abs(var**0.5 / sigma - 1) < 0.005
+
+
+def test_svd_gaussian_taps_follow_treg() -> None:
+    taps = svd_gaussian_taps(61, 5.0)
+    assert taps.shape == (60,) and abs(float(taps.sum()) - 1) < 1e-12
+    ref = torch.tensor([np.exp(-0.5 * (k / 5.0) ** 2) for k in range(-30, 30)], dtype=torch.float64)
+    assert torch.allclose(taps, ref / ref.sum(), atol=1e-15)
+
+
+def test_motion_kernel_properties() -> None:
+    k1 = motion_kernel(61, 0.5, torch.Generator().manual_seed(0))
+    k1b = motion_kernel(61, 0.5, torch.Generator().manual_seed(0))
+    k2 = motion_kernel(61, 0.5, torch.Generator().manual_seed(1))
+    assert k1.shape == (61, 61) and (k1 >= 0).all()
+    assert abs(float(k1.sum()) - 1) < 1e-5
+    assert torch.equal(k1, k1b) and not torch.equal(k1, k2)
+    assert int((k1 > 0).sum()) > 10  # a trajectory, not a point
+
+
+# --- bicubic --------------------------------------------------------------------------------------------------------
+def pil_resize(x: torch.Tensor, factor: int) -> torch.Tensor:
+    img = Image.fromarray(x.numpy().astype(np.float32), mode="F")
+    out = img.resize((x.shape[1] // factor, x.shape[0] // factor), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(out).copy())
+
+
+def ddrm_srconv_matrix(n: int, factor: int) -> torch.Tensor:
+    """DDRM/TReg's ``SRConv`` 1-D matrix, translated literally (bicubic kernel of degradation.py, reflect boundary)."""
+    k = np.zeros(factor * 4)
+    for i in range(factor * 4):
+        k[i] = float(keys_cubic(torch.tensor((1 / factor) * (i - np.floor(factor * 4 / 2) + 0.5))))
+    k = k / k.sum()
+    small = n // factor
+    mat = torch.zeros(small, n, dtype=torch.float64)
+    for i in range(factor // 2, n + factor // 2, factor):
+        for j in range(i - len(k) // 2, i + len(k) // 2):
+            je = j
+            if je < 0:
+                je = -je - 1
+            if je >= n:
+                je = (n - 1) - (je - n)
+            mat[i // factor, je] += k[j - i + len(k) // 2]
+    return mat
+
+
+@pytest.mark.parametrize("factor", [4, 16])
+def test_bicubic_against_pil_and_ddrm(factor: int) -> None:
+    n = 8 * factor
+    x = torch.rand(n, n, generator=torch.Generator().manual_seed(factor), dtype=torch.float64) * 2 - 1
+    ref = pil_resize(x, factor).double()
+    pil_op = SeparableDownsample(factor, boundary="renormalize")
+    ours_pil = pil_op(x[None, None])[0, 0]
+    assert torch.allclose(ours_pil, ref, atol=2e-6)
+    ours = SeparableDownsample(factor)(x[None, None])[0, 0]
+    assert torch.allclose(ours[2:-2, 2:-2], ref[2:-2, 2:-2], atol=2e-6)  # boundaries differ only at the border
+    assert not torch.allclose(ours, ref, atol=1e-3)
+    assert torch.allclose(downsample_matrix(n, factor), ddrm_srconv_matrix(n, factor), atol=1e-15)
+
+
+def test_keys_cubic_values() -> None:
+    x = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, -0.5], dtype=torch.float64)
+    # a = −0.5: 1, 0.5625, 0, −0.0625, 0, symmetric
+    assert torch.allclose(keys_cubic(x), torch.tensor([1.0, 0.5625, 0.0, -0.0625, 0.0, 0.5625], dtype=torch.float64))
+
+
+def test_average_pooling_matches_avg_pool2d() -> None:
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    op = instantiate(compose_task("sr8"))
+    assert torch.allclose(op(x), F.avg_pool2d(x, 8), atol=1e-14)
+
+
+# --- masks --------------------------------------------------------------------------------------------------------
+def test_box_mask() -> None:
+    for placement in ("random", "center"):
+        m = box_mask(256, 256, torch.Generator().manual_seed(0), 0.5, placement)
+        holes = (m == 0).nonzero()
+        assert int((m == 0).sum()) == 128 * 128
+        top, left = int(holes[:, 1].min()), int(holes[:, 2].min())
+        assert int(holes[:, 1].max()) - top == 127 and int(holes[:, 2].max()) - left == 127
+        if placement == "center":
+            assert (top, left) == (64, 64)
+        else:
+            assert 16 <= top <= 112 and 16 <= left <= 112
+    positions = {tuple((box_mask(256, 256, g) == 0).nonzero()[0].tolist()) for g in gens(0, 1, 2, 3)}
+    assert len(positions) > 1  # placed from the image's generator
+
+
+def test_random_mask_ratio() -> None:
+    m = random_mask(64, 48, torch.Generator().manual_seed(0), 0.7)
+    assert int((m == 0).sum()) == round(0.7 * 64 * 48)
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_freeform_mask_ratio(size: int) -> None:
+    ratios = []
+    for seed in range(6):
+        m = freeform_mask(size, size, torch.Generator().manual_seed(seed))
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        ratios.append(float((m == 0).float().mean()))
+    assert all(0.1 <= r <= 0.2 for r in ratios)
+    assert len(set(ratios)) > 1
+
+
+def test_mask_file(tmp_path: Path) -> None:
+    holes = np.zeros((3, 32, 32), dtype=np.uint8)
+    for i in range(3):
+        holes[i, i * 8 : i * 8 + 8, :] = 255  # Palette-style: nonzero = hole
+    path = tmp_path / "masks.npz"
+    np.savez(path, mask=holes)
+    op = instantiate(compose_task("inpaint_freeform", f"mask_file={path}")).draw(gens(0, 1, 2, 3), (4, 3, 32, 32))
+    m = op.params()["mask"]
+    assert m.shape == (4, 1, 32, 32)
+    for b in range(4):
+        assert any(torch.equal(m[b, 0], torch.from_numpy((h == 0).astype(np.float32))) for h in holes)
+    zero_holes = Inpainting("file", mask_file=str(path), mask_holes="zero").draw(gens(0), (1, 3, 32, 32))
+    assert float(zero_holes.mask.mean()) == 0.25
+
+
+# --- noise, dtype, device ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gauss_reflect_fft", "sr4_reflect", "denoise", "inpaint_box"])
+def test_measure_noise_level(name: str) -> None:
+    op = OPS[name]
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    if isinstance(op, Inpainting):
+        op = Inpainting("box").draw(gens(1, 2), x.shape)
+    y = op.measure(x, gens(11, 12))
+    noise = y - op(x)
+    if isinstance(op, Inpainting):
+        assert torch.all(y[op.mask.expand_as(y) == 0] == 0)
+        noise = noise[op.mask.expand_as(noise) == 1]
+    assert abs(float(noise.std()) / op.sigma_y - 1) < 0.05
+    # the same generators give the same y; the noise is the image's stream after its parameters
+    assert torch.equal(op.measure(x, gens(11, 12)), y)
+    expected = op(x) + op.sigma_y * seeding.randn(op(x).shape[1:], gens(11, 12))
+    if not isinstance(op, Inpainting):
+        assert torch.allclose(y, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["gauss_reflect_fft", "motion_zeros_direct", "sr4_reflect", "svd_blur", "inpaint_box"])
+def test_bfloat16_inputs_compute_in_float32(name: str) -> None:
+    op = OPS[name]
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).bfloat16()
+    y = op(x)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, op(x.float()), atol=1e-6)
+    assert op.adjoint(y.bfloat16()).dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_cuda_matches_cpu(name: str) -> None:
+    op = OPS[name]
+    x = torch.randn(2, 3, 32, 32)
+    y = op(x)
+    assert torch.allclose(op(x.cuda()).cpu(), y, atol=1e-5)
+    assert torch.allclose(op.adjoint(y.cuda()).cpu(), op.adjoint(y), atol=1e-5)
+
+
+# --- FFT vs direct, svd vs dense ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("padding", ["reflect", "zeros", "circular"])
+def test_fft_equals_direct(padding: str) -> None:
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    kernels = torch.stack([motion_kernel(61, 0.5, g) for g in gens(0, 1)])[:, None]
+    fft = Blur(kernels, padding=padding, impl="fft")
+    direct = Blur(kernels, padding=padding, impl="direct")
+    for a, b in ((fft(x), direct(x)), (fft.adjoint(x), direct.adjoint(x))):
+        assert float((a - b).norm() / b.norm()) < 1e-12
+    xf = x.float()
+    assert float((fft(xf) - direct(xf)).norm() / direct(xf).norm()) < 1e-5
+
+
+def test_blur_is_dps_correlation() -> None:
+    """The kernel acts as ``nn.Conv2d`` weights after ``ReflectionPad2d`` (DPS's Blurkernel)."""
+    k = motion_kernel(15, 0.5, torch.Generator().manual_seed(3))
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    ref = F.conv2d(F.pad(x, (7, 7, 7, 7), mode="reflect"), k.double()[None, None].repeat(3, 1, 1, 1), groups=3)
+    assert torch.allclose(Blur(k, impl="direct")(x), ref, atol=1e-13)
+    assert torch.allclose(Blur(k, impl="fft")(x), ref, atol=1e-13)
+
+
+def test_svd_blur_matches_dense_and_ddrm() -> None:
+    n = 24
+    taps = svd_gaussian_taps(61, 3.0)
+    m = blur_matrix(n, taps)
+    # DDRM's Deblurring loop, literally
+    ref = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i - 30, i + 30):
+            if 0 <= j < n:
+                ref[i, j] = taps[j - i + 30]
+    assert torch.equal(m, ref)
+    op = svd_gaussian_blur(61, 3.0)
+    x = torch.randn(2, 3, n, n, dtype=torch.float64)
+    mt, _, kept = truncated(m, 0.03)
+    assert 0 < int((kept > 0).sum()) < n  # some singular values are dropped
+    dense = torch.kron(mt, mt)
+    ref_y = (dense @ x.reshape(2, 3, -1, 1)).reshape(2, 3, n, n)
+    assert torch.allclose(op(x), ref_y, atol=1e-13)
+    assert torch.allclose(op.adjoint(x), (dense.T @ x.reshape(2, 3, -1, 1)).reshape(2, 3, n, n), atol=1e-13)
+    # threshold 0: the untruncated zero-boundary blur
+    full = SeparableSVD(lambda k: blur_matrix(k, taps), threshold=0.0)
+    assert torch.allclose(full(x), (torch.kron(m, m) @ x.reshape(2, 3, -1, 1)).reshape(2, 3, n, n), atol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["blur", "sr4"])
+def test_svd_pseudo_inverse(which: str) -> None:
+    op = svd_gaussian_blur(61, 5.0) if which == "blur" else svd_downsample(4)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ax = op(x)
+    # Moore–Penrose: A A⁺ A = A and A⁺ A A⁺ = A⁺
+    assert torch.allclose(op(op.pinv(ax)), ax, atol=1e-10)
+    p = op.pinv(ax)
+    assert torch.allclose(op.pinv(op(p)), p, atol=1e-8)
+    # A⁺ A is an orthogonal projection: symmetric
+    z = torch.randn_like(x)
+    assert abs(float((op.pinv(op(x)) * z).sum() - (x * op.pinv(op(z))).sum())) < 1e-9 * float(x.norm() * z.norm())
+
+
+def test_svd_blur_keeps_about_three_percent_at_512() -> None:
+    _, _, kept = truncated(blur_matrix(512, svd_gaussian_taps(61, 5.0)), 0.03)
+    frac = (int((kept > 0).sum()) / 512) ** 2
+    assert 0.02 < frac < 0.04
+
+
+def test_svd_sr16_equals_direct() -> None:
+    """The bicubic ×16 matrix's singular values (≈ 0.17–0.25) all exceed 0.03: the SVD form is the same operator."""
+    x = torch.randn(1, 3, 128, 128, dtype=torch.float64)
+    direct = super_resolution(16)
+    svd = super_resolution(16, impl="svd")
+    _, _, kept = svd.factors(128)
+    assert bool((kept > 0.15).all())
+    assert svd(x).shape == (1, 3, 8, 8)
+    assert torch.allclose(svd(x), direct(x), atol=1e-12)
+    assert torch.allclose(svd.adjoint(svd(x)), direct.adjoint(direct(x)), atol=1e-12)
+
+
+def test_measurement_images() -> None:
+    x = torch.rand(2, 3, 32, 32) * 4 - 2
+    for name in ("gauss_reflect_fft", "sr4_reflect", "inpaint_box"):
+        op = OPS[name]
+        y = op.measure(x, gens(1, 2))
+        view = op.measurement_image(y)
+        assert view.shape == y.shape and view.min() >= -1 and view.max() <= 1
+    op = OPS["inpaint_box"]
+    view = op.measurement_image(op.measure(x, gens(1, 2)))
+    assert torch.all(view[op.mask.expand_as(view) == 0] == 0)

@@ -1,0 +1,24 @@
+"""The ``treg-exp`` console script: ``treg-exp score RUN_DIR [...]`` (runs themselves start with ``python run.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``treg-exp <command>``; returns the exit status (2 for a user error)."""
+    from treg_exp import score
+
+    parser = argparse.ArgumentParser(prog="treg-exp")
+    commands = parser.add_subparsers(dest="command", required=True)
+    score.build_parser(commands.add_parser("score", help="recompute the metrics of finished runs from their files"))
+    args = parser.parse_args(argv)
+    if args.command == "score":
+        return score.run_from_args(args)
+    return 2  # argparse rejects unknown commands before this line
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Weights & Biases logger (``logger=wandb``): config, per-image metrics, an image table, the summary.
+
+What a run sends: the resolved config; each image's numeric metrics as they come (``image/<column>``); at the end
+a ``wandb.Table`` ``images`` of (id, prompt, measurement, reconstruction, ground truth, metrics) for the first
+``max_images`` images, converted to uint8 here; the run's summary (flattened: ``metrics/psnr/mean``,
+``dataset_metrics/fid`` …, with the headline means and dataset metrics also at the top level) and
+``comparison.png`` when the run directory has one. ``wandb.finish`` is always called, with exit code 1 after an error.
+
+W&B never stops a run: every call is guarded; a failure (no network, bad key, quota) is one warning and the logger
+goes quiet (or, with ``offline_fallback``, keeps logging to an offline run that ``wandb sync`` uploads later).
+``init_timeout`` bounds the wait of ``wandb.init`` (an invalid key without network otherwise waits ~100 s).
+The W&B run id is kept in ``<run_dir>/wandb_run_id.txt``, so a resumed run directory continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from treg_exp.tracking.base import RunLogger
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "wandb_run_id.txt"
+MODES = ("online", "offline", "disabled")
+IMAGE_COLUMNS = ("measurement", "reconstruction", "ground_truth")
+TAG_GROUPS = ("solver", "task", "data", "model")
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` (or ``[1, H, W]``) in [−1, 1] → ``[H, W, 3]`` uint8, rounded as the run's PNGs are."""
+    x = image.detach().float().cpu().clamp(-1, 1)
+    if x.ndim == 2:
+        x = x[None]
+    if x.shape[0] == 1:
+        x = x.expand(3, *x.shape[1:])
+    return ((x + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a/b": 1}`` (numbers, strings and bools only)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
+    return out
+
+
+def _choices(config: dict[str, Any]) -> dict[str, str]:
+    """The Hydra config-group choices: ``config["choices"]`` if the caller put them there, else Hydra's own."""
+    given = config.get("choices")
+    if isinstance(given, dict):
+        return {str(k): str(v) for k, v in given.items() if v is not None}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            choices = HydraConfig.get().runtime.choices
+            return {k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra")}
+    except Exception:  # noqa: BLE001 - names are a nicety
+        pass
+    return {}
+
+
+def _sweep_group() -> str | None:
+    """In a Hydra multirun, the sweep folder's name (one W&B group per sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return Path(HydraConfig.get().sweep.dir).name
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+class WandbLogger(RunLogger):
+    """Log a run to W&B (see the module docstring).
+
+    Args:
+        mode: ``online``, ``offline`` (files under ``<dir>/wandb``, upload with ``wandb sync``) or ``disabled``.
+        project, entity: where the run goes.
+        group: the W&B group; ``null``: the Hydra sweep's folder name in a multirun.
+        name: the run name; ``null``: ``<solver>_<task>_<data>`` from the Hydra choices.
+        tags: extra tags beside the solver, task, data and model choices.
+        init_timeout: seconds ``wandb.init`` may wait for the server.
+        max_images: images sent in the table (the first ones); metrics are sent for all.
+        offline_fallback: when an online start fails, log offline instead of not at all.
+        dir: where W&B writes its files; ``null``: the run directory.
+    """
+
+    def __init__(
+        self,
+        mode: str = "online",
+        project: str = "treg-exp",
+        entity: str | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        init_timeout: float = 30.0,
+        max_images: int = 16,
+        offline_fallback: bool = True,
+        dir: str | None = None,
+    ) -> None:
+        if mode not in MODES:
+            from treg_exp.errors import UserError
+
+            raise UserError(f"logger.mode={mode} is not one of {', '.join(MODES)}")
+        self.mode = mode
+        self.project = project
+        self.entity = entity
+        self.group = group
+        self.name = name
+        self.tags = [str(t) for t in (tags or [])]
+        self.init_timeout = float(init_timeout)
+        self.max_images = int(max_images)
+        self.offline_fallback = bool(offline_fallback)
+        self.dir = dir
+        self.run = None
+        self.run_dir: Path | None = None
+        self.rows: list[list[Any]] = []
+        self.metric_columns: list[str] | None = None
+        self.images_sent = 0
+        self._finished = False
+
+    # --- guarded calls -----------------------------------------------------------------------------------
+    def _warn(self, what: str, error: BaseException) -> None:
+        message = f"W&B {what} failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+        warnings.warn(message + "the run goes on with its local files", RuntimeWarning, stacklevel=3)
+        log.warning(message + "the run goes on with its local files")
+
+    def _init(self, mode: str, run_id: str | None, config: dict[str, Any]) -> Any:
+        import wandb
+
+        choices = _choices(config)
+        tags = [choices[k] for k in TAG_GROUPS if k in choices] + self.tags
+        name = self.name or "_".join(choices[k] for k in ("solver", "task", "data") if k in choices) or None
+        directory = Path(self.dir) if self.dir else self.run_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        settings = wandb.Settings(init_timeout=self.init_timeout, silent=True, disable_git=True, x_disable_stats=True)
+        return wandb.init(
+            project=self.project,
+            entity=self.entity,
+            group=self.group or _sweep_group(),
+            name=name,
+            tags=tags,
+            config={k: v for k, v in config.items() if k != "choices"},
+            dir=str(directory),
+            mode=mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="create_new",
+            settings=settings,
+        )
+
+    # --- RunLogger ---------------------------------------------------------------------------------------
+    def start(self, config: dict[str, Any], run_dir: Path) -> None:
+        """Start (or resume, with the id kept in ``run_dir``) the W&B run."""
+        self.run_dir = Path(run_dir)
+        self.rows, self.metric_columns, self.images_sent, self._finished = [], None, 0, False
+        if self.mode == "disabled":
+            return
+        id_file = self.run_dir / RUN_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        try:
+            self.run = self._init(self.mode, run_id, config)
+        except BaseException as error:  # noqa: BLE001 - wandb raises CommError, UsageError, timeouts …
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            self._warn("start", error)
+            self.run = None
+            if self.mode == "online" and self.offline_fallback:
+                try:
+                    self.run = self._init("offline", run_id, config)
+                    log.warning("W&B: logging offline to %s; upload later with `wandb sync`", self.run.dir)
+                except BaseException as fallback_error:  # noqa: BLE001
+                    if isinstance(fallback_error, KeyboardInterrupt):
+                        raise
+                    self._warn("offline fallback", fallback_error)
+                    self.run = None
+        if self.run is not None:
+            try:
+                id_file.write_text(self.run.id + "\n")
+            except OSError as error:
+                self._warn("keeping the run id", error)
+
+    def log_image(self, row: dict[str, Any], images: dict[str, torch.Tensor]) -> None:
+        """Send the row's numbers now; keep the images for the table (the first ``max_images``)."""
+        if self.run is None:
+            return
+        try:
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if numbers:
+                self.run.log({f"image/{k}": v for k, v in numbers.items()})
+            if self.metric_columns is None:
+                self.metric_columns = list(numbers)
+            if images and self.images_sent < self.max_images:
+                import wandb
+
+                cells = [wandb.Image(to_uint8(images[k])) if k in images else None for k in IMAGE_COLUMNS]
+                metrics = [row.get(k) for k in self.metric_columns]
+                self.rows.append([str(row.get("id", "")), str(row.get("prompt", "")), *cells, *metrics])
+                self.images_sent += 1
+        except Exception as error:  # noqa: BLE001
+            self._warn("log_image", error)
+
+    def finish(self, summary: dict[str, Any] | None) -> None:
+        """Send the table, the summary and ``comparison.png``, then ``wandb.finish`` (exit code 1 if ``summary`` is None)."""
+        if self.run is None or self._finished:
+            return
+        self._finished = True
+        try:
+            import wandb
+
+            if self.rows:
+                columns = ["id", "prompt", *IMAGE_COLUMNS, *(self.metric_columns or [])]
+                self.run.log({"images": wandb.Table(columns=columns, data=self.rows)})
+            if summary:
+                flat = flatten(summary)
+                for key, value in list(flat.items()):
+                    # the headline numbers also at the top level, where W&B's run table shows them
+                    if key.startswith("metrics/") and key.endswith("/mean"):
+                        flat[key[len("metrics/") : -len("/mean")]] = value
+                    elif key.startswith("dataset_metrics/"):
+                        flat[key[len("dataset_metrics/") :]] = value
+                self.run.summary.update(flat)
+            grid = self.run_dir / "comparison.png" if self.run_dir else None
+            if summary and grid is not None and grid.is_file():
+                self.run.log({"comparison": wandb.Image(str(grid))})
+        except Exception as error:  # noqa: BLE001
+            self._warn("finish", error)
+        finally:
+            try:
+                self.run.finish(exit_code=0 if summary is not None else 1)
+            except BaseException as error:  # noqa: BLE001
+                if isinstance(error, KeyboardInterrupt):
+                    raise
+                self._warn("finish", error)
+            self.run = None
+
