@@ -28,7 +28,14 @@ HF_MODELS = {
     "clip": weights.CLIP_MODEL,
 }
 # fp32 safetensors of each diffusers component plus configs and tokenizers (not the fp16/EMA/ckpt duplicates)
-HF_PATTERNS = ["*.json", "*.txt", "tokenizer/*", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors", "model.safetensors"]
+HF_PATTERNS = [
+    "*.json",
+    "*.txt",
+    "tokenizer/*",
+    "*/diffusion_pytorch_model.safetensors",
+    "*/model.safetensors",
+    "model.safetensors",
+]
 TORCH_FILES = {
     weights.VGG16_FILE: "https://download.pytorch.org/models/vgg16-397923af.pth",
     weights.ALEXNET_FILE: "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",

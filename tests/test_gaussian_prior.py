@@ -84,7 +84,9 @@ def test_eps_equals_dense_formula(t):
     sigma = dense_covariance(h, w)
     mu = cond[:, :, None] * torch.ones(h * w, dtype=torch.float64)
     centred = (z.reshape(2, 3, h * w) - a**0.5 * mu).reshape(-1, h * w).T
-    x0 = mu + (a**0.5 * sigma @ torch.linalg.solve(a * sigma + (1 - a) * torch.eye(h * w, dtype=torch.float64), centred)).T.reshape(2, 3, h * w)
+    x0 = mu + (
+        a**0.5 * sigma @ torch.linalg.solve(a * sigma + (1 - a) * torch.eye(h * w, dtype=torch.float64), centred)
+    ).T.reshape(2, 3, h * w)
     eps = (z.reshape(2, 3, h * w) - a**0.5 * x0) / (1 - a) ** 0.5
     torch.testing.assert_close(prior.eps(z, t, cond), eps.reshape(2, 3, h, w), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(prior.posterior_x0(z, a, cond), x0.reshape(2, 3, h, w), rtol=1e-10, atol=1e-10)

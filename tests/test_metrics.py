@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_weights import isolate_staging, staged  # noqa: F401 - the fixture is used by name
+from test_weights import isolate_staging, stage_standins
 
 from treg_exp import weights
 from treg_exp.errors import UserError, WeightsNotFoundError
@@ -40,7 +40,7 @@ def context(x: torch.Tensor, prompts: list[str] | None = None) -> MetricContext:
 
 def save_pngs(folder: Path, batch: torch.Tensor, names: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for x, name in zip(batch, names):
+    for x, name in zip(batch, names, strict=True):
         levels = ((x + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
         Image.fromarray(levels).save(folder / f"{name}.png")
 
@@ -59,6 +59,12 @@ def lowrank_frechet(mu1, sigma1, mu2, sigma2, rank: int = 16) -> float:
     inner = np.linalg.eigvalsh(b.T @ sigma2 @ b).clip(min=0)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(inner).sum())
+
+
+@pytest.fixture
+def staged(tmp_path_factory, tmp_path, monkeypatch) -> Path:
+    """The stand-in weights (tests/test_weights.py), staged for one test."""
+    return stage_standins(tmp_path_factory, tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_metrics import fast_frechet, images, save_pngs  # noqa: F401 - fixtures are used by name
-from test_weights import staged  # noqa: F401
+from test_metrics import images, lowrank_frechet, save_pngs
+from test_weights import stage_standins
 
 from treg_exp import cli, seeding
 from treg_exp import score as score_module
+from treg_exp.metrics import fid as fid_module
 from treg_exp.metrics.image import psnr
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -96,7 +97,10 @@ def test_score_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert "is not one of" in capsys.readouterr().err
 
 
-def test_paper_metrics_offline_with_stand_in_weights(staged, fast_frechet, tmp_path):  # noqa: F811
+def test_paper_metrics_offline_with_stand_in_weights(tmp_path_factory, tmp_path, monkeypatch):
+    staged = stage_standins(tmp_path_factory, tmp_path, monkeypatch)
+    # 2048-d covariances of two images: the exact low-rank Fréchet formula (checked in test_metrics) not an 80 s sqrtm
+    monkeypatch.setattr(fid_module, "frechet_distance", lowrank_frechet)
     run_dir = tmp_path / "run"
     make_run(run_dir)
     out = tmp_path / "paper"
@@ -108,3 +112,51 @@ def test_paper_metrics_offline_with_stand_in_weights(staged, fast_frechet, tmp_p
     assert set(dataset) == {"fid", "kid", "fid_clean", "kid_clean", "fid_images"}
     assert dataset["fid_images"] == 2  # recon/a_1.png is an extra sample, not part of the set
     assert all(math.isfinite(v) for v in dataset.values()) and dataset["fid"] > 0 and dataset["fid_clean"] > 0
+
+
+def test_a_run_with_paper_metrics_and_offline_wandb(tmp_path_factory, tmp_path, monkeypatch):
+    """The runner with metrics=paper on stand-in weights and logger=wandb offline: every column in summary.json,
+    the W&B run on disk, then the comparison grid from the run's files."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from treg_exp.app import build_runner
+    from treg_exp.tracking.comparison import write_comparison
+
+    staged = stage_standins(tmp_path_factory, tmp_path, monkeypatch)
+    monkeypatch.setattr(fid_module, "frechet_distance", lowrank_frechet)
+    for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(key, str(tmp_path / "wandb_env" / key))
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model=gaussian",
+        "task=gauss_deblur",
+        "task.kernel_size=9",
+        "solver=ddim",
+        "solver.num_steps=5",
+        "data=samples",
+        "data.resolution=32",
+        "data.limit=2",
+        "data.prompt='a photo'",
+        "metrics=paper",
+        "logger=wandb",
+        "logger.mode=offline",
+        f"paths.weights={staged}",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.run_dir = str(run_dir)
+    runner = build_runner(cfg, run_dir)
+    runner.progress = False
+    summary = runner.run()
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["counts"]["ok"] == 2 and summary["counts"]["ok"] == 2
+    for column in ("psnr", "ssim", "consistency", "lpips", "clip_score"):
+        assert on_disk["metrics"][column]["n"] == 2 and math.isfinite(on_disk["metrics"][column]["mean"])
+    assert {"fid", "kid", "fid_clean", "kid_clean"} <= set(on_disk["dataset_metrics"])
+    assert all(math.isfinite(on_disk["dataset_metrics"][k]) for k in ("fid", "kid", "fid_clean", "kid_clean"))
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list((offline / "files" / "media" / "table").glob("images_*.table.json"))
+    assert write_comparison(run_dir) == run_dir / "comparison.png"

@@ -236,13 +236,15 @@ def test_bad_options_and_inputs(prior64) -> None:
 
 # --- cost -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("cfg_scale", "rows"), [(5.0, 2), (0.0, 1)], ids=["cfg5", "cfg0"])
-def test_cost_counts_at_defaults(prior32, cfg_scale: float, rows: int) -> None:
-    """At defaults per image: 200 UNet calls (of 2 rows; 1 at cfg 0), 57 encodes, 58 decodes, 57 CLIP passes."""
+def test_cost_counts_at_defaults(prior64, cfg_scale: float, rows: int) -> None:
+    """At defaults per image: 200 UNet calls (of 2 rows; 1 at cfg 0), 57 encodes, 58 decodes, 57 CLIP passes.
+
+    (float64: on this CPU the tiny UNet is no slower than in float32, and the fixture is shared.)"""
     operator = gaussian_deblur(kernel_size=9, kernel_sigma=2.0)
-    y = _measure(operator, _truth(dtype=torch.float32))
-    prior32.reset_counter()
-    TReg(cfg_scale=cfg_scale).solve(y, operator, prior32, ["a photo"], _gens(), SHAPE)
-    counts = prior32.counter
+    y = _measure(operator, _truth())
+    prior64.reset_counter()
+    TReg(cfg_scale=cfg_scale).solve(y, operator, prior64, ["a photo"], _gens(), SHAPE)
+    counts = prior64.counter
     assert counts["unet_calls"] == 200 and counts["unet_rows"] == 200 * rows
     assert counts["encode_calls"] == 57 and counts["encode_rows"] == 57
     assert counts["decode_calls"] == 58 and counts["decode_rows"] == 58
@@ -360,9 +362,11 @@ def test_trajectory_snapshots(prior64) -> None:
 
 
 # --- the exact Gaussian prior ---------------------------------------------------------------------------------
-#: TReg (AN off, cfg 0, 200 steps) MSE / posterior_sample MSE on 4 images of data=gaussian at 64 px, Gaussian blur
-#: 15×15 σ = 2, measured 2026-11-23: see test_gaussian_prior_mse_ratio (about 1.0; the posterior mean's is 0.5).
-MEASURED_MSE_RATIO = 1.0
+#: TReg (AN off, cfg 0, 200 steps, defaults otherwise) MSE / posterior_sample MSE on the 4 first images of
+#: data=gaussian at 64 px, Gaussian blur 15×15 σ = 2 with circular boundary, σ_y = 0.01 (measured: 1.267; 1.269 with
+#: reflect padding, 1.255 with a 9×9 kernel; the posterior mean's ratio is about 0.5). TReg's near-hard data
+#: consistency (λ = 1e-4) fits some noise in the well-conditioned directions, hence a little above 1.
+MEASURED_MSE_RATIO = 1.267
 
 
 def test_gaussian_prior_mse_ratio() -> None:
@@ -373,7 +377,8 @@ def test_gaussian_prior_mse_ratio() -> None:
     data = GaussianImages(num_images=4, resolution=64)
     ids = [data.image_id(i) for i in range(len(data))]
     x = torch.stack([data[i].image for i in range(len(data))]).double()
-    operator = gaussian_deblur(kernel_size=15, kernel_sigma=2.0)
+    # circular boundary: the oracle's circulant preconditioner is then exact and posterior_sample is instant
+    operator = gaussian_deblur(kernel_size=15, kernel_sigma=2.0, padding="circular")
     y = operator.measure(x, seeding.batch_generators(0, ids, seeding.MEASUREMENT))
 
     def mse(solver) -> float:
@@ -384,7 +389,7 @@ def test_gaussian_prior_mse_ratio() -> None:
     ratio = mse(TReg(adaptive_negation=False, cfg_scale=0.0)) / mse(PosteriorSample())
     print(f"TReg / posterior_sample MSE ratio: {ratio:.3f}")
     assert ratio <= 1.5
-    assert abs(ratio - MEASURED_MSE_RATIO) < 0.25  # the recorded number stays the measured one
+    assert ratio == pytest.approx(MEASURED_MSE_RATIO, abs=0.01)  # the recorded number is the measured one
 
 
 def test_text_steers_inpainted_region() -> None:

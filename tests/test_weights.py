@@ -150,13 +150,17 @@ def standin_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _CACHE["root"]
 
 
-@pytest.fixture
-def staged(tmp_path_factory, tmp_path, monkeypatch) -> Path:
+def stage_standins(tmp_path_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Stage the stand-in weights for one test; the environment and clean-fid's folder are restored after it."""
     root = standin_weights(tmp_path_factory)
     isolate_staging(monkeypatch, tmp_path / "cleanfid_tmp")
     weights.stage_weights(root)
     return root
+
+
+@pytest.fixture
+def staged(tmp_path_factory, tmp_path, monkeypatch) -> Path:
+    return stage_standins(tmp_path_factory, tmp_path, monkeypatch)
 
 
 def isolate_staging(monkeypatch: pytest.MonkeyPatch, cleanfid_dir: Path) -> None:

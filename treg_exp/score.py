@@ -1,4 +1,4 @@
-"""Score a finished run again from its files, without solving: ``treg-exp score RUN_DIR`` / ``python -m treg_exp.score``.
+"""Score a finished run again from its files, ``treg-exp score RUN_DIR`` or ``python -m treg_exp.score``.
 
 Reads ``config.yaml`` (the run's resolved config), ``gt/<id>.png``, ``recon/<id>.png`` and ``measurement/<id>.pt``
 (``y``, the operator's per-image ``params``, the ``prompt``), rebuilds each image's operator
@@ -174,7 +174,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("run_dirs", nargs="+", type=Path, help="finished run directories (shards of one run)")
     parser.add_argument("--metrics", help="conf/metrics/<NAME>.yaml instead of the run's own metrics")
     parser.add_argument("--protocol", choices=["standard", "treg"], help="override metrics.protocol")
-    parser.add_argument("--weights", help="a folder staged by scripts/fetch_weights.py (default: the run's paths.weights)")
+    parser.add_argument(
+        "--weights", help="a folder staged by scripts/fetch_weights.py (default: the run's paths.weights)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/score)")
     parser.add_argument("--no-grid", action="store_true", help="do not draw RUN_DIR/comparison.png")

@@ -51,7 +51,7 @@ def downloads_allowed() -> bool:
 
 
 def torch_checkpoint(name: str) -> Path:
-    """Where ``torch.hub.load_state_dict_from_url`` keeps (and looks for) the file ``name``: ``TORCH_HOME/hub/checkpoints``."""
+    """Where ``torch.hub.load_state_dict_from_url`` keeps and looks for ``name``: ``TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
@@ -113,7 +113,9 @@ def stage_weights(weights: str | Path | None, cleanfid_dir: Path | None = None) 
         return {}
     root = Path(weights).expanduser().resolve()
     if not root.is_dir():
-        raise UserError(f"paths.weights={weights} is not a folder; fill one with `python scripts/fetch_weights.py --out DIR`")
+        raise UserError(
+            f"paths.weights={weights} is not a folder; fill one with `python scripts/fetch_weights.py --out DIR`"
+        )
     env = {
         "HF_HOME": str(root / "huggingface"),
         "HF_HUB_OFFLINE": "1",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
-
 from treg_exp import seeding
 from treg_exp.data.base import ImageDataset, Sample
 from treg_exp.errors import UserError

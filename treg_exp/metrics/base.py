@@ -49,9 +49,7 @@ class ImageMetric(_ProtocolAware, ABC):
         """Load weights (raise :class:`treg_exp.errors.WeightsNotFoundError` with one line if missing)."""
 
     @abstractmethod
-    def __call__(
-        self, recon: torch.Tensor, gt: torch.Tensor, context: MetricContext
-    ) -> dict[str, torch.Tensor]:
+    def __call__(self, recon: torch.Tensor, gt: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
         """``recon``, ``gt``: ``[B, 3, H, W]`` in [−1, 1] (quantised to 8 bits). Returns ``{column: [B]}``."""
 
 

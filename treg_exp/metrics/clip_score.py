@@ -107,7 +107,7 @@ class CLIPScore(ImageMetric):
             recon = treg.minmax_stretch(recon.float())
         levels = to_uint8_levels(recon.float()).to(torch.uint8).to(self.device)
         scores = []
-        for image, prompt in zip(levels, context.prompts):
+        for image, prompt in zip(levels, context.prompts, strict=True):
             if not prompt:
                 scores.append(math.nan)
                 continue

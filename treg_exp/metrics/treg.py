@@ -1,4 +1,4 @@
-"""The official TReg script's scoring protocol (``metrics.protocol=treg``), to compare with the TReg paper like for like.
+"""The official TReg script's scoring protocol (``metrics.protocol=treg``), to compare with the TReg paper.
 
 The official ``solve.py`` (TReg-inverse/TReg) saves the label and the reconstruction with
 ``torchvision.utils.save_image(x, normalize=True)``: each image is min–max stretched over all its pixels and

@@ -154,7 +154,7 @@ class GaussianPrior(DiffusionPrior):
     def sample(
         self, cond: torch.Tensor, generators: Sequence[torch.Generator], height: int, width: int
     ) -> torch.Tensor:
-        """Prior draws ``x = μ + Σ^{1/2} n`` ``[B, 3, H, W]`` (``n`` row b from ``generators[b]``), in ``cond``'s dtype."""
+        """Prior draws ``x = μ + Σ^{1/2} n`` ``[B, 3, H, W]``, ``n`` row b from ``generators[b]``; ``cond``'s dtype."""
         noise = seeding.randn((3, height, width), generators, device=cond.device, dtype=cond.dtype)
         return self.mean_image(cond, height, width) + self.apply_covariance(noise, 0.5)
 

@@ -51,7 +51,10 @@ def write_comparison(run_dir: Path, max_images: int = 8, out: Path | None = None
         draw.text((GAP + c * (width + GAP), 1), caption, fill="black")
     for r, tiles in enumerate(rows):
         for c, tile in enumerate(tiles):
-            grid.paste(tile.resize((width, height), Image.NEAREST), (GAP + c * (width + GAP), CAPTION + GAP + r * (height + GAP)))
+            grid.paste(
+                tile.resize((width, height), Image.NEAREST),
+                (GAP + c * (width + GAP), CAPTION + GAP + r * (height + GAP)),
+            )
     path = Path(out) if out is not None else run_dir / "comparison.png"
     tmp = path.with_name(f".{path.name}.tmp")
     grid.save(tmp, format="PNG")

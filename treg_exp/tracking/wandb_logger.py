@@ -15,7 +15,6 @@ The W&B run id is kept in ``<run_dir>/wandb_run_id.txt``, so a resumed run direc
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +133,8 @@ class WandbLogger(RunLogger):
 
     # --- guarded calls -----------------------------------------------------------------------------------
     def _warn(self, what: str, error: BaseException) -> None:
-        message = f"W&B {what} failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-        warnings.warn(message + "the run goes on with its local files", RuntimeWarning, stacklevel=3)
-        log.warning(message + "the run goes on with its local files")
+        detail = str(error).splitlines()[0] if str(error) else ""
+        log.warning("W&B %s failed (%s: %s); the run goes on with its local files", what, type(error).__name__, detail)
 
     def _init(self, mode: str, run_id: str | None, config: dict[str, Any]) -> Any:
         import wandb
@@ -214,7 +212,7 @@ class WandbLogger(RunLogger):
             self._warn("log_image", error)
 
     def finish(self, summary: dict[str, Any] | None) -> None:
-        """Send the table, the summary and ``comparison.png``, then ``wandb.finish`` (exit code 1 if ``summary`` is None)."""
+        """Send the table, summary and ``comparison.png``; ``wandb.finish`` (exit code 1 if ``summary`` is None)."""
         if self.run is None or self._finished:
             return
         self._finished = True
@@ -246,4 +244,3 @@ class WandbLogger(RunLogger):
                     raise
                 self._warn("finish", error)
             self.run = None
-
