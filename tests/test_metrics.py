@@ -201,7 +201,9 @@ def test_fid_clean_mode_scores_ids_only_and_reference_folder_equals_stats_file(s
     stats = fid_module.save_reference_stats(gt_dir, tmp_path / "ref_{mode}.npz", mode="clean")
     assert stats.name == "ref_clean.npz"
     by_folder = fid_module.FID(modes=["clean"], reference=str(gt_dir), kid_subsets=10)
-    by_stats = fid_module.FID(modes=["clean"], reference=str(tmp_path / "ref_{mode}.npz"), kid_subsets=10)
+    by_stats = fid_module.FID(modes=["clean"], kid_subsets=10)
+    MetricSuite(dataset=[by_stats], fid_reference=str(tmp_path / "ref_{mode}.npz"))  # metrics.fid_reference
+    assert by_stats.reference == str(tmp_path / "ref_{mode}.npz")
     for m in (by_folder, by_stats):
         m.prepare("cpu")
     # gt/ still names the ids of the set (recon/a_1.png stays out); the reference replaces its images
@@ -223,6 +225,8 @@ def test_fid_treg_protocol_stretches_before_the_features(staged, fast_frechet, t
     stretched = suite.per_dataset(tmp_path / "recon", tmp_path / "gt")["fid_clean"]
     assert stretched < plain / 10
     assert treg.FID_STRETCH in suite.departures()
+    with pytest.raises(UserError, match="does not exist"):
+        MetricSuite(dataset=[fid_module.FID(modes=["clean"])], fid_reference=str(tmp_path / "absent"))
 
 
 # --- missing weights ---------------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_a_run_with_paper_metrics_and_offline_wandb(tmp_path_factory, tmp_path, 
         "data=samples",
         "data.resolution=32",
         "data.limit=2",
-        "data.prompt='a photo'",
+        "data.prompt=red",  # a prompt GaussianPrior knows; CLIP scores it against the reconstruction
         "metrics=paper",
         "logger=wandb",
         "logger.mode=offline",
@@ -160,3 +160,21 @@ def test_a_run_with_paper_metrics_and_offline_wandb(tmp_path_factory, tmp_path, 
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     assert list((offline / "files" / "media" / "table").glob("images_*.table.json"))
     assert write_comparison(run_dir) == run_dir / "comparison.png"
+
+
+def test_cli_with_paper_metrics_and_no_weights_stops_before_solving(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(empty / "torch"), "TQDM_DISABLE": "1"}
+    command = [sys.executable, "run.py", "model=gaussian", "metrics=paper", "data.limit=1", "data.resolution=32"]
+    command += [f"paths.weights={empty}", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=CONF.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "scripts/fetch_weights.py" in errors[0] and "vgg16-397923af.pth" in errors[0]
+    assert not (run_dir / "recon").exists()

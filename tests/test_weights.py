@@ -206,13 +206,18 @@ def test_stage_weights_replaces_a_stale_cleanfid_file_and_keeps_an_identical_one
     assert placed.stat().st_mtime_ns == mtime
 
 
-def test_stage_weights_none_changes_nothing_and_a_missing_folder_is_one_line(tmp_path, monkeypatch):
+def test_stage_weights_none_changes_nothing_a_file_is_one_line_and_a_missing_folder_goes_offline(tmp_path, monkeypatch):
     isolate_staging(monkeypatch, tmp_path / "c")
     before = dict(os.environ)
     assert weights.stage_weights(None) == {}
     assert dict(os.environ) == before
-    with pytest.raises(UserError, match="is not a folder"):
-        weights.stage_weights(tmp_path / "absent")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="not a folder"):
+        weights.stage_weights(tmp_path / "file")
+    staged = weights.stage_weights(tmp_path / "absent")
+    assert staged["HF_HUB_OFFLINE"] == "1" and "cleanfid" not in staged and not weights.downloads_allowed()
+    with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "absent")):
+        weights.require_file(weights.torch_checkpoint(weights.VGG16_FILE), "LPIPS-vgg")
 
 
 def test_require_file_raises_with_the_staging_command_when_offline(tmp_path, monkeypatch):

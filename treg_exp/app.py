@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from treg_exp.errors import find_user_error
 from treg_exp.runner import Runner
+from treg_exp.weights import stage_weights
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def _slug(text: str) -> str:
 
 def run(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
     """Run ``cfg`` (or each of its ``compare`` entries) and return ``[(name, summary)]``."""
+    stage_weights(cfg.paths.weights)
     run_dir = Path(cfg.paths.run_dir)
     choices = hydra_choices()
     if not cfg.compare:

@@ -39,6 +39,7 @@ from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Solver
 from treg_exp.tracking.base import NullLogger, RunLogger
+from treg_exp.tracking.comparison import write_comparison
 from treg_exp.tracking.files import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Runner:
         done = self.finished_ids()
         todo = [k for k, image_id in zip(indices, ids, strict=True) if image_id not in done]
         log.info("%d images in shard, %d already done, %d to solve", len(ids), len(ids) - len(todo), len(todo))
-        self.logger.start(self.config, self.run_dir)
+        self.logger.start({**self.config, "choices": self.info.get("choices", {})}, self.run_dir)
         summary = None
         try:
             bar = tqdm(total=len(todo), desc="images", unit="img", disable=not self.progress)
@@ -161,6 +162,7 @@ class Runner:
                 self._write_table(ids)
             bar.close()
             summary = self._summarise(ids)
+            write_comparison(self.run_dir)
         finally:
             self.logger.finish(summary)
         return summary
@@ -293,7 +295,7 @@ class Runner:
                 "failed": len([r for r in rows if r.get("status") == "failed"]),
             },
             "metrics": {k: _summary_stats([float(r[k]) for r in ok if k in r]) for k in numeric},
-            "protocol": self.metrics.protocol,
+            **self.metrics.describe(),
             "shard": {"index": self.shard_index, "count": self.shard_count},
             **self.info,
         }

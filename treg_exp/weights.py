@@ -105,17 +105,17 @@ def stage_weights(weights: str | Path | None, cleanfid_dir: Path | None = None) 
     Sets ``HF_HOME=weights/huggingface``, ``HF_HUB_OFFLINE=1`` and ``TORCH_HOME=weights/torch`` in ``os.environ``
     (and in ``huggingface_hub.constants`` when that module is already imported), and copies
     ``weights/cleanfid/inception-2015-12-05.pt`` to clean-fid's fixed path (``cleanfid_dir``, default
-    :data:`CLEANFID_DIR`) unless an identical file is there. ``weights=None`` changes nothing.
+    :data:`CLEANFID_DIR`) unless an identical file is there. ``weights=None`` changes nothing; a folder that does
+    not exist is staged all the same (offline), so that each loader reports the file it misses.
 
     Returns the environment variables it set (and ``"cleanfid"``: the placed file, when one was placed).
     """
     if weights is None or str(weights) == "":
         return {}
     root = Path(weights).expanduser().resolve()
-    if not root.is_dir():
-        raise UserError(
-            f"paths.weights={weights} is not a folder; fill one with `python scripts/fetch_weights.py --out DIR`"
-        )
+    if root.exists() and not root.is_dir():
+        raise UserError(f"paths.weights={weights} is a file, not a folder; {STAGE_HINT}")
+    # a folder that does not exist (yet) is still staged: each loader then names the file it misses
     env = {
         "HF_HOME": str(root / "huggingface"),
         "HF_HUB_OFFLINE": "1",

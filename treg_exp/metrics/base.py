@@ -69,18 +69,25 @@ class MetricSuite:
     """The metrics of a run (``conf/metrics/*``); ``protocol`` names how images are scored (``standard``).
 
     ``protocol: treg`` makes every metric score as the official TReg script did; :meth:`departures` lists each
-    difference from the standard protocol (for ``summary.json``).
+    difference from the standard protocol (for ``summary.json``). ``fid_reference`` (a folder of images or a
+    ``.npz`` of statistics) replaces the run's ``gt/`` as the FID/KID reference set.
     """
 
     image: list[ImageMetric] = field(default_factory=list)
     dataset: list[DatasetMetric] = field(default_factory=list)
     protocol: str = "standard"
+    fid_reference: str | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise UserError(f"metrics.protocol={self.protocol} is not one of {', '.join(PROTOCOLS)}")
         self.image = list(self.image)
         self.dataset = list(self.dataset)
+        if self.fid_reference not in (None, ""):
+            # metrics.fid_reference: the reference set of every FID/KID metric instead of the run's gt/
+            for metric in self.dataset:
+                if hasattr(metric, "set_reference"):
+                    metric.set_reference(str(self.fid_reference))
         self._departures: list[str] = []
         for metric in [*self.image, *self.dataset]:
             for note in metric.use_protocol(self.protocol):

@@ -160,9 +160,9 @@ class FID(DatasetMetric):
             if mode not in MODES:
                 raise UserError(f"FID mode {mode} is not one of {', '.join(MODES)}")
         self.kid = bool(kid)
-        self.reference = str(reference) if reference not in (None, "") else None
-        if self.reference is not None and "{mode}" not in self.reference and not Path(self.reference).exists():
-            raise UserError(f"metrics fid reference {self.reference} does not exist")
+        self.reference: str | None = None
+        if reference not in (None, ""):
+            self.set_reference(str(reference))
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.kid_subsets = int(kid_subsets)
@@ -174,6 +174,12 @@ class FID(DatasetMetric):
     def use_protocol(self, protocol: str) -> list[str]:
         super().use_protocol(protocol)
         return [treg.FID_STRETCH] if protocol == "treg" else []
+
+    def set_reference(self, reference: str) -> None:
+        """Compare with ``reference`` (a folder of images or a ``.npz``; ``{mode}`` is replaced) instead of ``gt/``."""
+        if "{mode}" not in reference and not Path(reference).exists():
+            raise UserError(f"FID reference {reference} does not exist")
+        self.reference = reference
 
     def prepare(self, device: torch.device | str) -> None:
         """Load every mode's Inception (so a missing file stops the run before the first image)."""

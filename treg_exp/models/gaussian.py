@@ -83,7 +83,7 @@ class GaussianPrior(DiffusionPrior):
         dtype: ``"float32"`` (default) or ``"float64"`` (tests); the arithmetic runs in it, outputs keep the
             dtype of the input.
         unknown_prompt: ``"error"`` (default: a one-line :class:`UserError` listing the known prompts) or
-            ``"null"`` (an unknown prompt gets the null prompt's mean; for running on photo datasets whose
+            ``"null_mean"`` (an unknown prompt gets the null prompt's mean; for running on photo datasets whose
             captions this prior cannot know).
     """
 
@@ -111,8 +111,8 @@ class GaussianPrior(DiffusionPrior):
             raise UserError('prompt_means must contain the null prompt "" (its mean is the null embedding)')
         if pixel_std <= 0 or k0 <= 0:
             raise UserError(f"pixel_std and k0 must be positive, got pixel_std={pixel_std}, k0={k0}")
-        if unknown_prompt not in ("error", "null"):
-            raise UserError(f"unknown_prompt must be 'error' or 'null', got {unknown_prompt!r}")
+        if unknown_prompt not in ("error", "null_mean"):
+            raise UserError(f"unknown_prompt must be 'error' or 'null_mean', got {unknown_prompt!r}")
         self.prompts = list(means)
         self.pixel_std = float(pixel_std)
         self.alpha = float(alpha)
@@ -165,13 +165,13 @@ class GaussianPrior(DiffusionPrior):
         for prompt in prompts:
             if prompt in self.prompts:
                 rows.append(self.prompts.index(prompt))
-            elif self.unknown_prompt == "null":
+            elif self.unknown_prompt == "null_mean":
                 rows.append(self.prompts.index(""))
             else:
                 known = ", ".join(repr(p) for p in self.prompts)
                 raise UserError(
                     f"GaussianPrior does not know the prompt {prompt!r}; known prompts: {known} "
-                    "(set data.prompt to one of them, or model.unknown_prompt=null to use the null mean)"
+                    "(set data.prompt to one of them, or model.unknown_prompt=null_mean to use the null mean)"
                 )
         self.counter.add("text", len(rows))
         return self.mean_table[rows].to(self.dtype)
