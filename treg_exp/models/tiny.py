@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from treg_exp.errors import UserError
 from treg_exp.models.stable_diffusion import StableDiffusionPrior
 
 #: Width of the tiny text encoder, the UNet's cross-attention and the image tower's projection.
@@ -89,23 +90,13 @@ def build_tokenizer(directory: str | os.PathLike | None = None) -> Any:
         return write_and_load(Path(folder))
 
 
-def build_tiny_components(seed: int = 0) -> dict[str, Any]:
-    """The tiny SD components with weights drawn from ``seed`` (the global RNG is left untouched).
-
-    Returns a dict with ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``image_encoder`` (float32),
-    ``scheduler`` (a DDIMScheduler) and ``scheduler_config`` (a plain dict).
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    tokenizer = build_tokenizer()
-    vocab_size = len(tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
+#: Network shapes: ``tiny`` (toy widths, for tests) and ``sd15`` (Stable Diffusion 1.5's full architecture with
+#: random weights: UNet 860M, VAE 84M, CLIP ViT-L/14 image tower 304M and text tower 86M parameters, the text
+#: tower smaller than the real 123M only by the code-written tokenizer's vocabulary) — for benchmarks.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "unet": dict(
             sample_size=8,
-            in_channels=4,
-            out_channels=4,
             block_out_channels=(32, 64),
             layers_per_block=1,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -113,47 +104,84 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
             cross_attention_dim=TEXT_WIDTH,
             attention_head_dim=8,
             norm_num_groups=32,
-        )
+        ),
+        "vae": dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8, sample_size=64),
+        "text": dict(hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
+        "vision": dict(
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=VISION_IMAGE_SIZE,
+            patch_size=8,
+            projection_dim=TEXT_WIDTH,
+        ),
+    },
+    "sd15": {
+        "unet": dict(
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        ),
+        "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=512),
+        "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        "vision": dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=768,
+        ),
+    },
+}
+
+
+def build_tiny_components(seed: int = 0, architecture: str = "tiny") -> dict[str, Any]:
+    """SD-shaped components with weights drawn from ``seed`` (the global RNG is left untouched).
+
+    ``architecture``: a key of :data:`ARCHITECTURES` (``tiny`` or the full-size ``sd15``).
+    Returns a dict with ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``image_encoder`` (float32),
+    ``scheduler`` (a DDIMScheduler) and ``scheduler_config`` (a plain dict).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    shapes = ARCHITECTURES[architecture]
+    tokenizer = build_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, **shapes["unet"])
         torch.manual_seed(seed + 1)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 16, 16),
-            layers_per_block=1,
             latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
             scaling_factor=0.18215,
+            **shapes["vae"],
         )
         torch.manual_seed(seed + 2)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=TEXT_WIDTH,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
+                vocab_size=len(tokenizer),
                 max_position_embeddings=77,
-                projection_dim=TEXT_WIDTH,
+                projection_dim=shapes["text"]["hidden_size"],
                 bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
+                **shapes["text"],
             )
         )
         torch.manual_seed(seed + 3)
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=TEXT_WIDTH,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                image_size=VISION_IMAGE_SIZE,
-                patch_size=8,
-                projection_dim=TEXT_WIDTH,
-            )
-        )
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**shapes["vision"]))
     scheduler = DDIMScheduler(**SD1_SCHEDULER)
     for module in (unet, vae, text_encoder, image_encoder):
         module.eval()
@@ -198,21 +226,31 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
 
     Args:
         dtype: networks' dtype (``float32`` default; ``float64`` for reference tests).
+        architecture: ``tiny`` or ``sd15`` (the full-size architecture, random weights: for benchmarks).
         seed: weight seed (the same seed gives the same model).
         gradient_checkpointing: as for :class:`StableDiffusionPrior`.
     """
 
-    def __init__(self, dtype: str | torch.dtype = "float32", seed: int = 0, gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        dtype: str | torch.dtype = "float32",
+        seed: int = 0,
+        gradient_checkpointing: bool = False,
+        architecture: str = "tiny",
+    ):
+        if architecture not in ARCHITECTURES:
+            raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
         super().__init__(
-            model_id=f"tiny(seed={seed})",
+            model_id=f"random-{architecture}(seed={seed})",
             dtype=dtype,
             local_files_only=True,
             clip_image_model="tiny",
             gradient_checkpointing=gradient_checkpointing,
         )
         self.seed = int(seed)
+        self.architecture = architecture
 
     def _load_components(self) -> dict[str, Any]:
-        parts = build_tiny_components(self.seed)
+        parts = build_tiny_components(self.seed, self.architecture)
         parts.pop("scheduler")
         return parts

@@ -170,7 +170,9 @@ class PosteriorMean(Solver):
             if kind == "auto":
                 probe = torch.randn(rhs.shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(rhs.device)
                 exact = operator.adjoint(operator.forward(probe)).to(dtype)
-                mismatch = _norm(exact - spectral_filter(probe, symbol)) / _norm(exact).clamp_min(1e-300)
+                mismatch = _norm(exact - spectral_filter(probe, symbol)) / _norm(exact).clamp_min(
+                    torch.finfo(dtype).tiny
+                )
                 kind = "circulant" if bool((mismatch < CIRCULANT_MATCH).all()) else "none"
         self.last_preconditioner = kind
         if kind != "none":
