@@ -361,6 +361,20 @@ def test_trajectory_snapshots(prior64) -> None:
     assert out.shape == SHAPE
 
 
+def test_gradient_checkpointing_is_delegated(prior64) -> None:
+    """gradient_checkpointing=true switches the prior's UNet/VAE checkpointing; the DPS result is unchanged."""
+    operator = gaussian_deblur(kernel_size=9, kernel_sigma=2.0)
+    y = _measure(operator, _truth())
+    kwargs = dict(num_steps=5, dc_grid=None, use_dps=True, adaptive_negation=False)
+    plain = TReg(**kwargs).solve(y, operator, prior64, ["a"], _gens(), SHAPE)
+    try:
+        checkpointed = TReg(gradient_checkpointing=True, **kwargs).solve(y, operator, prior64, ["a"], _gens(), SHAPE)
+        assert prior64.gradient_checkpointing and prior64.unet.is_gradient_checkpointing
+    finally:
+        prior64.set_gradient_checkpointing(False)
+    assert (plain.double() - checkpointed.double()).abs().max().item() < 1e-10
+
+
 # --- the exact Gaussian prior ---------------------------------------------------------------------------------
 #: TReg (AN off, cfg 0, 200 steps, defaults otherwise) MSE / posterior_sample MSE on the 4 first images of
 #: data=gaussian at 64 px, Gaussian blur 15×15 σ = 2 with circular boundary, σ_y = 0.01 (measured: 1.267; 1.269 with

@@ -74,6 +74,12 @@ Departures from the official code, and why:
   image to 224, ``align_corners=True``, no antialiasing, then CLIP's mean/std) and the L2 normalisation are done by
   the prior's ``embed_image`` (transformers' ``CLIPVisionModelWithProjection``); a width mismatch between image
   features and text embedding (SD 2.x without an OpenCLIP ViT-H tower) is a clear error instead of a crash.
+- ᾱ at the end of the table: with the official prepended 1.0, a step whose ``t`` or ``t_prev`` is exactly 0 would use
+  ᾱ = 1.0; ``core.ddim_plan`` uses ``final_alpha_cumprod`` (ᾱ_0) there. SD's grids (``steps_offset=1``, so
+  t = …, 1 and t_prev < 0 at the end) never reach 0, so the official setting is unaffected; only priors with
+  ``steps_offset=0`` (the Gaussian test prior) see the difference.
+- Diagnostics: the residuals ‖A x̂ − y‖ and ‖A x̂(y) − y‖ cost two extra operator applications per DC step (no
+  network passes); ``trajectory_every`` costs decodes (see above). Neither changes the result.
 - Defaults follow the official README presets (ω = 5.0, AN on, ``null_lr`` 1e-3), not its command-line defaults
   (ω = 4.0, ``null_lr`` 8e-4, AN off).
 """
@@ -244,8 +250,10 @@ class TReg(Solver):
             if callable(check):
                 check()  # a missing tower or a width mismatch (SD 2.x + ViT-L/14) fails here, before any step
 
+    # The priors take solver-dtype inputs, run their networks in ``prior.dtype`` and return the input's dtype, so
+    # the solver hands them float32/float64 tensors (the VAE's posterior sample and the CFG sum stay in float32).
     def _decode(self, prior: DiffusionPrior, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return prior.decode(z.to(prior.dtype)).to(dtype)
+        return prior.decode(z).to(dtype)
 
     def _adaptive_negation(
         self, prior: DiffusionPrior, x: torch.Tensor, null: torch.Tensor
@@ -260,7 +268,7 @@ class TReg(Solver):
             ``(c_∅ updated, loss before [B], loss after [B])``.
         """
         with torch.no_grad():
-            feats = prior.embed_image(x.to(prior.dtype)).to(null.dtype)
+            feats = prior.embed_image(x).to(null.dtype)
         if feats.shape[-1] != null.shape[-1]:
             raise UserError(
                 f"CLIP image features have width {feats.shape[-1]} but the text embedding has width "
@@ -297,7 +305,7 @@ class TReg(Solver):
         dtype = z.dtype
         with torch.enable_grad():
             z_in = z.detach().requires_grad_(True)
-            eps = prior.eps(z_in.to(prior.dtype), step.t, null.to(prior.dtype)).to(dtype)
+            eps = prior.eps(z_in, step.t, null).to(dtype)
             z0 = tweedie(z_in, eps, step.alpha_bar)
             z_prime = ddim_step(z0, eps, step.alpha_bar, step.alpha_bar_prev)
             x0 = self._decode(prior, z0, dtype)
@@ -352,7 +360,7 @@ class TReg(Solver):
                     values["dc/residual_after"] = _norm(operator(x0y).to(dtype) - y.to(dtype))
                     values["dc/cg_residual"] = cg_res
                     # Encoder sample first, then ξ: the official order of draws within a DC step.
-                    z0y = prior.encode(x0y.to(prior.dtype), generators, mode=self.encode_mode).to(dtype)
+                    z0y = prior.encode(x0y, generators, mode=self.encode_mode).to(dtype)
                 if self.adaptive_negation:
                     null, loss_before, loss_after = self._adaptive_negation(prior, x0y, null)
                     values["an/loss_before"] = loss_before
@@ -395,9 +403,8 @@ class TReg(Solver):
         null: torch.Tensor,
         dtype: torch.dtype,
     ) -> torch.Tensor:
-        """CFG noise estimate ε̂ in the networks' dtype, returned in the solver's ``dtype``."""
-        p = prior.dtype
-        return guided_eps(prior, z.to(p), t, cond.to(p), null.to(p), self.cfg_scale).to(dtype)
+        """CFG noise estimate ε̂ ``[B, C, h, w]`` in the solver's ``dtype`` (the prior runs its network in its own)."""
+        return guided_eps(prior, z, t, cond, null, self.cfg_scale).to(dtype)
 
 
 def _set_gradient_checkpointing(prior: DiffusionPrior, enabled: bool) -> None:
