@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from treg_exp.app import build_runner
+from treg_exp.errors import UserError
 
 ROOT = Path(__file__).parents[1]
 SMALL = [
@@ -166,3 +167,10 @@ def test_cli_without_weights_fails_fast_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "recon").exists()
     assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+def test_a_configuration_error_stops_the_run_with_its_line(tmp_path):
+    runner = make_runner(tmp_path, "solver=posterior_mean", "data.limit=2", "data.prompt='a photo of a cat'")
+    with pytest.raises(UserError, match="does not know the prompt"):
+        runner.run()
+    assert not (tmp_path / "rows").exists()

@@ -172,6 +172,8 @@ class Runner:
         prompts = [s.prompt for s in batch]
         try:
             results = self._solve_batch(batch, device)
+        except UserError:
+            raise  # a configuration problem fails every image alike: stop with its one line
         except Exception as error:  # noqa: BLE001 - one bad batch must not end a long sweep
             if self.fail_fast:
                 raise
