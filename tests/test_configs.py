@@ -112,6 +112,11 @@ def test_solver_task_specialisations_apply(path):
     assert isinstance(instantiate(cfg.solver), Solver)
 
 
+def test_data_model_specialisation_applies():
+    assert compose_with("model=gaussian").data.prompt == ""
+    assert compose_with("model=sd15").data.prompt is None  # each photo keeps its own caption
+
+
 @pytest.mark.parametrize("option", options("metrics"))
 def test_metrics(option, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
