@@ -157,7 +157,7 @@ def write_results(unit: dict | None, operators: list[dict], solvers: list[dict],
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `python benchmarks/run_benchmarks.py {' '.join(argv)}`".rstrip() + " on "
+        f"Written by `{' '.join(['python benchmarks/run_benchmarks.py', *argv])}` on "
         f"{time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, CUDA {cuda}.",
         "Random weights: the figures are costs, never quality.",
@@ -191,17 +191,19 @@ def write_results(unit: dict | None, operators: list[dict], solvers: list[dict],
     for r in solvers:
         estimate = "—"
         if unit and r.get("unet_calls"):
-            rows_per_call = r.get("unet_rows", 0) / max(r["unet_calls"], 1)
-            per_call = unit["unet_2rows"] if rows_per_call > 1 else unit["unet_1row"]
+            # every call has 1 row (one branch) or 2 (the CFG pair) per image
+            pair_calls = r["unet_rows"] - r["unet_calls"]
+            single_calls = r["unet_calls"] - pair_calls
             estimate = (
-                r["unet_calls"] * per_call
+                pair_calls * unit["unet_2rows"]
+                + single_calls * unit["unet_1row"]
                 + r.get("decode_rows", 0) * unit["decode"]
                 + r.get("encode_rows", 0) * unit["encode"]
                 + r.get("clip_image_rows", 0) * unit["clip_image"]
             )
             estimate = f"{estimate:.0f}"
         lines.append(
-            f"| {r['name']} | {r['seconds']:.1f} | {r.get('unet_calls', 0):.0f} | {r.get('unet_rows', 0):.0f} | "
+            f"| {r['name']} | {r['seconds']:.2f} | {r.get('unet_calls', 0):.0f} | {r.get('unet_rows', 0):.0f} | "
             f"{r.get('decode_rows', 0):.0f} | {r.get('encode_rows', 0):.0f} | {r.get('clip_image_rows', 0):.0f} | "
             f"{estimate} |"
         )
@@ -209,7 +211,8 @@ def write_results(unit: dict | None, operators: list[dict], solvers: list[dict],
         "",
         "Small model: `model=tiny` (toy widths) or `model=gaussian` (exact prior, pixel space, no networks).",
         "Estimated full-size seconds = UNet calls × the per-call cost of their row count + decodes, encodes and CLIP",
-        "passes × their unit cost, from the first table (network time only).",
+        "passes × their unit cost, from the first table: forward passes only (DPS's backward passes through the UNet",
+        "and decoder, CG, Adam and I/O come on top).",
     ]
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -133,8 +133,9 @@ def test_unknown_prompt_is_a_one_line_error_listing_the_known_ones():
 
 
 def test_no_image_encoder():
-    with pytest.raises(UserError, match="no image encoder"):
-        GaussianPrior().embed_image(torch.zeros(1, 3, 8, 8))
+    for call in (lambda p: p.embed_image(torch.zeros(1, 3, 8, 8)), lambda p: p.check_image_encoder()):
+        with pytest.raises(UserError, match="no CLIP image encoder.*adaptive_negation=false"):
+            call(GaussianPrior())
 
 
 def test_encode_decode_are_counted_identities():

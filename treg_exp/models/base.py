@@ -103,4 +103,17 @@ class DiffusionPrior(nn.Module, ABC):
 
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised CLIP image features ``[B, D]`` of ``x`` in [−1, 1] (TReg's adaptive negation)."""
-        raise UserError(f"{type(self).__name__} has no image encoder; this solver option needs one")
+        raise self._no_image_encoder()
+
+    def check_image_encoder(self) -> None:
+        """Raise a one-line :class:`UserError` unless :meth:`embed_image` works (called before expensive work)."""
+        raise self._no_image_encoder()
+
+    def _no_image_encoder(self) -> UserError:
+        return UserError(
+            f"{type(self).__name__} has no CLIP image encoder, which adaptive negation needs; "
+            "set solver.adaptive_negation=false"
+        )
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:  # noqa: B027 - no networks: nothing to do
+        """Recompute activations in the backward pass of the networks (priors with networks override this)."""

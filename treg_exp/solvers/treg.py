@@ -241,14 +241,7 @@ class TReg(Solver):
                 f"for a batch of {batch} images"
             )
         if self.adaptive_negation:
-            if type(prior).embed_image is DiffusionPrior.embed_image:
-                raise UserError(
-                    f"TReg's adaptive negation needs a CLIP image encoder, which {type(prior).__name__} does not "
-                    "have; set solver.adaptive_negation=false"
-                )
-            check = getattr(prior, "check_image_encoder", None)
-            if callable(check):
-                check()  # a missing tower or a width mismatch (SD 2.x + ViT-L/14) fails here, before any step
+            prior.check_image_encoder()  # a missing tower or a width mismatch (SD 2.x + ViT-L/14) fails here
 
     # The priors take solver-dtype inputs, run their networks in ``prior.dtype`` and return the input's dtype, so
     # the solver hands them float32/float64 tensors (the VAE's posterior sample and the CFG sum stay in float32).
@@ -333,7 +326,7 @@ class TReg(Solver):
         dtype = torch.float64 if prior.dtype == torch.float64 else torch.float32
         device = y.device
         if self.gradient_checkpointing is not None:
-            _set_gradient_checkpointing(prior, bool(self.gradient_checkpointing))
+            prior.set_gradient_checkpointing(bool(self.gradient_checkpointing))
 
         plan = ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
         is_dc = self.dc_schedule()
@@ -405,14 +398,3 @@ class TReg(Solver):
     ) -> torch.Tensor:
         """CFG noise estimate ε̂ ``[B, C, h, w]`` in the solver's ``dtype`` (the prior runs its network in its own)."""
         return guided_eps(prior, z, t, cond, null, self.cfg_scale).to(dtype)
-
-
-def _set_gradient_checkpointing(prior: DiffusionPrior, enabled: bool) -> None:
-    """Switch the prior's gradient checkpointing (UNet and VAE decoder) where it has the option."""
-    setter = getattr(prior, "set_gradient_checkpointing", None)
-    if callable(setter):
-        setter(enabled)
-    elif hasattr(prior, "gradient_checkpointing"):
-        prior.gradient_checkpointing = enabled
-    elif enabled:
-        raise UserError(f"{type(prior).__name__} has no gradient checkpointing; set solver.gradient_checkpointing=null")
