@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_weights import isolate_staging, stage_standins
 
+from tests.test_weights import isolate_staging, stage_standins
 from treg_exp import weights
 from treg_exp.errors import UserError, WeightsNotFoundError
 from treg_exp.metrics import MetricContext, MetricSuite, treg

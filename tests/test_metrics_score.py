@@ -12,9 +12,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_metrics import images, lowrank_frechet, save_pngs
-from test_weights import stage_standins
 
+from tests.test_metrics import images, lowrank_frechet, save_pngs
+from tests.test_weights import stage_standins
 from treg_exp import cli, seeding
 from treg_exp import score as score_module
 from treg_exp.metrics import fid as fid_module
