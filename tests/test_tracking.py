@@ -159,8 +159,9 @@ def test_comparison_grid_has_a_row_per_image_and_the_three_columns(tmp_path):
     (tmp_path / "gt" / "id3.png").write_bytes((tmp_path / "gt" / "id0.png").read_bytes())  # failed: no recon
     path = write_comparison(tmp_path, max_images=2)
     grid = np.asarray(Image.open(path))
-    from treg_exp.tracking.comparison import CAPTION, GAP
+    from treg_exp.tracking.comparison import CAPTION, GAP, MIN_TILE
 
+    size = MIN_TILE  # 8-px tiles are enlarged 16x so the captions fit
     assert grid.shape == (CAPTION + 2 * (size + GAP) + GAP, 3 * size + 4 * GAP, 3)
     for r in range(2):
         top = CAPTION + GAP + r * (size + GAP)

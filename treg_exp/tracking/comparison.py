@@ -14,6 +14,8 @@ from PIL import Image, ImageDraw
 COLUMNS = (("measurement", "measurement"), ("recon", "reconstruction"), ("gt", "ground truth"))
 GAP = 4
 CAPTION = 14
+#: small images (64-px test runs) are enlarged by an integer factor to at least this width, so captions fit
+MIN_TILE = 128
 
 
 def comparison_ids(run_dir: Path, max_images: int) -> list[str]:
@@ -28,7 +30,7 @@ def write_comparison(run_dir: Path, max_images: int = 8, out: Path | None = None
     """Write ``run_dir/comparison.png`` (or ``out``) and return its path; ``None`` if no image is finished.
 
     The grid has ``len(ids)`` rows and 3 columns of ``H×W`` tiles (the ground truth's size), ``GAP`` pixels apart,
-    under one caption row.
+    under one caption row; tiles narrower than ``MIN_TILE`` are enlarged by an integer factor (nearest-neighbour).
     """
     run_dir = Path(run_dir)
     ids = comparison_ids(run_dir, max_images)
@@ -45,6 +47,8 @@ def write_comparison(run_dir: Path, max_images: int = 8, out: Path | None = None
             tiles.append(tile)
         rows.append(tiles)
     width, height = rows[0][2].size
+    scale = -(-MIN_TILE // width)  # ceil
+    width, height = width * scale, height * scale
     grid = Image.new("RGB", (3 * width + 4 * GAP, CAPTION + len(rows) * (height + GAP) + GAP), "white")
     draw = ImageDraw.Draw(grid)
     for c, (_, caption) in enumerate(COLUMNS):
