@@ -4,7 +4,8 @@
         [--reference reference/p2l_tables.csv --dataset ffhq512] [--latex table.tex] [--markdown table.md]
 
 Every folder below the given ones that holds a ``summary.json`` is a run. Runs with the same choices
-(data, task, model, solver) but different ``shard.index`` are merged: their per-image rows are pooled before the
+(data, task, model, solver) and settings (hyperparameter overrides such as ``solver.cfg_scale=0``) but different
+``shard.index`` are merged: their per-image rows are pooled before the
 means are taken. Dataset metrics (FID, KID) are only reported for runs that cover the whole set in one folder
 (``treg-exp score`` recomputes them for a merged set).
 """
@@ -38,13 +39,30 @@ def find_runs(roots: list[Path]) -> list[Path]:
     return sorted({p.parent for root in roots for p in root.rglob("summary.json")})
 
 
-def run_key(summary: dict) -> tuple[str, str, str, str]:
+#: overrides that do not change what is computed for an image (where it runs, which part of the set)
+NEUTRAL_OVERRIDES = ("shard.", "hydra.", "hydra/", "paths.", "device=", "batch_size=", "logger", "fail_fast=")
+
+
+def settings(summary: dict) -> str:
+    """The run's hyperparameter overrides (``solver.cfg_scale=0 ...``) beside its config-group choices."""
+    groups = set(summary.get("choices", {}))
+    kept = [
+        o.lstrip("+~")
+        for o in summary.get("overrides", [])
+        if not o.lstrip("+~").startswith(NEUTRAL_OVERRIDES) and o.lstrip("+~").split("=")[0] not in groups
+    ]
+    return " ".join(sorted(kept))
+
+
+def run_key(summary: dict) -> tuple[str, str, str, str, str]:
+    """Runs with the same key are one configuration (shards of it are pooled)."""
     choices = summary.get("choices", {})
     return (
         choices.get("data", "?"),
         choices.get("task", "?"),
         choices.get("model", "?"),
-        choices.get("compare") or choices.get("solver", "?"),
+        choices.get("solver", "?"),
+        settings(summary),
     )
 
 
@@ -54,7 +72,7 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 
 def merge(runs: list[Path]) -> dict[tuple, dict[str, float]]:
-    """``{(data, task, model, solver): {column: mean, "n": images}}`` over all runs and shards."""
+    """``{(data, task, model, solver, settings): {column: mean, "n": images}}`` over all runs and shards."""
     rows: dict[tuple, list[dict]] = defaultdict(list)
     dataset_metrics: dict[tuple, dict] = {}
     for run_dir in runs:
@@ -90,16 +108,16 @@ def read_reference(path: Path, dataset: str) -> dict[tuple[str, str], dict[str, 
 def to_markdown(table: dict, reference: dict) -> str:
     columns = [c for c in (*COLUMNS, "fid_clean", "kid") if any(c in e for e in table.values())]
     lines = [
-        "| data | task | model | solver | n | " + " | ".join(columns) + " |",
-        "|---" * (5 + len(columns)) + "|",
+        "| data | task | model | solver | settings | n | " + " | ".join(columns) + " |",
+        "|---" * (6 + len(columns)) + "|",
     ]
-    for (data, task, model, solver), entry in sorted(table.items()):
+    for (data, task, model, solver, setting), entry in sorted(table.items()):
         cells = [f"{entry[c]:.4g}" if c in entry else "—" for c in columns]
-        lines.append(f"| {data} | {task} | {model} | {solver} | {entry['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {data} | {task} | {model} | {solver} | {setting} | {entry['n']} | " + " | ".join(cells) + " |")
         paper = reference.get((PAPER_NAMES.get(solver, solver), task))
         if paper:
             cells = [f"{paper[c]:.4g}" if c in paper else "" for c in columns]
-            lines.append("| | | | *paper* | | " + " | ".join(cells) + " |")
+            lines.append("| | | | *paper* | | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -112,9 +130,10 @@ def to_latex(table: dict, reference: dict) -> str:
         "Task & Method & " + " & ".join(arrows) + " \\\\",
         "\\midrule",
     ]
-    for (_data, task, _model, solver), entry in sorted(table.items()):
+    for (_data, task, _model, solver, setting), entry in sorted(table.items()):
         cells = [f"{entry[c]:.3f}" if c in entry else "--" for c in columns]
-        lines.append(f"{task.replace('_', ' ')} & {solver.replace('_', ' ')} & " + " & ".join(cells) + " \\\\")
+        method = " ".join([solver, setting]).strip().replace("_", " ")
+        lines.append(f"{task.replace('_', ' ')} & {method} & " + " & ".join(cells) + " \\\\")
         paper = reference.get((PAPER_NAMES.get(solver, solver), task))
         if paper:
             cells = [f"{paper[c]:.3f}" if c in paper else "" for c in columns]

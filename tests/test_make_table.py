@@ -26,13 +26,14 @@ def test_shards_are_pooled_per_image(tmp_path):
             "model": "gaussian",
             "solver": "posterior_mean",
         }
+        runner.info["overrides"] = ["solver=posterior_mean", "solver.tol=1e-7", f"shard.index={index}"]
         runner.run()
     rows = []
     for index in range(2):
         with (tmp_path / f"shard{index}" / "metrics.csv").open() as handle:
             rows += list(csv.DictReader(handle))
     table = make_table.merge(make_table.find_runs([tmp_path]))
-    entry = table[("samples", "gauss_deblur", "gaussian", "posterior_mean")]
+    entry = table[("samples", "gauss_deblur", "gaussian", "posterior_mean", "solver.tol=1e-7")]
     assert entry["n"] == 3
     # the pooled mean is over images, not the mean of the two shards' means (2 images and 1)
     assert entry["psnr"] == pytest.approx(sum(float(r["psnr"]) for r in rows) / 3)
@@ -42,11 +43,20 @@ def test_shards_are_pooled_per_image(tmp_path):
     assert entry["psnr"] != pytest.approx(sum(shard_means) / 2)
 
 
+def test_a_sweep_over_a_hyperparameter_gives_one_row_per_value():
+    def summary(*overrides):
+        return {"choices": {"solver": "treg", "task": "sr16"}, "overrides": ["solver=treg", *overrides]}
+
+    low, high = summary("solver.cfg_scale=0", "shard.index=0"), summary("solver.cfg_scale=5", "shard.index=0")
+    assert make_table.run_key(low) != make_table.run_key(high)
+    assert make_table.run_key(low) == make_table.run_key(summary("shard.index=1", "solver.cfg_scale=0", "device=cuda"))
+
+
 def test_paper_rows_sit_under_matching_runs():
-    table = {("ffhq", "sr8", "sd14", "psld"): {"n": 10, "psnr": 26.0, "lpips": 0.3}}
+    table = {("ffhq", "sr8", "sd14", "psld", ""): {"n": 10, "psnr": 26.0, "lpips": 0.3}}
     reference = make_table.read_reference(ROOT / "reference" / "p2l_tables.csv", "ffhq512")
     markdown = make_table.to_markdown(table, reference).splitlines()
-    assert markdown[2].startswith("| ffhq | sr8 | sd14 | psld | 10 |")
+    assert markdown[2].startswith("| ffhq | sr8 | sd14 | psld |  | 10 |")
     assert "*paper*" in markdown[3] and "26.62" in markdown[3] and "0.335" in markdown[3]
     assert "36.93" not in markdown[3]  # FID is no column of this table: the paper's FID is not shown
     latex = make_table.to_latex(table, reference)

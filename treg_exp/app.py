@@ -36,7 +36,14 @@ def hydra_choices() -> dict[str, str]:
     return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
-def build_runner(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> Runner:
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra job (``[]`` outside one)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def build_runner(
+    cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None, overrides: list[str] | None = None
+) -> Runner:
     """Instantiate data, task, model, solver, metrics and logger of ``cfg`` (no weights are loaded here)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     return Runner(
@@ -54,15 +61,15 @@ def build_runner(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None 
         shard_index=cfg.shard.index,
         shard_count=cfg.shard.count,
         fail_fast=cfg.fail_fast,
-        info={"choices": choices or {}},
+        info={"choices": choices or {}, "overrides": overrides or []},
         config=config,
     )
 
 
-def run_one(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict[str, Any]:
+def run_one(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    summary = build_runner(cfg, run_dir, choices).run()
+    summary = build_runner(cfg, run_dir, choices, overrides).run()
     log.info("wrote %s", run_dir)
     return summary
 
@@ -89,8 +96,8 @@ def run(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
     choices = hydra_choices()
     if not cfg.compare:
         name = f"{choices.get('solver', 'solver')}/{choices.get('task', 'task')}"
-        return [(name, run_one(cfg, run_dir, choices))]
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        return [(name, run_one(cfg, run_dir, choices, hydra_overrides()))]
+    overrides = hydra_overrides()
     results = []
     for entry in cfg.compare:
         sub = hydra.compose(config_name="config", overrides=[*overrides, *str(entry).split()], return_hydra_config=True)
@@ -100,7 +107,7 @@ def run(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
         del sub["hydra"]
         sub.compare = []
         sub.paths.run_dir = str(sub_dir)
-        results.append((str(entry), run_one(sub, sub_dir, sub_choices)))
+        results.append((str(entry), run_one(sub, sub_dir, sub_choices, [*overrides, *str(entry).split()])))
     return results
 
 
