@@ -366,6 +366,15 @@ def test_random_mask_ratio() -> None:
     assert int((m == 0).sum()) == round(0.7 * 64 * 48)
 
 
+def test_random_mask_ratio_range_is_drawn_per_image() -> None:
+    """``drop_ratio: [0.3, 0.7]`` (DPS's mask_prob_range): each image its own ratio, inside the range."""
+    ratios = [float((random_mask(32, 32, g, (0.3, 0.7)) == 0).float().mean()) for g in gens(*range(12))]
+    assert all(0.3 - 1 / 1024 <= r <= 0.7 + 1 / 1024 for r in ratios)
+    assert max(ratios) - min(ratios) > 0.1
+    again = [float((random_mask(32, 32, g, (0.3, 0.7)) == 0).float().mean()) for g in gens(*range(12))]
+    assert ratios == again
+
+
 @pytest.mark.parametrize("size", [64, 256])
 def test_freeform_mask_ratio(size: int) -> None:
     ratios = []

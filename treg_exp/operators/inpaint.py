@@ -30,7 +30,7 @@ class Inpainting(LinearOperator):
         mask_type: ``box`` | ``random`` | ``freeform`` | ``file`` (``freeform`` with ``mask_file`` set reads the
             file too).
         box_fraction, placement: box side as a fraction of the image side; ``random`` or ``center``.
-        drop_ratio: fraction of pixels dropped by ``random``.
+        drop_ratio: fraction of pixels dropped by ``random``, or ``[low, high]`` to draw it per image.
         hole_range: ``[low, high]`` hole ratio of ``freeform`` masks.
         mask_file, mask_holes: a ``.npz`` of masks and which of its entries are holes (``nonzero`` | ``zero``).
         sigma_y: measurement noise on the [−1, 1] scale.
@@ -43,7 +43,7 @@ class Inpainting(LinearOperator):
         mask_type: str = "box",
         box_fraction: float = 0.5,
         placement: str = "random",
-        drop_ratio: float = 0.7,
+        drop_ratio: float | Sequence[float] = (0.3, 0.7),
         hole_range: Sequence[float] = (0.1, 0.2),
         mask_file: str | None = None,
         mask_holes: str = "nonzero",
@@ -61,7 +61,7 @@ class Inpainting(LinearOperator):
             mask_type=mask_type,
             box_fraction=float(box_fraction),
             placement=placement,
-            drop_ratio=float(drop_ratio),
+            drop_ratio=float(drop_ratio) if isinstance(drop_ratio, (int, float)) else tuple(map(float, drop_ratio)),
             hole_range=tuple(float(v) for v in hole_range),
             mask_file=mask_file,
             mask_holes=mask_holes,
@@ -72,8 +72,8 @@ class Inpainting(LinearOperator):
         # validate the cheap options now, before any image is loaded
         if mask_type == "box":
             mask_lib.box_mask(16, 16, torch.Generator().manual_seed(0), box_fraction, placement)
-        elif mask_type == "random" and not 0.0 <= drop_ratio < 1.0:
-            raise UserError(f"task.drop_ratio must be in [0, 1), got {drop_ratio}")
+        elif mask_type == "random":
+            mask_lib.random_mask(4, 4, torch.Generator().manual_seed(0), self.options["drop_ratio"])
         elif mask_type == "freeform" and not 0.0 < hole_range[0] <= hole_range[1] < 1.0:
             raise UserError(f"task.hole_range must satisfy 0 < low ≤ high < 1, got {list(hole_range)}")
         if file_masks is None and mask_file:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,21 @@ def box_mask(
     return mask
 
 
-def random_mask(height: int, width: int, generator: torch.Generator, drop_ratio: float = 0.7) -> torch.Tensor:
-    """Exactly ``round(drop_ratio·H·W)`` pixels (all channels) dropped, chosen by ``generator``. ``[1, H, W]``."""
-    if not 0.0 <= drop_ratio < 1.0:
-        raise UserError(f"task.drop_ratio must be in [0, 1), got {drop_ratio}")
+def random_mask(
+    height: int, width: int, generator: torch.Generator, drop_ratio: float | Sequence[float] = 0.7
+) -> torch.Tensor:
+    """Exactly ``round(r·H·W)`` pixels (all channels) dropped, chosen by ``generator``. ``[1, H, W]``.
+
+    ``drop_ratio``: the ratio ``r``, or ``[low, high]`` to draw ``r ~ U(low, high)`` per image first (DPS's code:
+    ``mask_prob_range (0.3, 0.7)``).
+    """
+    low, high = (drop_ratio, drop_ratio) if isinstance(drop_ratio, (int, float)) else tuple(drop_ratio)
+    if not 0.0 <= low <= high < 1.0:
+        raise UserError(f"task.drop_ratio must be in [0, 1) (or a [low, high] range in it), got {drop_ratio}")
+    if high > low:
+        drop_ratio = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+    else:
+        drop_ratio = low
     n = height * width
     holes = torch.randperm(n, generator=generator)[: round(drop_ratio * n)]
     mask = torch.ones(n)
