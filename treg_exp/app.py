@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from treg_exp.errors import find_user_error
+from treg_exp.errors import UserError, find_user_error
 from treg_exp.runner import Runner
 from treg_exp.weights import stage_weights
 
@@ -66,10 +66,43 @@ def build_runner(
     )
 
 
+#: the parts of a config that decide what an image's result is; a run directory holds results of one such config
+RESULT_KEYS = ("data", "task", "model", "solver", "seed", "num_samples")
+#: ...except how many images are taken: a larger ``data.limit`` resumes a run and adds images
+SUBSET_KEYS = ("data.limit",)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to resume into a run directory whose finished images were computed with other settings."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    old_flat = _flatten({k: old.get(k) for k in RESULT_KEYS})
+    new_flat = _flatten({k: new.get(k) for k in RESULT_KEYS})
+    changed = sorted(
+        k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k) and k not in SUBSET_KEYS
+    )
+    if changed:
+        raise UserError(
+            f"{run_dir} holds results computed with other settings ({', '.join(changed[:4])}"
+            f"{', ...' if len(changed) > 4 else ''}); choose a new hydra.run.dir"
+        )
+
+
 def run_one(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    check_same_run(cfg, run_dir)
+    runner = build_runner(cfg, run_dir, choices, overrides)  # bad options fail here, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    summary = build_runner(cfg, run_dir, choices, overrides).run()
+    summary = runner.run()
     log.info("wrote %s", run_dir)
     return summary
 
