@@ -5,6 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from treg_exp import seeding
+from treg_exp.errors import UserError
 from treg_exp.models.base import NetworkCounter
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.solvers import core
@@ -60,7 +61,7 @@ def test_gaussian_grid_reaches_zero():
 
 
 def test_offset_past_the_table_is_an_error(schedule):
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(UserError, match="outside"):
         core.sampling_timesteps(schedule, 1000)
 
 

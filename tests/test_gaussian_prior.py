@@ -98,7 +98,7 @@ def test_eps_keeps_input_dtype_and_runs_in_float32_by_default():
     z = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     assert prior.eps(z, 10, prior.embed_text([""])).dtype == torch.float64
     assert prior.eps(z.float(), 10, prior.embed_text([""])).dtype == torch.float32
-    with pytest.raises(UserError, match="float32 or float64"):
+    with pytest.raises(UserError, match="use one of float32, float64"):
         GaussianPrior(dtype="bfloat16")
 
 

@@ -366,6 +366,14 @@ def test_random_mask_ratio() -> None:
     assert int((m == 0).sum()) == round(0.7 * 64 * 48)
 
 
+@pytest.mark.parametrize(
+    "options", [dict(mask_type="freeform", hole_range=[0.3]), dict(mask_type="random", drop_ratio=[0.1, 0.2, 0.3])]
+)
+def test_malformed_ranges_are_one_line_errors(options) -> None:
+    with pytest.raises(UserError, match="low, high"):
+        Inpainting(**options)
+
+
 def test_random_mask_ratio_range_is_drawn_per_image() -> None:
     """``drop_ratio: [0.3, 0.7]`` (DPS's mask_prob_range): each image its own ratio, inside the range."""
     ratios = [float((random_mask(32, 32, g, (0.3, 0.7)) == 0).float().mean()) for g in gens(*range(12))]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,8 +31,9 @@ from tqdm.auto import tqdm
 from treg_exp import seeding
 from treg_exp.data.base import ImageDataset, Sample
 from treg_exp.data.images import to_pil
+from treg_exp.devices import resolve_device
 from treg_exp.errors import UserError
-from treg_exp.metrics.base import MetricContext, MetricSuite
+from treg_exp.metrics.base import MetricContext, MetricSuite, summary_stats
 from treg_exp.metrics.image import psnr, to_uint8_levels
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
@@ -50,16 +50,6 @@ ROW_FIRST_COLUMNS = ("id", "status", "prompt", "psnr", "ssim", "psnr_measurement
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """What an 8-bit PNG of ``x`` holds, back in [−1, 1] (metrics are computed on what is saved)."""
     return to_uint8_levels(x.float()) / 127.5 - 1.0
-
-
-def _summary_stats(values: list[float]) -> dict[str, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    n = len(finite)
-    if n == 0:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    mean = sum(finite) / n
-    std = (sum((v - mean) ** 2 for v in finite) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return {"mean": mean, "std": std, "n": n}
 
 
 @dataclass
@@ -109,19 +99,6 @@ class Runner:
         if not 0 <= self.shard_index < self.shard_count:
             raise UserError(f"shard.index must be in 0..{self.shard_count - 1}, got {self.shard_index}")
 
-    def resolve_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device={self.device} requested but CUDA is not available")
-        return device
-
-    @property
-    def work_dtype(self) -> torch.dtype:
-        """Solver state: float64 when the prior runs in float64 (tests), float32 otherwise."""
-        return torch.float64 if self.prior.dtype == torch.float64 else torch.float32
-
     def shard_indices(self) -> list[int]:
         return [k for k in range(len(self.dataset)) if k % self.shard_count == self.shard_index]
 
@@ -139,10 +116,11 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Solve every image of the shard not already done, then write ``metrics.csv`` and ``summary.json``."""
         self._check()
-        device = self.resolve_device()
+        device = resolve_device(self.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.prior.load(device)  # missing weights stop the run here, before any image is solved
+        # missing weights stop the run here, before any image is solved (metric files first: they load fast)
         self.metrics.prepare(device)
+        self.prior.load(device)
         indices = self.shard_indices()
         if not indices:
             raise UserError(f"shard {self.shard_index}/{self.shard_count} of the dataset holds no image")
@@ -194,7 +172,7 @@ class Runner:
     def _solve_batch(self, batch: Sequence[Sample], device: torch.device) -> list[tuple[dict, dict]]:
         ids = [s.id for s in batch]
         prompts = [s.prompt for s in batch]
-        dtype = self.work_dtype
+        dtype = self.prior.state_dtype
         x = torch.stack([s.image for s in batch]).to(device=device, dtype=dtype)
         measurement_streams = seeding.batch_generators(self.seed, ids, seeding.MEASUREMENT)
         operator = self.operator.draw(measurement_streams, x.shape).to(device)
@@ -231,15 +209,8 @@ class Runner:
         gt = quantize(x)
         recon = quantize(recons[0])
         shown = operator.measurement_image(y).float().clamp(-1, 1)
-        values = self.metrics.per_image(recon, gt, MetricContext(y=y, operator=operator, prompts=prompts))
-        if shown.shape[-2:] == gt.shape[-2:]:
-            values["psnr_measurement"] = psnr(quantize(shown), gt)
-        else:
-            values["psnr_measurement"] = psnr(quantize(F.interpolate(shown, size=gt.shape[-2:], mode="bicubic")), gt)
-
         params = {name: tensor.detach().cpu() for name, tensor in operator.params().items()}
-        results = []
-        for b, sample in enumerate(batch):
+        for b, sample in enumerate(batch):  # the images first: a scoring failure must not lose a finished solve
             to_pil(x[b]).save(self._path("gt", sample.id))
             to_pil(shown[b]).save(self._path("measurement", sample.id))
             torch.save(
@@ -253,8 +224,22 @@ class Runner:
             for k, r in enumerate(recons):
                 to_pil(r[b]).save(self._path("recon", sample.id if k == 0 else f"{sample.id}_{k}"))
             self._write_diagnostics(sample.id, diagnostics[sample.id], [(s, n, t[b]) for s, n, t in trajectory])
+
+        errors: list[str] = []
+        context = MetricContext(y=y, operator=operator, prompts=prompts)
+        values = self.metrics.per_image(recon, gt, context, errors)
+        for error in errors:
+            log.warning("metric failed on %s: %s", ", ".join(ids), error)
+        if shown.shape[-2:] != gt.shape[-2:]:
+            shown = F.interpolate(shown, size=gt.shape[-2:], mode="bicubic")
+        values["psnr_measurement"] = psnr(quantize(shown), gt)
+
+        results = []
+        for b, sample in enumerate(batch):
             row = {"id": sample.id, "status": "ok", "prompt": sample.prompt}
             row.update({name: float(v[b]) for name, v in values.items()})
+            if errors:
+                row["metric_errors"] = "; ".join(errors)
             row["seconds"] = seconds
             for key, count in sorted(counts.items()):
                 row[key] = count / len(batch) if key.endswith("_rows") else count
@@ -296,7 +281,7 @@ class Runner:
                 "ok": len(ok),
                 "failed": len([r for r in rows if r.get("status") == "failed"]),
             },
-            "metrics": {k: _summary_stats([float(r[k]) for r in ok if k in r]) for k in numeric},
+            "metrics": {k: summary_stats([float(r[k]) for r in ok if k in r]) for k in numeric},
             **self.metrics.describe(),
             "shard": {"index": self.shard_index, "count": self.shard_count},
             **self.info,
@@ -307,6 +292,12 @@ class Runner:
                     "dataset metrics need the whole set: run `treg-exp score` on the merged shards"
                 )
             else:
-                summary["dataset_metrics"] = self.metrics.per_dataset(self.run_dir / "recon", self.run_dir / "gt")
+                errors: list[str] = []
+                summary["dataset_metrics"] = self.metrics.per_dataset(
+                    self.run_dir / "recon", self.run_dir / "gt", errors
+                )
+                if errors:
+                    log.warning("dataset metrics failed: %s", "; ".join(errors))
+                    summary["dataset_metric_errors"] = errors
         write_json(self.run_dir / "summary.json", summary)
         return summary

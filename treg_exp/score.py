@@ -14,7 +14,6 @@ Writes ``OUT/metrics.csv`` (one row per image) and ``OUT/summary.json`` (``metri
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -27,7 +26,9 @@ import torch
 from PIL import Image
 
 from treg_exp import seeding
+from treg_exp.devices import resolve_device
 from treg_exp.errors import UserError
+from treg_exp.metrics.base import summary_stats
 from treg_exp.weights import stage_weights
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -48,22 +49,6 @@ def metrics_config(name: str) -> Any:
         raise UserError(f"--metrics {name} is not one of {', '.join(options)}")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(overrides=[f"+metrics={name}"]).metrics
-
-
-def summary_stats(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample std and count of the finite values."""
-    finite = [float(v) for v in values if math.isfinite(float(v))]
-    if not finite:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    mean = sum(finite) / len(finite)
-    std = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else 0.0
-    return {"mean": mean, "std": std, "n": len(finite)}
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _merged_folders(run_dirs: Sequence[Path], tmp: Path) -> tuple[Path, Path]:
@@ -109,7 +94,7 @@ def score(
         metrics_cfg = OmegaConf.merge(metrics_cfg, {"protocol": protocol})
     stage_weights(weights if weights is not None else OmegaConf.select(cfg, "paths.weights"))
     suite = instantiate(metrics_cfg)
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     suite.prepare(torch_device)  # missing weights: one line before any image is read
     operator = instantiate(cfg.task) if "task" in cfg else None
     seed = int(OmegaConf.select(cfg, "seed", default=0))

@@ -56,3 +56,13 @@ def rand(
     """Uniform [0, 1) draws ``[B, *shape]``, row ``b`` from ``generators[b]``."""
     rows = [torch.rand(tuple(shape), generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    """One float64 draw from U(low, high)."""
+    return low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def randint(generator: torch.Generator, low: int, high: int) -> int:
+    """One integer draw from ``[low, high)`` (``numpy.random.randint``'s convention)."""
+    return int(torch.randint(low, high, (), generator=generator))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,16 @@ from treg_exp.operators.base import LinearOperator
 # "standard": the papers' protocol as this project computes it; "treg": as the official TReg script scored its
 # images (see treg_exp.metrics.treg). A metric learns the protocol through ``use_protocol``.
 PROTOCOLS = ("standard", "treg")
+
+
+def summary_stats(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample std and count of the finite values (NaN mean and std when there are none)."""
+    finite = [float(v) for v in values if math.isfinite(float(v))]
+    if not finite:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    mean = sum(finite) / len(finite)
+    std = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else 0.0
+    return {"mean": mean, "std": std, "n": len(finite)}
 
 
 @dataclass
@@ -106,14 +117,32 @@ class MetricSuite:
         for metric in [*self.image, *self.dataset]:
             metric.prepare(device)
 
-    def per_image(self, recon: torch.Tensor, gt: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
+    def per_image(
+        self, recon: torch.Tensor, gt: torch.Tensor, context: MetricContext, errors: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every image metric's columns ``{column: [B]}``.
+
+        With an ``errors`` list, a metric that raises is skipped and its error appended there (a scoring failure
+        must not throw away a finished reconstruction); without one, it raises.
+        """
         values: dict[str, torch.Tensor] = {}
         for metric in self.image:
-            values.update(metric(recon, gt, context))
+            try:
+                values.update(metric(recon, gt, context))
+            except Exception as error:
+                if errors is None:
+                    raise
+                errors.append(f"{type(metric).__name__}: {type(error).__name__}: {error}")
         return values
 
-    def per_dataset(self, recon_dir: Path, gt_dir: Path) -> dict[str, float]:
+    def per_dataset(self, recon_dir: Path, gt_dir: Path, errors: list[str] | None = None) -> dict[str, float]:
+        """Every dataset metric's columns; ``errors`` as in :meth:`per_image`."""
         values: dict[str, float] = {}
         for metric in self.dataset:
-            values.update(metric(recon_dir, gt_dir))
+            try:
+                values.update(metric(recon_dir, gt_dir))
+            except Exception as error:
+                if errors is None:
+                    raise
+                errors.append(f"{type(metric).__name__}: {type(error).__name__}: {error}")
         return values

@@ -44,6 +44,12 @@ class DiffusionPrior(nn.Module, ABC):
         super().__init__()
         self.counter = NetworkCounter()
 
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """The dtype solvers keep their state in (latents, CG, embeddings under Adam): float64 for a float64 prior
+        (reference tests), float32 otherwise, whatever half precision the networks run in."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
     # --- lifecycle -------------------------------------------------------------------------------------------
     def load(self, device: torch.device | str = "cpu") -> DiffusionPrior:
         """Load weights (if any) and move to ``device``. Idempotent."""

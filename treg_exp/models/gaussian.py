@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from treg_exp import seeding
+from treg_exp.devices import parse_dtype
 from treg_exp.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
@@ -43,18 +44,6 @@ DEFAULT_PROMPT_MEANS: dict[str, tuple[float, float, float]] = {
     "white": (0.5, 0.5, 0.5),
     "black": (-0.5, -0.5, -0.5),
 }
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    else:
-        resolved = _DTYPES.get(str(dtype).removeprefix("torch."))
-    if resolved not in (torch.float32, torch.float64):
-        raise UserError(f"GaussianPrior dtype must be float32 or float64, got {dtype!r}")
-    return resolved
 
 
 def spectral_filter(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
@@ -117,7 +106,7 @@ class GaussianPrior(DiffusionPrior):
         self.pixel_std = float(pixel_std)
         self.alpha = float(alpha)
         self.k0 = float(k0)
-        self.dtype = _as_dtype(dtype)
+        self.dtype = parse_dtype(dtype, allowed=(torch.float32, torch.float64))
         self.unknown_prompt = unknown_prompt
         # A buffer, so that `load(device)` / `.to(device)` moves the table and `self.device` follows it.
         self.register_buffer("mean_table", torch.tensor(list(means.values()), dtype=torch.float64), persistent=False)

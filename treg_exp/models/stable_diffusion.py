@@ -20,37 +20,17 @@ import torch
 import torch.nn.functional as F
 
 from treg_exp import seeding
+from treg_exp.devices import parse_dtype
 from treg_exp.errors import UserError
 from treg_exp.models import loading
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
-
-DTYPES = {
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
 
 #: OpenAI CLIP's image normalisation (mean, std), as the official TReg code applies it.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"float16"`` / ``"bfloat16"`` / ``"float32"`` / ``"float64"`` (or a torch dtype) → torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise UserError(f"unknown model dtype {dtype!r}; use one of float16, bfloat16, float32, float64") from None
 
 
 def clip_preprocess(x: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -119,11 +99,6 @@ class StableDiffusionPrior(DiffusionPrior):
         if self._schedule is None:
             raise UserError(f"{type(self).__name__} ({self.model_id}): call load() before using the schedule")
         return self._schedule
-
-    @property
-    def state_dtype(self) -> torch.dtype:
-        """The dtype solvers keep their state in: float64 for a float64 prior, else float32."""
-        return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     @property
     def loaded(self) -> bool:

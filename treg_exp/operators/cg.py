@@ -6,14 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image inner products ``[B]`` of ``[B, ...]`` tensors."""
-    return (a * b).flatten(1).sum(1)
-
-
-def _per_image(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
+from treg_exp.batch import batch_dot, per_image
 
 
 def conjugate_gradient(
@@ -46,22 +39,22 @@ def conjugate_gradient(
     r = rhs - apply_matrix(x)
     z = r if preconditioner is None else preconditioner(r)
     p = z.clone()
-    rs = _dot(r, r)
-    rz = rs if preconditioner is None else _dot(r, z)
+    rs = batch_dot(r, r)
+    rz = rs if preconditioner is None else batch_dot(r, z)
     for _ in range(iters):
         active = rs.sqrt() >= tol if tol > 0 else torch.ones_like(rs, dtype=torch.bool)
         if not bool(active.any()):
             break
         mp = apply_matrix(p)
-        denom = _dot(p, mp)
+        denom = batch_dot(p, mp)
         alpha = torch.where(active & (denom > 0), rz / torch.where(denom > 0, denom, 1.0), 0.0)
-        x = x + _per_image(alpha, x) * p
-        r = r - _per_image(alpha, r) * mp
-        rs_new = _dot(r, r)
+        x = x + per_image(alpha, x) * p
+        r = r - per_image(alpha, r) * mp
+        rs_new = batch_dot(r, r)
         z = r if preconditioner is None else preconditioner(r)
-        rz_new = rs_new if preconditioner is None else _dot(r, z)
+        rz_new = rs_new if preconditioner is None else batch_dot(r, z)
         beta = torch.where(active & (rz > 0), rz_new / torch.where(rz > 0, rz, 1.0), 0.0)
-        p = torch.where(_per_image(active, p), z + _per_image(beta, p) * p, p)
+        p = torch.where(per_image(active, p), z + per_image(beta, p) * p, p)
         rs = torch.where(active, rs_new, rs)
         rz = torch.where(active, rz_new, rz)
     return x, rs.sqrt()

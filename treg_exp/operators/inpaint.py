@@ -74,8 +74,8 @@ class Inpainting(LinearOperator):
             mask_lib.box_mask(16, 16, torch.Generator().manual_seed(0), box_fraction, placement)
         elif mask_type == "random":
             mask_lib.random_mask(4, 4, torch.Generator().manual_seed(0), self.options["drop_ratio"])
-        elif mask_type == "freeform" and not 0.0 < hole_range[0] <= hole_range[1] < 1.0:
-            raise UserError(f"task.hole_range must satisfy 0 < low ≤ high < 1, got {list(hole_range)}")
+        elif mask_type == "freeform" and not (len(hole_range) == 2 and 0.0 < hole_range[0] <= hole_range[1] < 1.0):
+            raise UserError(f"task.hole_range must be [low, high] with 0 < low ≤ high < 1, got {list(hole_range)}")
         if file_masks is None and mask_file:
             file_masks = mask_lib.load_mask_file(mask_file, mask_holes)
         self._file_masks = file_masks

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from treg_exp import seeding
 from treg_exp.errors import UserError
 
 
@@ -60,11 +61,6 @@ def svd_gaussian_taps(size: int = 61, sigma: float = 5.0) -> torch.Tensor:
 _EPS = float(np.finfo(float).eps)
 
 
-def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    return low + (high - low) * u
-
-
 def _beta_int(generator: torch.Generator, a: int, b: int) -> float:
     """Beta(a, b) for integer shapes, as G_a / (G_a + G_b) with Gamma(k) = −Σ log U (k uniforms)."""
     u = torch.rand(a + b, generator=generator, dtype=torch.float64).clamp_min(1e-300)
@@ -74,7 +70,7 @@ def _beta_int(generator: torch.Generator, a: int, b: int) -> float:
 
 
 def _triangular(generator: torch.Generator, left: float, mode: float, right: float) -> float:
-    u = _uniform(generator)
+    u = seeding.uniform(generator)
     c = (mode - left) / (right - left)
     if u < c:
         return left + math.sqrt(u * (right - left) * (mode - left))
@@ -98,21 +94,21 @@ def motion_kernel(size: int = 61, intensity: float = 0.5, generator: torch.Gener
     canvas = 2 * size
     diagonal = math.sqrt(2.0) * canvas
     # steps
-    max_len = 0.75 * diagonal * (_uniform(g) + _uniform(g, 0.0, intensity**2))
+    max_len = 0.75 * diagonal * (seeding.uniform(g) + seeding.uniform(g, 0.0, intensity**2))
     steps: list[float] = []
     while sum(steps) < max_len:
         # Beta(1, 30) by inversion: 1 − U^(1/30)
-        step = (1.0 - _uniform(g) ** (1.0 / 30.0)) * (1.0 - intensity + _EPS) * diagonal
+        step = (1.0 - seeding.uniform(g) ** (1.0 / 30.0)) * (1.0 - intensity + _EPS) * diagonal
         if step < max_len:
             steps.append(step)
     # angles
-    max_angle = _uniform(g, 0.0, intensity * math.pi)
+    max_angle = seeding.uniform(g, 0.0, intensity * math.pi)
     jitter = _beta_int(g, 2, 20)
-    angles = [_uniform(g, -max_angle, max_angle)]
+    angles = [seeding.uniform(g, -max_angle, max_angle)]
     while len(angles) < len(steps):
         angle = _triangular(g, 0.0, intensity * max_angle, max_angle + _EPS)
         sign = float(np.sign(angles[-1]))
-        angles.append(-angle * sign if _uniform(g) < jitter else angle * sign)
+        angles.append(-angle * sign if seeding.uniform(g) < jitter else angle * sign)
     path = np.cumsum(np.asarray(steps) * np.exp(1j * np.asarray(angles)))
     path = path - path.sum() / len(steps) + (canvas + 1j * canvas) / 2
     image = Image.new("RGB", (canvas, canvas))

@@ -20,16 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from treg_exp import seeding
 from treg_exp.errors import UserError
-
-
-def _randint(generator: torch.Generator, low: int, high: int) -> int:
-    """Uniform integer in ``[low, high)``."""
-    return int(torch.randint(low, high, (), generator=generator))
-
-
-def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
 
 
 def box_mask(
@@ -53,8 +45,9 @@ def box_mask(
     else:
         mh, mw = int(margin_fraction * height), int(margin_fraction * width)
         # top-left uniform in [margin, size − side − margin] (the whole range if the margin leaves none)
-        top = _randint(generator, mh, max(height - side - mh, mh) + 1)
-        left = _randint(generator, mw, max(width - side - mw, mw) + 1)
+        # DPS's random_sq_bbox: np.random.randint(margin, H − margin − side), upper bound excluded
+        top = seeding.randint(generator, mh, max(height - side - mh, mh + 1))
+        left = seeding.randint(generator, mw, max(width - side - mw, mw + 1))
     mask[:, top : top + side, left : left + side] = 0.0
     return mask
 
@@ -67,15 +60,17 @@ def random_mask(
     ``drop_ratio``: the ratio ``r``, or ``[low, high]`` to draw ``r ~ U(low, high)`` per image first (DPS's code:
     ``mask_prob_range (0.3, 0.7)``).
     """
+    if not isinstance(drop_ratio, (int, float)) and len(drop_ratio) != 2:
+        raise UserError(f"task.drop_ratio must be a number or [low, high], got {list(drop_ratio)}")
     low, high = (drop_ratio, drop_ratio) if isinstance(drop_ratio, (int, float)) else tuple(drop_ratio)
     if not 0.0 <= low <= high < 1.0:
         raise UserError(f"task.drop_ratio must be in [0, 1) (or a [low, high] range in it), got {drop_ratio}")
     if high > low:
-        drop_ratio = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        drop_ratio = seeding.uniform(generator, low, high)
     else:
         drop_ratio = low
     n = height * width
-    holes = torch.randperm(n, generator=generator)[: round(drop_ratio * n)]
+    holes = torch.randperm(n, generator=generator)[: int(drop_ratio * n)]
     mask = torch.ones(n)
     mask[holes] = 0.0
     return mask.view(1, height, width)
@@ -87,20 +82,20 @@ def _stroke(
     """One DeepFill-v2 brush stroke (``shrink`` halves its width and vertex count, for retries)."""
     mean_angle, angle_range = 2 * math.pi / 5, 2 * math.pi / 15
     max_vertices = max(12 >> shrink, 2)
-    num_vertex = _randint(generator, min(4, max_vertices - 1), max_vertices)
-    angle_min = mean_angle - _uniform(generator, 0, angle_range)
-    angle_max = mean_angle + _uniform(generator, 0, angle_range)
+    num_vertex = seeding.randint(generator, min(4, max_vertices - 1), max_vertices)
+    angle_min = mean_angle - seeding.uniform(generator, 0, angle_range)
+    angle_max = mean_angle + seeding.uniform(generator, 0, angle_range)
     average_radius = math.sqrt(height * height + width * width) / 8 / (1 << shrink)
-    vertex = [(_randint(generator, 0, width), _randint(generator, 0, height))]
+    vertex = [(seeding.randint(generator, 0, width), seeding.randint(generator, 0, height))]
     for i in range(num_vertex):
-        angle = _uniform(generator, angle_min, angle_max)
+        angle = seeding.uniform(generator, angle_min, angle_max)
         angle = 2 * math.pi - angle if i % 2 == 0 else angle
         r = float(torch.randn((), generator=generator, dtype=torch.float64)) * (average_radius / 2) + average_radius
         r = min(max(r, 0.0), 2 * average_radius)
         x = min(max(vertex[-1][0] + r * math.cos(angle), 0), width)
         y = min(max(vertex[-1][1] + r * math.sin(angle), 0), height)
         vertex.append((int(x), int(y)))
-    stroke_width = max(int(_uniform(generator, 12, 40) * scale / (1 << shrink)), 1)
+    stroke_width = max(int(seeding.uniform(generator, 12, 40) * scale / (1 << shrink)), 1)
     draw.line(vertex, fill=1, width=stroke_width)
     for vx, vy in vertex:
         half = stroke_width // 2
@@ -115,10 +110,12 @@ def freeform_mask(
     max_tries: int = 200,
 ) -> torch.Tensor:
     """Brush-stroke holes covering a fraction in ``hole_range`` of the image. ``[1, H, W]`` float32."""
+    if len(hole_range) != 2:
+        raise UserError(f"task.hole_range must be [low, high], got {list(hole_range)}")
     lo, hi = float(hole_range[0]), float(hole_range[1])
     if not 0.0 < lo <= hi < 1.0:
         raise UserError(f"task.hole_range must satisfy 0 < low ≤ high < 1, got {list(hole_range)}")
-    target = _uniform(generator, lo, hi)
+    target = seeding.uniform(generator, lo, hi)
     scale = min(height, width) / 512  # DeepFill's widths (12–40 px) are for 512 px images
     holes = Image.new("L", (width, height), 0)
     shrink = 0
@@ -166,7 +163,7 @@ def load_mask_file(path: str | Path, holes: str = "nonzero") -> torch.Tensor:
 
 def pick_mask(masks: torch.Tensor, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
     """One of ``masks`` ``[N, 1, h, w]`` chosen by ``generator``, resized (nearest) to ``[1, H, W]``."""
-    mask = masks[_randint(generator, 0, masks.shape[0])]
+    mask = masks[seeding.randint(generator, 0, masks.shape[0])]
     if mask.shape[-2:] != (height, width):
         mask = F.interpolate(mask[None], size=(height, width), mode="nearest")[0]
     return mask

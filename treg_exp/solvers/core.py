@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from treg_exp.errors import UserError
 from treg_exp.models.schedule import NoiseSchedule
 
 
@@ -51,7 +52,7 @@ def sampling_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:
     """
     big_t = schedule.num_train_timesteps
     if not 0 < num_steps <= big_t:
-        raise ValueError(f"num_steps must be in 1..{big_t}, got {num_steps}")
+        raise UserError(f"num_steps must be in 1..{big_t}, got {num_steps}")
     if schedule.timestep_spacing == "leading":
         ratio = big_t // num_steps
         grid = [k * ratio + schedule.steps_offset for k in range(num_steps)][::-1]
@@ -59,9 +60,9 @@ def sampling_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:
         ratio = big_t / num_steps
         grid = [int(round(big_t - k * ratio)) - 1 for k in range(num_steps)]
     else:
-        raise ValueError(f"unsupported timestep_spacing {schedule.timestep_spacing!r}")
+        raise UserError(f"unsupported timestep_spacing {schedule.timestep_spacing!r}")
     if grid[0] >= big_t:
-        raise ValueError(
+        raise UserError(
             f"timestep {grid[0]} is outside the schedule's {big_t} steps "
             f"(num_steps={num_steps}, steps_offset={schedule.steps_offset})"
         )

@@ -91,7 +91,7 @@ class DDIMSolver(Solver):
         batch = int(image_shape[0])
         if len(prompts) != batch or len(generators) != batch:
             raise UserError(f"ddim: {len(prompts)} prompts and {len(generators)} generators for {batch} images")
-        dtype = torch.float64 if prior.dtype == torch.float64 else torch.float32
+        dtype = prior.state_dtype
         shape = prior.latent_shape(image_shape)
         plan = core.ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
         with torch.no_grad():

@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from treg_exp import seeding
+from treg_exp.batch import batch_norm, per_image
+from treg_exp.devices import parse_dtype
 from treg_exp.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.gaussian import GaussianPrior, spectral_filter
@@ -47,19 +49,9 @@ from treg_exp.solvers.base import Callback, Solver
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PRECONDITIONERS = ("auto", "circulant", "flat", "none")
 #: ``auto`` takes the circulant preconditioner when AᵀA matches its periodic approximation this closely.
 CIRCULANT_MATCH = 1e-3
-
-
-def _norm(v: torch.Tensor) -> torch.Tensor:
-    """Per-image Euclidean norms ``[B]``."""
-    return v.flatten(1).norm(dim=1)
-
-
-def _per_image(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 class PosteriorMean(Solver):
@@ -83,14 +75,12 @@ class PosteriorMean(Solver):
     ) -> None:
         if preconditioner not in PRECONDITIONERS:
             raise UserError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {preconditioner!r}")
-        if dtype not in _DTYPES:
-            raise UserError(f"dtype must be float32 or float64, got {dtype!r}")
         if not tol > 0 or max_iters < 1:
             raise UserError(f"tol must be positive and max_iters at least 1, got tol={tol}, max_iters={max_iters}")
         self.tol = float(tol)
         self.max_iters = int(max_iters)
         self.preconditioner = preconditioner
-        self.dtype = _DTYPES[dtype]
+        self.dtype = parse_dtype(dtype, allowed=(torch.float32, torch.float64))
         self.max_relative_residual = float(max_relative_residual)
         self.last_relative_residual: torch.Tensor | None = None
         self.last_iterations: int | None = None
@@ -116,17 +106,17 @@ class PosteriorMean(Solver):
         b, c, h, w = shape
         ones = torch.ones(shape, dtype=like.dtype, device=like.device)
         n = c * h * w
-        level = _norm(operator.forward(ones).to(like.dtype)) ** 2 / n  # ‖A·1‖²/N = f₀ᵀ AᵀA f₀
+        level = batch_norm(operator.forward(ones).to(like.dtype)) ** 2 / n  # ‖A·1‖²/N = f₀ᵀ AᵀA f₀
         if kind == "flat":
-            return _per_image(level, ones).expand(shape)
+            return per_image(level, ones).expand(shape)
         impulse = torch.zeros(shape, dtype=like.dtype, device=like.device)
         impulse[..., h // 2, w // 2] = 1.0
         response = operator.adjoint(operator.forward(impulse)).to(like.dtype)
         response = torch.roll(response, shifts=(-(h // 2), -(w // 2)), dims=(-2, -1))
         magnitude = torch.fft.fft2(response).abs()  # |ĥ(k)|: even in k, ≥ 0
         dc = magnitude[..., :1, :1]
-        flat = _per_image(level, ones).expand(shape)
-        shaped = _per_image(level, ones) * magnitude / torch.where(dc > 1e-12, dc, 1.0)
+        flat = per_image(level, ones).expand(shape)
+        shaped = per_image(level, ones) * magnitude / torch.where(dc > 1e-12, dc, 1.0)
         return torch.where(dc > 1e-12, shaped, flat)
 
     def posterior(
@@ -170,7 +160,7 @@ class PosteriorMean(Solver):
             if kind == "auto":
                 probe = torch.randn(rhs.shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(rhs.device)
                 exact = operator.adjoint(operator.forward(probe)).to(dtype)
-                mismatch = _norm(exact - spectral_filter(probe, symbol)) / _norm(exact).clamp_min(
+                mismatch = batch_norm(exact - spectral_filter(probe, symbol)) / batch_norm(exact).clamp_min(
                     torch.finfo(dtype).tiny
                 )
                 kind = "circulant" if bool((mismatch < CIRCULANT_MATCH).all()) else "none"
@@ -182,8 +172,8 @@ class PosteriorMean(Solver):
                 return spectral_filter(r, inverse)
 
         # Solve M x' = b/‖b‖ so that CG's absolute tolerance is a relative one, per image.
-        scale = _norm(rhs).clamp_min(torch.finfo(dtype).tiny)
-        rhs_unit = rhs / _per_image(scale, rhs)
+        scale = batch_norm(rhs).clamp_min(torch.finfo(dtype).tiny)
+        rhs_unit = rhs / per_image(scale, rhs)
         x0 = precondition(rhs_unit) if precondition is not None else torch.zeros_like(rhs_unit)
         calls = [0]
 
@@ -192,7 +182,7 @@ class PosteriorMean(Solver):
             return apply_matrix(v)
 
         x_unit, _ = conjugate_gradient(counted, rhs_unit, x0, self.max_iters, self.tol, precondition)
-        relative = _norm(rhs_unit - apply_matrix(x_unit))  # the true residual, not CG's recursive estimate
+        relative = batch_norm(rhs_unit - apply_matrix(x_unit))  # the true residual, not CG's recursive estimate
         self.last_relative_residual = relative.detach().cpu()
         self.last_iterations = calls[0] - 1
         if callback is not None:
@@ -206,7 +196,7 @@ class PosteriorMean(Solver):
                 self.last_iterations,
                 self.max_relative_residual,
             )
-        return x_unit * _per_image(scale, x_unit)
+        return x_unit * per_image(scale, x_unit)
 
     def solve(
         self,

@@ -93,6 +93,7 @@ from fractions import Fraction
 import torch
 
 from treg_exp import seeding
+from treg_exp.batch import batch_norm
 from treg_exp.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
@@ -140,11 +141,6 @@ def dc_steps(num_steps: int, dc_every: float, dc_until: float, dc_grid: int | No
         k = math.floor(s / every)
         flags.append(i == 0 or k > math.floor((s - ratio) / every))
     return flags
-
-
-def _norm(v: torch.Tensor) -> torch.Tensor:
-    """Per-image Euclidean norms ``[B]`` of a ``[B, ...]`` tensor."""
-    return v.flatten(1).norm(dim=1)
 
 
 class TReg(Solver):
@@ -302,7 +298,7 @@ class TReg(Solver):
             z0 = tweedie(z_in, eps, step.alpha_bar)
             z_prime = ddim_step(z0, eps, step.alpha_bar, step.alpha_bar_prev)
             x0 = self._decode(prior, z0, dtype)
-            residual = _norm(y.to(dtype) - operator(x0).to(dtype))
+            residual = batch_norm(y.to(dtype) - operator(x0).to(dtype))
             # The sum of per-image norms: each image gets the gradient of its own norm.
             (grad,) = torch.autograd.grad(residual.sum(), z_in)
         rho = self.dps_scale if self.dps_scale is not None else step.alpha_bar_prev**0.5
@@ -323,7 +319,7 @@ class TReg(Solver):
         """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
         self._check(y, prior, prompts, generators, image_shape)
         batch = int(image_shape[0])
-        dtype = torch.float64 if prior.dtype == torch.float64 else torch.float32
+        dtype = prior.state_dtype
         device = y.device
         if self.gradient_checkpointing is not None:
             prior.set_gradient_checkpointing(bool(self.gradient_checkpointing))
@@ -349,8 +345,8 @@ class TReg(Solver):
                     x0 = self._decode(prior, z0, dtype)
                     x0y, cg_res = operator.solve_damped(y, x0, self.cg_lambda, self.cg_iters, self.cg_tol)
                     x0y = x0y.to(dtype)
-                    values["dc/residual_before"] = _norm(operator(x0).to(dtype) - y.to(dtype))
-                    values["dc/residual_after"] = _norm(operator(x0y).to(dtype) - y.to(dtype))
+                    values["dc/residual_before"] = batch_norm(operator(x0).to(dtype) - y.to(dtype))
+                    values["dc/residual_after"] = batch_norm(operator(x0y).to(dtype) - y.to(dtype))
                     values["dc/cg_residual"] = cg_res
                     # Encoder sample first, then ξ: the official order of draws within a DC step.
                     z0y = prior.encode(x0y, generators, mode=self.encode_mode).to(dtype)
@@ -358,7 +354,7 @@ class TReg(Solver):
                     null, loss_before, loss_after = self._adaptive_negation(prior, x0y, null)
                     values["an/loss_before"] = loss_before
                     values["an/loss"] = loss_after
-                    values["an/null_shift"] = _norm(null - null_init)
+                    values["an/null_shift"] = batch_norm(null - null_init)
                 with torch.no_grad():
                     noise = seeding.randn(z.shape[1:], generators, device=device, dtype=dtype)
                     z0_mix = abp * z0y + (1.0 - abp) * z0
