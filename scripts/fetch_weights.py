@@ -36,6 +36,8 @@ HF_PATTERNS = [
     "*/model.safetensors",
     "model.safetensors",
 ]
+# SD 1.x's safety checker (1.2 GB) is never loaded here
+HF_SKIPPED = ["safety_checker/*"]
 TORCH_FILES = {
     weights.VGG16_FILE: "https://download.pytorch.org/models/vgg16-397923af.pth",
     weights.ALEXNET_FILE: "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
@@ -67,7 +69,9 @@ def fetch(item: Item) -> None:
     if item.kind == "hf":
         from huggingface_hub import snapshot_download
 
-        snapshot_download(item.source, cache_dir=str(item.target), allow_patterns=HF_PATTERNS)
+        snapshot_download(
+            item.source, cache_dir=str(item.target), allow_patterns=HF_PATTERNS, ignore_patterns=HF_SKIPPED
+        )
     elif not item.target.is_file():
         import torch
 

@@ -260,3 +260,36 @@ def test_oracles_need_the_gaussian_prior_and_noise():
         PosteriorMean().solve(y, CircularBlur(small_kernel(3), 0.0), GaussianPrior(), [""], [None], (1, 3, 8, 8))
     with pytest.raises(UserError, match="preconditioner"):
         PosteriorSample(preconditioner="jacobi")
+
+
+def test_project_circular_blur_gives_the_wiener_filter():
+    """The project's own ``padding=circular`` blur (what ``auto`` preconditions exactly) against the Wiener filter."""
+    from treg_exp.operators.blur import gaussian_deblur
+
+    prior = GaussianPrior(dtype="float64")
+    size, prompts = 32, ["blue"]
+    operator = gaussian_deblur(kernel_size=7, kernel_sigma=1.5, padding="circular")
+    x, y = measure(operator, prior, prompts, size, seed=5)
+    estimate = PosteriorMean(tol=1e-10).posterior(y, operator, prior, prompts, x.shape)
+    # the blur's transfer function, read off the operator's response to a centred impulse
+    impulse = torch.zeros(1, 3, size, size, dtype=torch.float64)
+    impulse[..., 0, 0] = 1.0
+    symbol = torch.fft.fft2(operator(impulse)[0, 0])
+    mu = prior.embed_text(prompts)[:, :, None, None].expand_as(x)
+    power = prior.power_spectrum(size, size)
+    gain = power * symbol.conj() / (power * symbol.abs() ** 2 + SIGMA_Y**2)
+    wiener = mu + torch.fft.ifft2(gain * torch.fft.fft2(y - operator(mu))).real
+    assert relative_error(estimate, wiener) < 1e-5
+
+
+def test_a_posterior_sample_has_twice_the_error_of_the_posterior_mean():
+    """On images drawn from the prior, E‖x − x_s‖² = 2·tr(Cov) = 2·E‖x − E[x|y]‖² (3.01 dB lower PSNR)."""
+    prior = GaussianPrior(dtype="float64")
+    size, prompts = 32, [""] * 8
+    operator = CircularBlur(small_kernel(7))
+    x, y = measure(operator, prior, prompts, size, seed=11)
+    gens = seeding.batch_generators(0, [str(k) for k in range(8)], seeding.SOLVER)
+    mean = PosteriorMean(tol=1e-10).posterior(y, operator, prior, prompts, x.shape)
+    sample = PosteriorSample(tol=1e-10).posterior(y, operator, prior, prompts, x.shape, generators=gens)
+    ratio = float(((sample - x) ** 2).sum() / ((mean - x) ** 2).sum())
+    assert 1.85 < ratio < 2.15, ratio

@@ -56,6 +56,9 @@ def test_run_writes_every_output(tmp_path):
     assert lines[0].startswith("id,status,prompt,psnr,ssim") and len(lines) == 3
     assert summary == json.loads((tmp_path / "summary.json").read_text())
     assert summary["counts"] == {"images": 2, "ok": 2, "failed": 0}
+    # the oracle's final relative CG residual is recorded per image and summarised
+    assert summary["metrics"]["last_relative_residual"]["n"] == 2
+    assert summary["metrics"]["last_relative_residual"]["mean"] < 1e-6
     # the exact posterior mean is far better than the blurred measurement
     assert summary["metrics"]["psnr"]["mean"] > summary["metrics"]["psnr_measurement"]["mean"] + 2
 

@@ -147,6 +147,32 @@ def test_finish_after_an_error_marks_the_run_failed_and_is_called_once(tmp_path)
     assert calls == [1]
 
 
+def test_a_failed_first_image_keeps_the_metric_columns(tmp_path):
+    logger = WandbLogger(mode="offline", max_images=4)
+    logger.start({"seed": 0}, tmp_path)
+    logger.log_image({"id": "bad", "status": "failed", "prompt": "p", "error": "boom"}, {})
+    logger.log_image(
+        {"id": "good", "status": "ok", "prompt": "p", "psnr": 21.0},
+        {"measurement": image(0), "reconstruction": image(1), "ground_truth": image(2)},
+    )
+    logger.finish({"counts": {"ok": 1}})
+    (table_file,) = (offline_run_folder(tmp_path) / "files" / "media" / "table").glob("images_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"][-1] == "psnr" and table["data"][-1][-1] == 21.0
+
+
+def test_a_finish_that_hangs_is_abandoned_after_finish_timeout(tmp_path, caplog):
+    logger = WandbLogger(mode="offline", finish_timeout=0.5)
+    log_two_images(logger, tmp_path)
+    original = logger.run.finish
+    logger.run.finish = lambda **kwargs: time.sleep(30)  # an upload retrying against a server that went away
+    started = time.monotonic()
+    logger.finish({"counts": {"ok": 2}})
+    assert time.monotonic() - started < 5
+    assert "finish did not complete" in caplog.text
+    original()
+
+
 def test_comparison_grid_has_a_row_per_image_and_the_three_columns(tmp_path):
     size = 8
     colours = {"measurement": (255, 0, 0), "recon": (0, 255, 0), "gt": (0, 0, 255)}

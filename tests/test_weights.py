@@ -228,6 +228,9 @@ def test_require_file_raises_with_the_staging_command_when_offline(tmp_path, mon
     assert "\n" not in message and "x.pth" in message and "scripts/fetch_weights.py" in message
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read at import, under conftest's 1
     assert weights.require_file(tmp_path / "x.pth", "LPIPS-vgg") is False  # may be downloaded
 
 

@@ -5,7 +5,8 @@ Run directory layout::
     gt/<id>.png  measurement/<id>.png  measurement/<id>.pt  recon/<id>.png (recon/<id>_<k>.png for k ≥ 1)
     rows/<id>.json          one row per image, written atomically when the image is finished (or failed)
     metrics.csv             all rows, rebuilt atomically after every batch
-    diagnostics/<id>.json   the solver's per-step diagnostics (and trajectory/<id>/ images when asked)
+    diagnostics/<id>.json   the solver's per-step diagnostics (and trajectory/<id>/ images when asked); the last
+                            value of each is also a ``last_<name>`` column of the image's row
     summary.json            means, std and counts of every column, dataset metrics, the run's choices
     config.yaml             the resolved config
 
@@ -238,6 +239,9 @@ class Runner:
         for b, sample in enumerate(batch):
             row = {"id": sample.id, "status": "ok", "prompt": sample.prompt}
             row.update({name: float(v[b]) for name, v in values.items()})
+            # each diagnostic's last value (the oracles' final CG residual, TReg's last DC residual) as a column
+            for key, series in diagnostics[sample.id].items():
+                row["last_" + key.replace("/", "_")] = series[-1][1]
             if errors:
                 row["metric_errors"] = "; ".join(errors)
             row["seconds"] = seconds

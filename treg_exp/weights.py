@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.models.loading import hub_offline
 
 # File names fixed by the libraries that load them.
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision VGG16_Weights.IMAGENET1K_V1 (LPIPS-VGG backbone)
@@ -41,13 +42,10 @@ CLEANFID_DIR = Path("/tmp")
 
 STAGE_HINT = "stage it with `python scripts/fetch_weights.py --out DIR` and run with paths.weights=DIR"
 
-_TRUE = {"1", "true", "yes", "on"}
-
 
 def downloads_allowed() -> bool:
     """False when the Hub is offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, as :func:`stage_weights` sets)."""
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return not any(flag.strip().lower() in _TRUE for flag in flags)
+    return not hub_offline()
 
 
 def torch_checkpoint(name: str) -> Path:

@@ -70,10 +70,12 @@ class CLIPScore(ImageMetric):
         config = try_to_load_from_cache(self.model, "config.json")
         if isinstance(config, str):
             return str(Path(config).parent)
-        if not weights.downloads_allowed():
+        if not weights.downloads_allowed() or not weights.hub_reachable():
+            # checked before from_pretrained, whose Hub client would otherwise retry for minutes on an offline node
+            reason = "downloads are off" if not weights.downloads_allowed() else "the Hub is unreachable"
             raise WeightsNotFoundError(
                 f"CLIP score needs the model {self.model}, which is not in the Hugging Face cache "
-                f"(HF_HOME) and downloads are off; {weights.STAGE_HINT}"
+                f"(HF_HOME) and {reason}; {weights.STAGE_HINT}"
             )
         return self.model
 

@@ -1,12 +1,14 @@
 """The official TReg script's scoring protocol (``metrics.protocol=treg``), to compare with the TReg paper.
 
 The official ``solve.py`` (TReg-inverse/TReg) saves the label and the reconstruction with
-``torchvision.utils.save_image(x, normalize=True)``: each image is min–max stretched over all its pixels and
-channels to [0, 1] and stored as ``floor(255·v + 0.5)``. Its numbers were computed on those PNGs: PSNR on the
-8-bit values (data range 255), LPIPS-VGG fed the [0, 1] images (without mapping them to [−1, 1]), FID with
-pytorch-fid's Inception features (clean-fid's ``legacy_pytorch`` mode reproduces them), and the measurement error
-``‖A x̂ − y‖² / m`` (``m`` = entries of ``y``). The metrics here apply :func:`minmax_stretch` to what this project
-saved (the plain 8-bit PNGs), so one run can be scored under both protocols.
+``torchvision.utils.save_image(x, normalize=True)`` (``utils/img_util.draw_img``): each image is min–max stretched
+over all its pixels and channels to [0, 1] and stored as ``floor(255·v + 0.5)``. The repository has no scoring
+script; what follows is the protocol as the issue describes it [unverified against the authors' scoring code]:
+PSNR on those 8-bit values (data range 255), LPIPS-VGG fed the [0, 1] images (without mapping them to [−1, 1]),
+FID with pytorch-fid's Inception features (clean-fid's ``legacy_pytorch`` mode reproduces them), and the
+measurement error ``‖A x̂ − y‖² / m`` (``m`` = entries of ``y``). The metrics here apply :func:`minmax_stretch` to
+what this project saved (the plain 8-bit PNGs, so the stretch quantises a second time: ±1 level against
+stretching the float output), so that one run can be scored under both protocols.
 
 Each metric lists the departures it introduces (``use_protocol``); the run's ``summary.json`` names them.
 """

@@ -19,6 +19,10 @@ def conjugate_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve ``M x = b`` per image by CG, started at ``x0`` (preconditioned CG when ``preconditioner`` is given).
 
+    The stopping test runs before each iteration, on the current residual (also the initial one, so an image that
+    starts converged does not move); the official TReg CG tests after each update instead, which differs only when
+    ``x0`` already meets ``tol``.
+
     Each image has its own step sizes (per-image inner products), so a batch of B equals B solves of one. An image
     stops updating once its residual norm ``‖b − M x‖`` falls below ``tol`` (the official TReg code stops at 1e-4);
     the loop ends when all have, or after ``iters`` iterations.

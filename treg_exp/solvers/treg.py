@@ -1,4 +1,4 @@
-"""TReg: regularization by texts with adaptive negation (Kim, Park, Chung, Ye; arXiv 2311.15658, ICLR 2025).
+"""TReg: regularization by texts with adaptive negation (Kim, Park, Chung, Ye; arXiv 2311.15658).
 
 The method, as the official code (``TReg-inverse/TReg``, ``solver/latent_diffusion.py``, class ``treg``) computes
 it. Notation: ``ᾱ_t`` the noise schedule, ``E``/``D`` the VAE encoder/decoder, ``A`` the forward operator with

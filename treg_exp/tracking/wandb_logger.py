@@ -15,6 +15,7 @@ The W&B run id is kept in ``<run_dir>/wandb_run_id.txt``, so a resumed run direc
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,8 @@ class WandbLogger(RunLogger):
         name: the run name; ``null``: ``<solver>_<task>_<data>`` from the Hydra choices.
         tags: extra tags beside the solver, task, data and model choices.
         init_timeout: seconds ``wandb.init`` may wait for the server.
+        finish_timeout: seconds ``run.finish`` (the final upload) may take before the run goes on without it; what
+            was not uploaded stays in the run's offline files for ``wandb sync``.
         max_images: images sent in the table (the first ones); metrics are sent for all.
         offline_fallback: when an online start fails, log offline instead of not at all.
         dir: where W&B writes its files; ``null``: the run directory.
@@ -106,6 +109,7 @@ class WandbLogger(RunLogger):
         name: str | None = None,
         tags: list[str] | None = None,
         init_timeout: float = 30.0,
+        finish_timeout: float = 120.0,
         max_images: int = 16,
         offline_fallback: bool = True,
         dir: str | None = None,
@@ -121,13 +125,13 @@ class WandbLogger(RunLogger):
         self.name = name
         self.tags = [str(t) for t in (tags or [])]
         self.init_timeout = float(init_timeout)
+        self.finish_timeout = float(finish_timeout)
         self.max_images = int(max_images)
         self.offline_fallback = bool(offline_fallback)
         self.dir = dir
         self.run = None
         self.run_dir: Path | None = None
-        self.rows: list[list[Any]] = []
-        self.metric_columns: list[str] | None = None
+        self.rows: list[tuple[dict[str, Any], list[Any]]] = []
         self.images_sent = 0
         self._finished = False
 
@@ -164,7 +168,7 @@ class WandbLogger(RunLogger):
     def start(self, config: dict[str, Any], run_dir: Path) -> None:
         """Start (or resume, with the id kept in ``run_dir``) the W&B run."""
         self.run_dir = Path(run_dir)
-        self.rows, self.metric_columns, self.images_sent, self._finished = [], None, 0, False
+        self.rows, self.images_sent, self._finished = [], 0, False
         if self.mode == "disabled":
             return
         id_file = self.run_dir / RUN_ID_FILE
@@ -199,14 +203,11 @@ class WandbLogger(RunLogger):
             numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if numbers:
                 self.run.log({f"image/{k}": v for k, v in numbers.items()})
-            if self.metric_columns is None:
-                self.metric_columns = list(numbers)
             if images and self.images_sent < self.max_images:
                 import wandb
 
                 cells = [wandb.Image(to_uint8(images[k])) if k in images else None for k in IMAGE_COLUMNS]
-                metrics = [row.get(k) for k in self.metric_columns]
-                self.rows.append([str(row.get("id", "")), str(row.get("prompt", "")), *cells, *metrics])
+                self.rows.append((row, cells))
                 self.images_sent += 1
         except Exception as error:  # noqa: BLE001
             self._warn("log_image", error)
@@ -220,8 +221,21 @@ class WandbLogger(RunLogger):
             import wandb
 
             if self.rows:
-                columns = ["id", "prompt", *IMAGE_COLUMNS, *(self.metric_columns or [])]
-                self.run.log({"images": wandb.Table(columns=columns, data=self.rows)})
+                # the union of every row's numbers: a failed first image must not drop the metric columns
+                metric_columns = list(
+                    dict.fromkeys(
+                        k
+                        for row, _ in self.rows
+                        for k, v in row.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    )
+                )
+                data = [
+                    [str(row.get("id", "")), str(row.get("prompt", "")), *cells, *(row.get(k) for k in metric_columns)]
+                    for row, cells in self.rows
+                ]
+                columns = ["id", "prompt", *IMAGE_COLUMNS, *metric_columns]
+                self.run.log({"images": wandb.Table(columns=columns, data=data)})
             if summary:
                 flat = flatten(summary)
                 for key, value in list(flat.items()):
@@ -237,10 +251,29 @@ class WandbLogger(RunLogger):
         except Exception as error:  # noqa: BLE001
             self._warn("finish", error)
         finally:
-            try:
-                self.run.finish(exit_code=0 if summary is not None else 1)
-            except BaseException as error:  # noqa: BLE001
-                if isinstance(error, KeyboardInterrupt):
-                    raise
-                self._warn("finish", error)
+            self._bounded_finish(exit_code=0 if summary is not None else 1)
             self.run = None
+
+    def _bounded_finish(self, exit_code: int) -> None:
+        """``run.finish`` in a daemon thread, waited on for at most ``finish_timeout`` seconds (a network that went
+        away mid-run makes the final upload retry for minutes)."""
+        errors: list[BaseException] = []
+
+        def finish() -> None:
+            try:
+                self.run.finish(exit_code=exit_code)
+            except BaseException as error:  # noqa: BLE001 - reported below, never raised into the run
+                errors.append(error)
+
+        worker = threading.Thread(target=finish, name="wandb-finish", daemon=True)
+        worker.start()
+        worker.join(self.finish_timeout)
+        if worker.is_alive():
+            log.warning(
+                "W&B: finish did not complete in %.0f s; the run's local files are complete, and W&B's own files "
+                "in %s can be uploaded later with `wandb sync`",
+                self.finish_timeout,
+                getattr(self.run, "dir", "the wandb folder"),
+            )
+        elif errors:
+            self._warn("finish", errors[0])
