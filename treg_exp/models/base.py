@@ -76,9 +76,17 @@ class DiffusionPrior(nn.Module, ABC):
         return (b, self.latent_channels, h // f, w // f)
 
     def initial_noise(
-        self, shape: Sequence[int], generators: Sequence[torch.Generator], dtype: torch.dtype = torch.float32
+        self,
+        shape: Sequence[int],
+        generators: Sequence[torch.Generator],
+        dtype: torch.dtype = torch.float32,
+        alpha_bar: float | None = None,
     ) -> torch.Tensor:
-        """A draw of ``z_T`` for a latent batch ``shape``: N(0, I) unless the prior's marginal q(z_T) differs."""
+        """A draw of ``z_T`` for a latent batch ``shape``: N(0, I) unless the prior's marginal q(z_T) differs.
+
+        ``alpha_bar``: the ᾱ the sampler's first step pairs with ``z_T`` (default ᾱ of the last training step);
+        priors whose marginal is exactly known (the Gaussian one) draw from ``q`` at that ᾱ.
+        """
         return seeding.randn(shape[1:], generators, device=self.device, dtype=dtype)
 
     # --- networks --------------------------------------------------------------------------------------------

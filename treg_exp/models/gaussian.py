@@ -225,14 +225,17 @@ class GaussianPrior(DiffusionPrior):
         shape: Sequence[int],
         generators: Sequence[torch.Generator],
         dtype: torch.dtype = torch.float32,
+        alpha_bar: float | None = None,
         cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """A draw of ``x_T`` from the exact marginal ``q(x_T) = N(√ᾱ_T μ, ᾱ_T Σ + (1 − ᾱ_T) I)``, T = 999.
+        """A draw of ``x_T`` from the exact marginal ``q(x_T) = N(√ᾱ_T μ, ᾱ_T Σ + (1 − ᾱ_T) I)``.
 
         Args:
             shape: ``[B, 3, H, W]``.
             generators: one CPU generator per row.
             dtype: of the result (the filtering runs in float64 when ``dtype`` or the prior's dtype is float64).
+            alpha_bar: ᾱ_T of the sampler's first step (default ᾱ_999, the first step of a 1000-step grid; a
+                200-step grid starts at t = 995, whose ᾱ the solvers pass).
             cond: ``[B, 3]`` channel means μ; default the null prompt's mean (zero with the default table), since
                 the generic interface has no prompt. With a non-null prompt the mismatch is ``√ᾱ_T·(μ_c − μ_∅)``
                 (≤ 0.07 for means in [−1, 1]), against a per-pixel standard deviation near 1.
@@ -244,7 +247,7 @@ class GaussianPrior(DiffusionPrior):
         if cond is None:
             cond = self.mean_table[[self.prompts.index("")] * b]
         cond = cond.to(device=self.device, dtype=work)
-        alpha_bar = float(self.schedule.alphas_cumprod[-1])
+        alpha_bar = float(self.schedule.alphas_cumprod[-1]) if alpha_bar is None else float(alpha_bar)
         noise = seeding.randn((c, h, w), generators, device=self.device, dtype=work)
         power = self.power_spectrum(h, w, device=self.device, dtype=work)
         marginal = spectral_filter(noise, (alpha_bar * power + 1.0 - alpha_bar).sqrt())

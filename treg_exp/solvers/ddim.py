@@ -96,7 +96,7 @@ class DDIMSolver(Solver):
         plan = core.ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
         with torch.no_grad():
             if initial_latent is None:
-                z = prior.initial_noise(shape, generators, dtype=dtype)
+                z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar)
             else:
                 if tuple(initial_latent.shape) != tuple(shape):
                     raise UserError(f"ddim: initial_latent has shape {tuple(initial_latent.shape)}, expected {shape}")

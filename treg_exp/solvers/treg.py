@@ -330,7 +330,8 @@ class TReg(Solver):
             cond = prior.embed_text(list(prompts)).to(dtype)
             null = prior.null_embedding(batch, self.null_prompt).to(dtype)
         null_init = null.clone()
-        z = prior.initial_noise(prior.latent_shape(image_shape), generators, dtype=dtype).to(device)
+        shape = prior.latent_shape(image_shape)
+        z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar).to(device)
 
         z0 = z
         x0: torch.Tensor | None = None
