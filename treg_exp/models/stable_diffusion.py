@@ -130,37 +130,17 @@ class StableDiffusionPrior(DiffusionPrior):
             **common,
             **hub,
         )
-        # read the weights in the target dtype (diffusers: torch_dtype, transformers ≥ 5: dtype)
-        text_encoder = loading.load_component(
-            CLIPTextModel.from_pretrained,
-            mid,
-            "text_encoder",
-            subfolder="text_encoder",
-            dtype=self.dtype,
-            **common,
-            **hub,
-            **variant,
-        )
-        vae = loading.load_component(
-            AutoencoderKL.from_pretrained,
-            mid,
-            "vae",
-            subfolder="vae",
-            torch_dtype=self.dtype,
-            **common,
-            **hub,
-            **variant,
-        )
-        unet = loading.load_component(
-            UNet2DConditionModel.from_pretrained,
-            mid,
-            "unet",
-            subfolder="unet",
-            torch_dtype=self.dtype,
-            **common,
-            **hub,
-            **variant,
-        )
+        # read the weights in the target dtype (diffusers: torch_dtype, transformers ≥ 4.56: dtype)
+        networks = {
+            name: loading.load_component(
+                cls.from_pretrained, mid, name, subfolder=name, **{dtype_key: self.dtype}, **common, **hub, **variant
+            )
+            for name, cls, dtype_key in (
+                ("text_encoder", CLIPTextModel, "dtype"),
+                ("vae", AutoencoderKL, "torch_dtype"),
+                ("unet", UNet2DConditionModel, "torch_dtype"),
+            )
+        }
         image_encoder = None
         if self.clip_image_model is not None:
             from transformers import CLIPVisionModelWithProjection
@@ -173,9 +153,7 @@ class StableDiffusionPrior(DiffusionPrior):
                 **common,
             )
         return {
-            "unet": unet,
-            "vae": vae,
-            "text_encoder": text_encoder,
+            **networks,
             "tokenizer": tokenizer,
             "scheduler_config": dict(scheduler_config),
             "image_encoder": image_encoder,
