@@ -158,6 +158,7 @@ def test_cli_tiny_ddim_writes_two_reconstructions(tmp_path):
     assert len(list((tmp_path / "recon").glob("*.png"))) == 2
     assert json.loads((tmp_path / "summary.json").read_text())["counts"]["ok"] == 2
     assert "| ddim/gauss_deblur |" in result.stdout
+    assert (tmp_path / "table.md").read_text().strip() in result.stdout
 
 
 def test_cli_without_weights_fails_fast_with_one_line(tmp_path):

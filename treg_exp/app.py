@@ -154,4 +154,6 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
-    print(format_table(results))
+    table = format_table(results)
+    (Path(cfg.paths.run_dir) / "table.md").write_text(table + "\n")
+    print(table)
