@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from treg_exp import seeding
 from treg_exp.errors import UserError
@@ -25,6 +26,7 @@ from treg_exp.operators import (
     gaussian_deblur,
     super_resolution,
 )
+from treg_exp.operators.blur import AUTO_FFT_MIN_KERNEL, auto_impl
 from treg_exp.operators.kernels import (
     downsample_matrix,
     gaussian_kernel,
@@ -124,7 +126,9 @@ def test_task_composes_and_instantiates(name: str) -> None:
         ("gauss_deblur", ["impl=svd"], SeparableSVD),
         ("gauss_deblur", ["impl=direct", "padding=circular", "kernel_sigma=3.0"], Blur),
         ("gauss_deblur", ["padding=zeros"], Blur),
+        ("gauss_deblur", ["impl=fft"], Blur),
         ("motion_deblur", ["impl=direct", "padding=zeros"], MotionBlur),
+        ("motion_deblur", ["impl=fft"], MotionBlur),
         ("sr16", ["impl=svd"], SeparableSVD),
         ("sr4", ["boundary=renormalize"], SeparableDownsample),
         ("sr8", ["impl=svd"], SeparableSVD),
@@ -134,6 +138,12 @@ def test_task_composes_and_instantiates(name: str) -> None:
 def test_task_options_instantiate(name: str, overrides: list[str], cls: type) -> None:
     op = instantiate(compose_task(name, *overrides))
     assert isinstance(op, cls)
+
+
+@pytest.mark.parametrize("name", ["gauss_deblur", "motion_deblur"])
+def test_blur_tasks_default_to_auto(name: str) -> None:
+    op = instantiate(compose_task(name)).draw(gens(0), (1, 3, 64, 64))
+    assert op.impl == "auto" and op.effective_impl == "fft"  # the 61×61 paper kernels are past the crossover
 
 
 def test_kernel_sigma_override_gives_dps_kernel() -> None:
@@ -291,6 +301,98 @@ def test_motion_kernel_properties() -> None:
     assert abs(float(k1.sum()) - 1) < 1e-5
     assert torch.equal(k1, k1b) and not torch.equal(k1, k2)
     assert int((k1 > 0).sum()) > 10  # a trajectory, not a point
+
+
+def borodenko_kernel(
+    size: int, intensity: float, unit: Iterator[float], eps: float = 0.1, min_width: int = 0
+) -> np.ndarray:
+    """A literal transcription of Borodenko's ``motionblur.Kernel((size, size), intensity).kernelMatrix``
+    (``_createPath`` + ``_createKernel``), its NumPy draws taken from ``unit`` (U[0, 1) numbers): ``uniform`` as
+    NumPy's ``low + (high − low)·U``, ``beta``/``triangular`` as treg_exp documents building them from uniforms.
+    ``eps`` and ``min_width`` (0: none) exist only to show what the departures would change."""
+
+    def uniform(low: float = 0.0, high: float = 1.0) -> float:
+        return low + (high - low) * next(unit)
+
+    def beta(a: int, b: int) -> float:
+        if a == 1:  # inverse CDF of Beta(1, b): 1 − (1 − x)^b
+            return 1.0 - next(unit) ** (1.0 / b)
+        return sorted(next(unit) for _ in range(a + b - 1))[a - 1]  # a-th order statistic of a + b − 1 uniforms
+
+    def triangular(left: float, mode: float, right: float) -> float:  # NumPy's inverse CDF
+        u = next(unit)
+        base, left_base, right_base = right - left, mode - left, right - mode
+        if u <= left_base / base:
+            return left + np.sqrt(u * base * left_base)
+        return right - np.sqrt((1.0 - u) * base * right_base)
+
+    x, y = 2 * size, 2 * size
+    diagonal = (x**2 + y**2) ** 0.5
+    # getSteps
+    max_path_len = 0.75 * diagonal * (uniform() + uniform(0, intensity**2))
+    steps: list[float] = []
+    while sum(steps) < max_path_len:
+        step = beta(1, 30) * (1 - intensity + eps) * diagonal
+        if step < max_path_len:
+            steps.append(step)
+    num_steps = len(steps)
+    # getAngles
+    max_angle = uniform(0, intensity * np.pi)
+    jitter = beta(2, 20)
+    angles = [uniform(low=-max_angle, high=max_angle)]
+    while len(angles) < num_steps:
+        angle = triangular(0, intensity * max_angle, max_angle + eps)
+        if uniform() < jitter:
+            angle *= -np.sign(angles[-1])
+        else:
+            angle *= np.sign(angles[-1])
+        angles.append(angle)
+    path_complex = np.cumsum(np.asarray(steps) * np.exp(1j * np.asarray(angles)))
+    com_complex = sum(path_complex) / num_steps
+    path_complex -= com_complex
+    path_complex *= np.exp(1j * uniform(0, np.pi))
+    path_complex += (x + 1j * y) / 2
+    path = [(i.real, i.imag) for i in path_complex]
+    # _createKernel + kernelMatrix
+    image = Image.new("RGB", (x, y))
+    ImageDraw.Draw(image).line(xy=path, width=max(min_width, int(diagonal / 150)))
+    image = image.filter(ImageFilter.GaussianBlur(radius=int(diagonal * 0.01)))
+    image = image.resize((size, size), resample=Image.LANCZOS).convert("L")
+    kernel = np.asarray(image, dtype=np.float32).copy()
+    with np.errstate(invalid="ignore"):  # his 0/0 when nothing was drawn (sizes below 54)
+        kernel /= np.sum(kernel)
+    return kernel
+
+
+@pytest.mark.parametrize(
+    ("size", "intensity", "seed"), [(61, 0.5, 0), (61, 0.5, 1), (61, 0.5, 2), (61, 0.0, 3), (61, 1.0, 4), (15, 0.3, 5)]
+)
+def test_motion_kernel_is_borodenkos(monkeypatch: pytest.MonkeyPatch, size: int, intensity: float, seed: int) -> None:
+    """Our kernel equals the transcription of Borodenko's when both see the same uniform draws: the draws made
+    through ``seeding.uniform`` are logged (unchanged) and replayed, and the transcription must use all of them."""
+    plain = motion_kernel(size, intensity, torch.Generator().manual_seed(seed))
+    draws: list[float] = []
+    real_uniform = seeding.uniform
+
+    def logged(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+        u = real_uniform(generator)
+        draws.append(u)
+        return low + (high - low) * u
+
+    monkeypatch.setattr(seeding, "uniform", logged)
+    ours = motion_kernel(size, intensity, torch.Generator().manual_seed(seed))
+    assert torch.equal(ours, plain)  # logging changed nothing
+    replay = iter(draws)
+    ref = borodenko_kernel(size, intensity, replay)
+    assert next(replay, None) is None, "the transcription consumed fewer draws than our implementation"
+    if size < 54:  # Borodenko's line is 0 px wide there: nothing drawn, kernel 0/0; ours draws it 1 px wide
+        assert np.isnan(ref).all()
+        ref = borodenko_kernel(size, intensity, iter(draws), min_width=1)
+    assert ours.shape == (size, size) and ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=0, atol=1e-7)
+    if intensity == 0.5:  # the comparison has power: machine-epsilon ``eps`` (an old bug here) gives another kernel
+        wrong = borodenko_kernel(size, intensity, iter([*draws, *[0.5] * 1000]), eps=float(np.finfo(float).eps))
+        assert np.abs(wrong - ref).max() > 1e-3
 
 
 # --- bicubic --------------------------------------------------------------------------------------------------------
@@ -460,6 +562,33 @@ def test_fft_equals_direct(padding: str) -> None:
         assert float((a - b).norm() / b.norm()) < 1e-12
     xf = x.float()
     assert float((fft(xf) - direct(xf)).norm() / direct(xf).norm()) < 1e-5
+
+
+def test_auto_impl_rule() -> None:
+    """``auto`` is direct below 15×15 and FFT from 15×15 on, as the blur module documents."""
+    assert AUTO_FFT_MIN_KERNEL == 15
+    assert [auto_impl(k) for k in (3, 5, 9, 13)] == ["direct"] * 4
+    assert [auto_impl(k) for k in (15, 17, 31, 61)] == ["fft"] * 4
+    assert MotionBlur(kernel_size=13).draw(gens(0), (1, 3, 32, 32)).effective_impl == "direct"
+    assert MotionBlur(kernel_size=15).draw(gens(0), (1, 3, 32, 32)).effective_impl == "fft"
+    assert gaussian_deblur(kernel_size=13, kernel_sigma=2.0, impl="fft").effective_impl == "fft"
+    assert gaussian_deblur(kernel_size=61, impl="direct").effective_impl == "direct"
+    with pytest.raises(UserError, match="draw"):
+        _ = MotionBlur().effective_impl
+
+
+@pytest.mark.parametrize(("kernel_size", "picked"), [(9, "direct"), (21, "fft")])
+@pytest.mark.parametrize("padding", ["reflect", "circular"])
+def test_auto_equals_fft_and_direct(kernel_size: int, picked: str, padding: str) -> None:
+    """``auto`` runs exactly the path it picks, and agrees with both paths (float64, per-image kernels)."""
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    kernels = torch.stack([motion_kernel(kernel_size, 0.5, g) for g in gens(0, 1)])[:, None].double()
+    ops = {impl: Blur(kernels, padding=padding, impl=impl) for impl in ("auto", "fft", "direct")}
+    for apply in ("forward", "adjoint"):
+        out = {impl: getattr(op, apply)(x) for impl, op in ops.items()}
+        assert torch.equal(out["auto"], out[picked])
+        for impl in ("fft", "direct"):
+            assert float((out["auto"] - out[impl]).norm() / out[impl].norm()) < 1e-10
 
 
 def test_blur_is_dps_correlation() -> None:

@@ -14,13 +14,37 @@ operators are rebuilt per batch by :meth:`draw`. Measured adjointness of the wra
 
 Speed (61×61 kernel, one 3×512×512 image, float32, this shared 2-core CPU, 2 threads, best of 3; command:
 ``.venv/bin/python -c "from treg_exp.operators.blur import _benchmark; _benchmark()"``): FFT 0.0096 s vs direct
-0.169 s per forward when the machine was quiet, 0.13 s vs 1.00 s under load (load average 5). So ``impl: fft`` is
-the default for the paper kernels; FFT and direct agree to 8e-7 relative in float32 (1e-12 in float64, tested).
+0.169 s per forward when the machine was quiet, 0.13 s vs 1.00 s under load (load average 5). FFT and direct agree
+to 8e-7 relative in float32 (1e-12 in float64, tested).
+
+``impl: auto`` (the default) picks per kernel size (:func:`auto_impl`): **FFT for k ≥ 15, direct below**. Measured
+crossover — direct time / FFT time of one forward + adjoint, per-image kernels, float32, reflect padding, 2 threads,
+load average < 1.5 (command: ``.venv/bin/python -c "from treg_exp.operators.blur import _benchmark_crossover;
+_benchmark_crossover()"``; > 1 means FFT is faster)::
+
+    B=1   32px: k5 1.00, k7 0.56, k9 1.06, k11 1.09, k13 1.23, k15 0.60, k17 1.58, k21 1.70, k31 0.96, k61 3.30
+    B=1   64px: k5 0.62, k7 1.06, k9 1.24, k11 0.37, k13 0.85, k15 1.80, k17 1.92, k21 2.58, k31 1.03, k61 7.38
+    B=1  128px: k5 0.96, k7 0.71, k9 0.82, k11 0.87, k13 1.84, k15 1.40, k17 2.79, k21 1.45, k31 4.78, k61 9.32
+    B=1  256px: k5 1.02, k7 0.76, k9 1.70, k11 1.39, k13 0.81, k15 3.29, k17 2.14, k21 3.20, k31 13.3, k61 11.9
+    B=1  512px: k5 0.42, k7 0.78, k9 1.85, k11 1.28, k13 0.54, k15 1.85, k17 4.99, k21 4.23, k31 6.57, k61 47.9
+    B=4   32px: k5 0.82, k7 0.44, k9 0.85, k11 0.84, k13 0.88, k15 0.49, k17 1.16, k21 1.11, k31 0.70, k61 1.90
+    B=4   64px: k5 0.43, k7 0.69, k9 0.84, k11 0.28, k13 0.53, k15 1.12, k17 1.33, k21 1.61, k31 0.66, k61 3.72
+    B=4  128px: k5 0.62, k7 0.37, k9 0.44, k11 0.54, k13 1.10, k15 0.65, k17 1.72, k21 0.82, k31 1.89, k61 4.58
+    B=4  256px: k5 0.44, k7 0.32, k9 0.66, k11 0.60, k13 0.35, k15 1.29, k17 0.74, k21 1.20, k31 4.52, k61 4.45
+    B=4  512px: k5 0.16, k7 0.34, k9 0.48, k11 0.45, k13 0.19, k15 0.52, k17 1.25, k21 1.13, k31 1.71, k61 10.0
+
+The crossover does not move with the image size (both costs scale with ``H·W``), so the rule is in ``k`` only. It
+is set for ``batch_size: 1`` (the default), where FFT wins from k = 15 on (up to 48× at 61×61, 512 px) and direct
+mostly wins below; for 4 images with their own kernels direct stays ahead up to k ≈ 15–21. The ratio is ragged
+because deepinv's FFT grid is ``(H + k − 1)²`` unpadded: sizes with a large prime factor (``n + 12`` or ``n + 14`` at
+512: 524 = 4·131, 526 = 2·263) are slow. The worst mis-picks are ≤ 2× (k = 9–11 at 256–512 px: FFT 1.3–1.85×
+faster; k = 15 for 4 images at 512 px: direct 2× faster). Measured on the CPU only (no GPU was available); ``fft`` /
+``direct`` stay selectable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -29,7 +53,18 @@ from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import gaussian_kernel, motion_kernel
 
 PADDINGS = ("reflect", "zeros", "circular")
-IMPLS = ("fft", "direct")
+IMPLS = ("auto", "fft", "direct")
+#: ``impl=auto`` convolves by FFT for kernels at least this wide (``k × k``), directly below (see the module docstring).
+AUTO_FFT_MIN_KERNEL = 15
+
+
+def auto_impl(kernel_size: int) -> str:
+    """What ``impl=auto`` runs for a ``kernel_size × kernel_size`` kernel: ``fft`` from 15 on, ``direct`` below.
+
+    Measured on this CPU for 32–512 px images; the crossover did not move with the image size (both costs grow
+    with ``H·W``), so the rule depends on the kernel size only.
+    """
+    return "fft" if kernel_size >= AUTO_FFT_MIN_KERNEL else "direct"
 
 
 class Blur(LinearOperator):
@@ -38,7 +73,8 @@ class Blur(LinearOperator):
     Args:
         kernel: ``[k, k]``, ``[B, k, k]`` or ``[B, 1, k, k]`` correlation weights (``None`` until :meth:`draw`).
         padding: ``reflect`` | ``zeros`` | ``circular`` boundary extension.
-        impl: ``fft`` or ``direct`` (same result to float tolerance; FFT is faster for the 61×61 paper kernels).
+        impl: ``auto`` (:func:`auto_impl`: FFT for kernels ≥ 15×15, direct below), ``fft`` or ``direct`` (same
+            result to float tolerance; FFT is faster for the 61×61 paper kernels).
         sigma_y: measurement noise on the [−1, 1] scale.
     """
 
@@ -46,7 +82,7 @@ class Blur(LinearOperator):
         self,
         kernel: torch.Tensor | None = None,
         padding: str = "reflect",
-        impl: str = "fft",
+        impl: str = "auto",
         sigma_y: float = 0.01,
         name: str = "blur",
     ) -> None:
@@ -88,6 +124,15 @@ class Blur(LinearOperator):
         # deepinv convolves (flips the filter); flipping here makes the net operation DPS's cross-correlation.
         return self.kernel.to(device=x.device, dtype=x.dtype).flip(-1, -2)
 
+    @property
+    def effective_impl(self) -> str:
+        """``fft`` or ``direct``: :attr:`impl` with ``auto`` resolved for the current kernel size."""
+        if self.impl != "auto":
+            return self.impl
+        if self.kernel is None:
+            raise UserError(f"{self.name}: the blur kernel is drawn per image; call draw(generators, shape) first")
+        return auto_impl(self.kernel.shape[-1])
+
     def _pad_mode(self) -> str:
         return "constant" if self.padding == "zeros" else self.padding
 
@@ -97,7 +142,7 @@ class Blur(LinearOperator):
 
         x = compute_dtype(x)
         f = self._filter(x)
-        if self.impl == "fft":
+        if self.effective_impl == "fft":
             return conv2d_fft(x, f, padding=self._pad_mode())
         return conv2d(x, f, padding=self._pad_mode())
 
@@ -107,7 +152,7 @@ class Blur(LinearOperator):
 
         y = compute_dtype(y)
         f = self._filter(y)
-        if self.impl == "fft":
+        if self.effective_impl == "fft":
             return conv_transpose2d_fft(y, f, padding=self._pad_mode())
         return conv_transpose2d(y, f, padding=self._pad_mode())
 
@@ -127,7 +172,7 @@ class MotionBlur(Blur):
         kernel_size: int = 61,
         intensity: float = 0.5,
         padding: str = "reflect",
-        impl: str = "fft",
+        impl: str = "auto",
         sigma_y: float = 0.01,
         name: str = "motion_deblur",
         kernel: torch.Tensor | None = None,
@@ -171,12 +216,12 @@ def gaussian_deblur(
     kernel_size: int = 61,
     kernel_sigma: float = 5.0,
     padding: str = "reflect",
-    impl: str = "fft",
+    impl: str = "auto",
     sigma_y: float = 0.01,
     svd_threshold: float = 0.03,
     name: str = "gauss_deblur",
 ) -> LinearOperator:
-    """The Gaussian deblurring task: DPS's 61×61 kernel (σ = 5.0 TReg, 3.0 DPS/P2L) by ``fft``/``direct``
+    """The Gaussian deblurring task: DPS's 61×61 kernel (σ = 5.0 TReg, 3.0 DPS/P2L) by ``auto``/``fft``/``direct``
     convolution with ``padding``, or ``impl=svd``: TReg's separable truncated-SVD blur (zero boundary, 1-D
     singular values below ``svd_threshold`` dropped; ``padding`` does not apply there)."""
     if impl == "svd":
@@ -191,12 +236,49 @@ def motion_deblur(
     kernel_size: int = 61,
     intensity: float = 0.5,
     padding: str = "reflect",
-    impl: str = "fft",
+    impl: str = "auto",
     sigma_y: float = 0.01,
     name: str = "motion_deblur",
 ) -> MotionBlur:
     """The motion deblurring task (one random trajectory kernel per image, drawn in :meth:`MotionBlur.draw`)."""
     return MotionBlur(kernel_size, intensity, padding, impl, sigma_y, name)
+
+
+def _time(fn: Callable[[], object], budget: float = 0.5) -> float:  # pragma: no cover
+    """Best wall time of ``fn`` over at least 5 and at most 100 calls (about ``budget`` seconds), after a warm-up."""
+    import time
+
+    fn()
+    best, calls, start = float("inf"), 0, time.perf_counter()
+    while calls < 5 or (time.perf_counter() - start < budget and calls < 100):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        calls += 1
+    return best
+
+
+def _benchmark_crossover(
+    batches: Sequence[int] = (1, 4),
+    sizes: Sequence[int] = (32, 64, 128, 256, 512),
+    kernel_sizes: Sequence[int] = (5, 7, 9, 11, 13, 15, 17, 21, 31, 61),
+) -> None:  # pragma: no cover - the measurement behind AUTO_FFT_MIN_KERNEL (module docstring)
+    """Prints direct/FFT time ratios of one forward + adjoint (per-image kernels, float32, reflect padding)."""
+    print(f"threads={torch.get_num_threads()}; direct time / fft time for forward+adjoint, float32, reflect")
+    for batch in batches:
+        for n in sizes:
+            x = torch.rand(batch, 3, n, n) * 2 - 1
+            row = []
+            for k in kernel_sizes:
+                if k // 2 >= n:
+                    continue
+                kernel = gaussian_kernel(k, max(k / 6, 0.5)).float().repeat(batch, 1, 1, 1)
+                times = {}
+                for impl in ("direct", "fft"):
+                    op = Blur(kernel, impl=impl)
+                    times[impl] = _time(lambda op=op, x=x: op.adjoint(op(x)))
+                row.append(f"k{k} {times['direct'] / times['fft']:.2f}")
+            print(f"B={batch} {n}px: " + ", ".join(row), flush=True)
 
 
 def _benchmark() -> None:  # pragma: no cover - the measurement quoted in the module docstring
@@ -205,7 +287,7 @@ def _benchmark() -> None:  # pragma: no cover - the measurement quoted in the mo
     x = torch.rand(1, 3, 512, 512) * 2 - 1
     times = {}
     outs = {}
-    for impl in IMPLS:
+    for impl in ("fft", "direct"):
         op = gaussian_deblur(impl=impl)
         op(x)
         best = float("inf")

@@ -4,8 +4,15 @@
   normalised 1-D Gaussian truncated at ``4σ``), σ = 5.0 (TReg) or 3.0 (DPS/P2L). Sum 1, symmetric.
 - :func:`svd_gaussian_taps`: the 1-D kernel of TReg's truncated-SVD deblurring (``functions/degradation.py``:
   ``exp(−k²/2σ²)`` for ``k = −30 … 29``, normalised — its +30 tap is absent, ≈1e-8 of the centre at σ = 5).
-- :func:`motion_kernel`: Borodenko's ``motionblur`` random-trajectory kernel (the generator DPS calls with size 61,
-  intensity 0.5), with every random draw taken from a per-image ``torch.Generator`` instead of NumPy's global state.
+- :func:`motion_kernel`: Borodenko's ``motionblur`` random-trajectory kernel (``Kernel(size, intensity)
+  .kernelMatrix``, the generator DPS calls with size 61, intensity 0.5), with every random draw taken from a
+  per-image ``torch.Generator`` instead of NumPy's global state. Given the same uniform draws it equals a literal
+  transcription of Borodenko's ``_createPath``/``_createKernel`` to float32 rounding (``tests/test_operators.py``).
+  Its ``eps`` is Borodenko's 0.1 and the path gets his random ``U(0, π)`` rotation (an earlier version here used
+  machine epsilon and no rotation: shorter steps, narrower angles, paths all oriented around the horizontal). The only
+  departure is the random source: NumPy's ``beta``/``triangular`` samplers are replaced by constructions from
+  uniforms (same laws, different numbers), so a seed here does not reproduce a NumPy seed there; and below size 54
+  the line is drawn 1 px wide where Borodenko's ``int(D/150)`` is 0 px wide (PIL draws nothing, his kernel is NaN).
 - :func:`keys_cubic` and :func:`downsample_matrix`: Keys' cubic convolution (a = −0.5) stretched by the factor
   (antialiased, ``4·factor`` taps) on PIL's sampling grid — output pixel ``m`` is centred on input coordinate
   ``(m + ½)·factor`` — which is what DPS's resizer, PIL's ``BICUBIC`` and DDRM/TReg's ``SRConv`` compute; they
@@ -16,6 +23,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -58,21 +66,27 @@ def svd_gaussian_taps(size: int = 61, sigma: float = 5.0) -> torch.Tensor:
 
 
 # --- Borodenko's motion-blur trajectory ------------------------------------------------------------------------
-_EPS = float(np.finfo(float).eps)
+# Borodenko's ``eps`` ("tiny error used for numerical stability"): 0.1, not machine epsilon. It is not tiny — it
+# sets the step scale ``(1 − I + 0.1)·D`` (a tenth of the diagonal at I = 1) and widens the angle distribution.
+_BORODENKO_EPS = 0.1
+
+#: ``draw(low, high)``: one U(low, high) number; every random quantity of the trajectory is built from these.
+UniformDraw = Callable[[float, float], float]
 
 
-def _beta_int(generator: torch.Generator, a: int, b: int) -> float:
-    """Beta(a, b) for integer shapes, as G_a / (G_a + G_b) with Gamma(k) = −Σ log U (k uniforms)."""
-    u = torch.rand(a + b, generator=generator, dtype=torch.float64).clamp_min(1e-300)
-    ga = float(-u[:a].log().sum())
-    gb = float(-u[a:].log().sum())
-    return ga / (ga + gb)
+def _beta(draw: UniformDraw, a: int, b: int) -> float:
+    """Beta(a, b) for integer shapes from uniforms: ``1 − U^(1/b)`` (inverse CDF) when ``a = 1``, else the
+    ``a``-th smallest of ``a + b − 1`` uniforms (the order-statistic law of Beta(a, b))."""
+    if a == 1:
+        return 1.0 - draw(0.0, 1.0) ** (1.0 / b)
+    return sorted(draw(0.0, 1.0) for _ in range(a + b - 1))[a - 1]
 
 
-def _triangular(generator: torch.Generator, left: float, mode: float, right: float) -> float:
-    u = seeding.uniform(generator)
+def _triangular(draw: UniformDraw, left: float, mode: float, right: float) -> float:
+    """Triangular(left, mode, right) by its inverse CDF (NumPy's formula), from one uniform."""
+    u = draw(0.0, 1.0)
     c = (mode - left) / (right - left)
-    if u < c:
+    if u <= c:
         return left + math.sqrt(u * (right - left) * (mode - left))
     return right - math.sqrt((1.0 - u) * (right - left) * (right - mode))
 
@@ -81,43 +95,59 @@ def motion_kernel(size: int = 61, intensity: float = 0.5, generator: torch.Gener
     """One random motion-blur kernel ``[size, size]`` (float32, sum 1), Borodenko's ``Kernel(...).kernelMatrix``.
 
     The path is drawn on a canvas twice the size: a total length ``0.75·D·(U + U(0, I²))`` (``D`` the canvas
-    diagonal, ``I`` the intensity) made of Beta(1, 30)-distributed steps, with angles bounded by ``U(0, I·π)`` whose
-    sign flips with a Beta(2, 20) jitter probability; the path is centred on its centre of mass, drawn as a white
-    line of width ``int(D/150)``, blurred by a Gaussian of radius ``int(0.01·D)``, resized with Lanczos, converted to
-    8-bit grey and normalised — as in the original, only the random source differs (``generator``).
+    diagonal, ``I`` the intensity) made of ``Beta(1, 30)·(1 − I + 0.1)·D`` steps, with angles bounded by
+    ``U(0, I·π)`` (first angle ``U(−max, max)``, then ``Triangular(0, I·max, max + 0.1)`` in absolute value) whose
+    sign flips with a Beta(2, 20) jitter probability; the path is centred on its centre of mass, rotated by
+    ``U(0, π)``, moved to the canvas centre, drawn as a white line of width ``max(1, int(D/150))``, blurred by a
+    Gaussian of radius ``int(0.01·D)``, resized with Lanczos, converted to 8-bit grey and normalised — as in the
+    original, in the original's draw order. Only the random source differs (every draw is
+    ``seeding.uniform(generator, …)``, Beta and triangular variates built from those: :func:`_beta`,
+    :func:`_triangular`), and the 1 px minimum width (the original draws nothing below size 54).
     """
     if size < 3:
         raise UserError(f"motion kernel_size must be at least 3, got {size}")
     if not 0.0 <= intensity <= 1.0:
         raise UserError(f"motion blur intensity must be in [0, 1], got {intensity}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
+    return _motion_kernel(size, intensity, lambda low, high: seeding.uniform(g, low, high))
+
+
+def _motion_kernel(size: int, intensity: float, draw: UniformDraw) -> torch.Tensor:
     canvas = 2 * size
-    diagonal = math.sqrt(2.0) * canvas
-    # steps
-    max_len = 0.75 * diagonal * (seeding.uniform(g) + seeding.uniform(g, 0.0, intensity**2))
+    diagonal = (canvas**2 + canvas**2) ** 0.5  # Borodenko's expression, for the same last bit
+    # steps (Borodenko's getSteps): a step longer than the whole path is redrawn
+    max_len = 0.75 * diagonal * (draw(0.0, 1.0) + draw(0.0, intensity**2))
     steps: list[float] = []
     while sum(steps) < max_len:
-        # Beta(1, 30) by inversion: 1 − U^(1/30)
-        step = (1.0 - seeding.uniform(g) ** (1.0 / 30.0)) * (1.0 - intensity + _EPS) * diagonal
+        step = _beta(draw, 1, 30) * (1.0 - intensity + _BORODENKO_EPS) * diagonal
         if step < max_len:
             steps.append(step)
-    # angles
-    max_angle = seeding.uniform(g, 0.0, intensity * math.pi)
-    jitter = _beta_int(g, 2, 20)
-    angles = [seeding.uniform(g, -max_angle, max_angle)]
+    # angles (getAngles)
+    max_angle = draw(0.0, intensity * math.pi)
+    jitter = _beta(draw, 2, 20)
+    angles = [draw(-max_angle, max_angle)]
     while len(angles) < len(steps):
-        angle = _triangular(g, 0.0, intensity * max_angle, max_angle + _EPS)
+        angle = _triangular(draw, 0.0, intensity * max_angle, max_angle + _BORODENKO_EPS)
         sign = float(np.sign(angles[-1]))
-        angles.append(-angle * sign if seeding.uniform(g) < jitter else angle * sign)
+        angles.append(-angle * sign if draw(0.0, 1.0) < jitter else angle * sign)
+    if not steps:  # total length 0.75·D·(U + U(0, I²)) = 0 exactly (Borodenko: 0/0): a delta, never NaN
+        kernel = torch.zeros(size, size)
+        kernel[size // 2, size // 2] = 1.0
+        return kernel
     path = np.cumsum(np.asarray(steps) * np.exp(1j * np.asarray(angles)))
-    path = path - path.sum() / len(steps) + (canvas + 1j * canvas) / 2
+    path = path - path.sum() / len(steps)
+    path = path * np.exp(1j * draw(0.0, math.pi))  # the random rotation of the whole path
+    path = path + (canvas + 1j * canvas) / 2
     image = Image.new("RGB", (canvas, canvas))
-    ImageDraw.Draw(image).line(xy=list(zip(path.real, path.imag, strict=True)), width=int(diagonal / 150))
+    # Borodenko's width int(D/150) is 0 below size 54, and PIL draws nothing at width 0 (his kernel is then 0/0):
+    # at least one pixel, so that small kernels (tests) stay trajectories; sizes ≥ 54 (the paper's 61) are unchanged.
+    width = max(1, int(diagonal / 150))
+    ImageDraw.Draw(image).line(xy=list(zip(path.real, path.imag, strict=True)), width=width)
     image = image.filter(ImageFilter.GaussianBlur(radius=int(diagonal * 0.01)))
-    image = image.resize((size, size), resample=Image.LANCZOS).convert("L")
+    image = image.resize((size, size), resample=Image.Resampling.LANCZOS).convert("L")
     kernel = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
     total = kernel.sum()
-    if total <= 0:  # a path shorter than a pixel cannot happen for size ≥ 3, but never divide by zero
+    if total <= 0:  # a path entirely off the canvas (not seen, but Borodenko would give 0/0): a delta, never NaN
         kernel = torch.zeros(size, size)
         kernel[size // 2, size // 2] = 1.0
         return kernel
