@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ def compute_dtype(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-class LinearOperator(nn.Module):
+class LinearOperator(nn.Module, ABC):
     """A linear forward model ``A`` with Gaussian measurement noise ``σ_y`` (on the [−1, 1] scale).
 
     Subclasses implement :meth:`forward` (noiseless ``A x``) and may override :meth:`adjoint` with a closed form;
@@ -49,8 +50,9 @@ class LinearOperator(nn.Module):
         return self
 
     # --- the model ------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - documented in the class
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Noiseless ``A x``: ``[B, 3, H, W]`` → the measurement space ``[B, ...]``."""
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``Aᵀ y`` by the vector–Jacobian product of :meth:`forward` (override with a closed form where cheaper)."""
@@ -62,7 +64,7 @@ class LinearOperator(nn.Module):
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         """The shape of ``x`` for a measurement ``y`` (needed by the default adjoint)."""
-        raise NotImplementedError(f"{type(self).__name__} must define input_shape or adjoint")
+        raise TypeError(f"{type(self).__name__} must define input_shape (or a closed-form adjoint)")
 
     def measure(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """``y = A x + σ_y n`` with ``n`` drawn per image from ``generators``."""
