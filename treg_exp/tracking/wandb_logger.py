@@ -65,8 +65,8 @@ def _choices(config: dict[str, Any]) -> dict[str, str]:
         if HydraConfig.initialized():
             choices = HydraConfig.get().runtime.choices
             return {k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra")}
-    except Exception:  # noqa: BLE001 - names are a nicety
-        pass
+    except Exception as error:  # noqa: BLE001 - names are a nicety
+        log.debug("W&B: no Hydra choices for the run name (%s)", error)
     return {}
 
 
@@ -78,8 +78,8 @@ def _sweep_group() -> str | None:
 
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             return Path(HydraConfig.get().sweep.dir).name
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as error:  # noqa: BLE001 - the group is a nicety too
+        log.debug("W&B: no sweep folder for the group (%s)", error)
     return None
 
 
