@@ -5,6 +5,10 @@ Tweedie ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t``;
 DDIM ``z′ = √ᾱ_prev·ẑ0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·ξ`` with ``σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)``;
 CFG ``ε̂ = ε(c_∅) + ω(ε(c) − ε(c_∅))``.
 
+Also here, once for every solver: the gradient of a loss of ``(ẑ0, D(ẑ0))`` with respect to ``z_t`` through the
+network and the decoder (:func:`denoiser_gradient`, the DPS family), the Adam-like history of a gradient
+(:class:`AdamHistory`, LDIR and P2L), the measurement residual norm, and the checks every solver runs first.
+
 ``alpha_index_shift`` selects which ᾱ goes with the timestep handed to the network: 0 is the textbook
 (diffusers) ᾱ_t; 1 is the official TReg code, which prepends 1.0 to ``alphas_cumprod`` and so uses ᾱ_{t−1}.
 Past the end of the table (t − shift < 0) the schedule's ``final_alpha_cumprod`` is used, which with SD's
@@ -13,10 +17,12 @@ Past the end of the table (t − shift < 0) the schedule's ``final_alpha_cumprod
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from treg_exp.batch import batch_norm
 from treg_exp.errors import UserError
 from treg_exp.models.schedule import NoiseSchedule
 
@@ -150,3 +156,110 @@ def guided_eps(
         return prior.eps(z_t, t, cond)
     eps_uncond, eps_cond = prior.eps(torch.cat([z_t, z_t]), t, torch.cat([uncond, cond])).chunk(2)
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+# --- checks every solver runs before any network pass -------------------------------------------------------------
+def check_batch(
+    name: str, y: torch.Tensor, prompts: Sequence[str], generators: Sequence, image_shape: Sequence[int]
+) -> int:
+    """One-line :class:`UserError` unless measurements, prompts and generators all have the batch size; returns it."""
+    batch = int(image_shape[0])
+    if len(prompts) != batch or len(generators) != batch or y.shape[0] != batch:
+        raise UserError(
+            f"{name} got {y.shape[0]} measurements, {len(prompts)} prompts and {len(generators)} generators "
+            f"for a batch of {batch} images"
+        )
+    return batch
+
+
+def configure_checkpointing(prior, enabled: bool | None) -> None:
+    """Set the prior's gradient checkpointing (UNet and VAE) when ``enabled`` is a bool; ``None`` leaves it."""
+    if enabled is not None:
+        prior.set_gradient_checkpointing(bool(enabled))
+
+
+# --- the gradient through the denoiser (DPS family) ---------------------------------------------------------------
+def residual_norm(y: torch.Tensor, operator, x: torch.Tensor) -> torch.Tensor:
+    """``‖y − A x‖₂`` per image ``[B]`` (the norm, not its square: DPS, LDPS, PSLD), in the dtype of ``x``."""
+    return batch_norm(y.to(x.dtype) - operator(x).to(x.dtype))
+
+
+@dataclass(frozen=True)
+class DenoiserGradient:
+    """What :func:`denoiser_gradient` returns; every tensor is detached (the graph is already freed).
+
+    Attributes:
+        grad: ``∇ Σ_b L_b`` with respect to ``z_t`` (or the tensor given as ``wrt``), its shape.
+        eps: ``[B, C, h, w]`` the ε̂ used.
+        z0: ``[B, C, h, w]`` Tweedie's ẑ0.
+        x0: ``[B, 3, H, W]`` ``D(ẑ0)`` (not clamped).
+        loss: ``[B]`` each image's loss ``L_b``.
+    """
+
+    grad: torch.Tensor
+    eps: torch.Tensor
+    z0: torch.Tensor
+    x0: torch.Tensor
+    loss: torch.Tensor
+
+
+def denoiser_gradient(
+    prior,
+    z_t: torch.Tensor,
+    alpha_bar: float,
+    eps_fn: Callable[[torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    wrt: torch.Tensor | None = None,
+) -> DenoiserGradient:
+    """``∇_{z_t} Σ_b L_b(ẑ0(z_t), D(ẑ0(z_t)))`` through the network, Tweedie and the decoder, in one backward pass.
+
+    ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂(z_t))/√ᾱ_t``. The loss is a sum of per-image losses, so image ``b`` gets the gradient
+    of its own ``L_b`` and a batch computes what B runs of one compute. The graph is freed when this returns; the
+    prior's gradient checkpointing (UNet, VAE) applies to it.
+
+    Args:
+        z_t: ``[B, C, h, w]`` the current latent, in the solver's dtype.
+        alpha_bar: ᾱ_t paired with the network's timestep.
+        eps_fn: ``z ↦ ε̂(z)`` ``[B, C, h, w]`` (e.g. the CFG estimate, or one branch).
+        loss_fn: ``(ẑ0, x̂0) ↦ [B]`` per-image losses, differentiable (may run the encoder: GML-DPS, PSLD).
+        wrt: differentiate with respect to this leaf instead of ``z_t`` (which is then held fixed), e.g. the text
+            embedding that ``eps_fn`` closes over (P2L's prompt tuning); it must have ``requires_grad``.
+    """
+    dtype = z_t.dtype
+    with torch.enable_grad():
+        z_in = z_t.detach().requires_grad_(wrt is None)
+        eps = eps_fn(z_in).to(dtype)
+        z0 = tweedie(z_in, eps, alpha_bar)
+        x0 = prior.decode(z0).to(dtype)
+        loss = loss_fn(z0, x0)
+        (grad,) = torch.autograd.grad(loss.sum(), z_in if wrt is None else wrt)
+    return DenoiserGradient(grad=grad, eps=eps.detach(), z0=z0.detach(), x0=x0.detach(), loss=loss.detach())
+
+
+# --- the Adam-like history of a gradient (LDIR, P2L) --------------------------------------------------------------
+class AdamHistory:
+    """The bias-corrected Adam direction of a sequence of gradients, one per sampling step (LDIR; P2L's "Adam").
+
+    ``m_k = β₁ m_{k−1} + (1−β₁) g_k``, ``v_k = β₂ v_{k−1} + (1−β₂) g_k²``, ``m̂ = m_k/(1−β₁ᵏ)``, ``v̂ = v_k/(1−β₂ᵏ)``;
+    :meth:`direction` returns ``m̂/(√v̂ + ε)``, which the solver scales by its step size. Elementwise, so every image
+    of a batch has its own history.
+    """
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0) or eps <= 0:
+            raise UserError(f"Adam history needs 0 <= betas < 1 and eps > 0, got {beta1}, {beta2}, {eps}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.count = 0
+        self.m: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """Add ``grad`` to the history and return ``m̂/(√v̂ + ε)`` (same shape)."""
+        self.count += 1
+        if self.m is None:
+            self.m, self.v = torch.zeros_like(grad), torch.zeros_like(grad)
+        self.m = self.beta1 * self.m + (1.0 - self.beta1) * grad
+        self.v = self.beta2 * self.v + (1.0 - self.beta2) * grad * grad
+        m_hat = self.m / (1.0 - self.beta1**self.count)
+        v_hat = self.v / (1.0 - self.beta2**self.count)
+        return m_hat / (v_hat.sqrt() + self.eps)

@@ -98,7 +98,16 @@ from treg_exp.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import ddim_plan, ddim_step, guided_eps, tweedie
+from treg_exp.solvers.core import (
+    check_batch,
+    configure_checkpointing,
+    ddim_plan,
+    ddim_step,
+    denoiser_gradient,
+    guided_eps,
+    residual_norm,
+    tweedie,
+)
 
 ENCODE_MODES = ("sample", "mean")
 
@@ -226,16 +235,9 @@ class TReg(Solver):
         return dc_steps(self.num_steps, self.dc_every, self.dc_until, self.dc_grid)
 
     # --- pieces ------------------------------------------------------------------------------------------------
-    def _check(
-        self, y: torch.Tensor, prior: DiffusionPrior, prompts: Sequence[str], generators: Sequence, image_shape
-    ) -> None:
+    def _check(self, y: torch.Tensor, prior: DiffusionPrior, prompts: Sequence[str], generators: Sequence, image_shape):
         """One-line errors for bad inputs, before any network runs."""
-        batch = int(image_shape[0])
-        if len(prompts) != batch or len(generators) != batch or y.shape[0] != batch:
-            raise UserError(
-                f"TReg got {y.shape[0]} measurements, {len(prompts)} prompts and {len(generators)} generators "
-                f"for a batch of {batch} images"
-            )
+        check_batch("TReg", y, prompts, generators, image_shape)
         if self.adaptive_negation:
             prior.check_image_encoder()  # a missing tower or a width mismatch (SD 2.x + ViT-L/14) fails here
 
@@ -291,19 +293,16 @@ class TReg(Solver):
         null: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``z_prev = z′ − ρ·∇_{z_t}‖y − A(D(ẑ0))‖₂`` with ε from the null branch. Returns (z_prev, ẑ0, x̂0, ‖·‖)."""
-        dtype = z.dtype
-        with torch.enable_grad():
-            z_in = z.detach().requires_grad_(True)
-            eps = prior.eps(z_in, step.t, null).to(dtype)
-            z0 = tweedie(z_in, eps, step.alpha_bar)
-            z_prime = ddim_step(z0, eps, step.alpha_bar, step.alpha_bar_prev)
-            x0 = self._decode(prior, z0, dtype)
-            residual = batch_norm(y.to(dtype) - operator(x0).to(dtype))
-            # The sum of per-image norms: each image gets the gradient of its own norm.
-            (grad,) = torch.autograd.grad(residual.sum(), z_in)
+        result = denoiser_gradient(
+            prior,
+            z,
+            step.alpha_bar,
+            eps_fn=lambda z_in: prior.eps(z_in, step.t, null),
+            loss_fn=lambda _z0, x0: residual_norm(y, operator, x0),
+        )
+        z_prime = ddim_step(result.z0, result.eps, step.alpha_bar, step.alpha_bar_prev)
         rho = self.dps_scale if self.dps_scale is not None else step.alpha_bar_prev**0.5
-        z_prev = (z_prime - rho * grad).detach()
-        return z_prev, z0.detach(), x0.detach(), residual.detach()
+        return (z_prime - rho * result.grad).detach(), result.z0, result.x0, result.loss
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def solve(
@@ -321,8 +320,7 @@ class TReg(Solver):
         batch = int(image_shape[0])
         dtype = prior.state_dtype
         device = y.device
-        if self.gradient_checkpointing is not None:
-            prior.set_gradient_checkpointing(bool(self.gradient_checkpointing))
+        configure_checkpointing(prior, self.gradient_checkpointing)
 
         plan = ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
         is_dc = self.dc_schedule()
