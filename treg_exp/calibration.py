@@ -171,4 +171,3 @@ def calibrate(solver: Solver, problem: Problem, prior=None) -> Calibration:
 def exact_sampler_check(problem: Problem) -> Calibration:
     """The check of the check: fresh exact posterior samples (other seeds) scored like a solver (≈1, ≈1, ≈0)."""
     return calibrate(PosteriorSample(tol=1e-10), problem)
-
