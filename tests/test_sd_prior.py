@@ -189,9 +189,27 @@ def test_gradient_checkpointing_keeps_gradients(prior):
     prior.set_gradient_checkpointing(True)
     try:
         assert prior.unet.is_gradient_checkpointing and prior.vae.is_gradient_checkpointing
+        resnets = [m for m in prior.vae.modules() if type(m).__name__ == "ResnetBlock2D"]
+        assert resnets and all("forward" in m.__dict__ for m in resnets)  # the per-ResNet checkpoints are on
         assert torch.allclose(grad(), plain, atol=1e-5)
     finally:
         prior.set_gradient_checkpointing(False)
+    assert not any("forward" in m.__dict__ for m in prior.vae.modules())  # and off again
+    assert torch.equal(grad(), plain)
+
+
+def test_vae_slicing_and_performance_options(prior):
+    """``vae_slicing`` (default on) is handed to the VAE, so a batch's decode is each image's own decode (a wiring
+    mistake would leave diffusers' default, batched passes); a bad ``compile_mode`` is a one-line config error."""
+    assert prior.vae.use_slicing and not prior.vae.use_tiling
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        batched = prior.decode(z)
+        single = torch.cat([prior.decode(z[:1]), prior.decode(z[1:])])
+    assert torch.equal(batched, single)
+    with pytest.raises(UserError) as error:
+        TinyStableDiffusionPrior(compile_mode="fastest")
+    assert one_line(error.value) and "compile_mode" in str(error.value)
 
 
 # --- loading -----------------------------------------------------------------------------------------------------

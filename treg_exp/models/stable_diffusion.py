@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from treg_exp import seeding
 from treg_exp.devices import parse_dtype
@@ -31,6 +32,30 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def checkpoint_resnets(module: torch.nn.Module, enabled: bool) -> None:
+    """Checkpoint every ``ResnetBlock2D`` inside ``module`` while gradients are enabled (or undo it).
+
+    The block's own ``forward`` is wrapped on the instance, so weights, state-dict keys and no-grad passes are
+    untouched; with gradients on, its inner activations are recomputed in the backward pass instead of stored.
+    """
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for block in module.modules():
+        if not isinstance(block, ResnetBlock2D):
+            continue
+        block.__dict__.pop("forward", None)  # back to the class's forward
+        if enabled:
+            plain = block.forward
+
+            def forward(*args, _plain=plain, **kwargs):
+                if torch.is_grad_enabled():
+                    return torch.utils.checkpoint.checkpoint(_plain, *args, use_reentrant=False, **kwargs)
+                return _plain(*args, **kwargs)
+
+            block.forward = forward
 
 
 def clip_preprocess(x: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -61,6 +86,13 @@ class StableDiffusionPrior(DiffusionPrior):
         gradient_checkpointing: enable it on the UNet and the VAE (for solvers that backpropagate through them).
         revision: Hub revision of ``model_id``.
         variant: weight variant of ``model_id`` (e.g. ``fp16``), for the UNet, VAE and text encoder.
+        vae_slicing: decode/encode a batch one image at a time (diffusers' VAE slicing): the VAE's activation
+            memory of a batch is that of one image, and each image's result is its batch-of-one result.
+        vae_tiling: decode/encode in overlapping tiles (diffusers' VAE tiling) for images above 512 px; it blends
+            tile seams, so results differ slightly from an untiled pass (off by default).
+        channels_last: keep UNet and VAE weights in ``channels_last`` memory format (often faster on GPUs).
+        compile_mode: ``torch.compile`` the UNet with this mode (``default``, ``reduce-overhead``,
+            ``max-autotune``); ``None``: eager. The first calls of each new shape pay the compilation.
     """
 
     latent_channels = 4
@@ -76,8 +108,14 @@ class StableDiffusionPrior(DiffusionPrior):
         gradient_checkpointing: bool = False,
         revision: str | None = None,
         variant: str | None = None,
+        vae_slicing: bool = True,
+        vae_tiling: bool = False,
+        channels_last: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        if compile_mode not in COMPILE_MODES:
+            raise UserError(f"model.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.model_id = str(model_id)
         self.dtype = parse_dtype(dtype)
         self.local_files_only = bool(local_files_only)
@@ -86,6 +124,10 @@ class StableDiffusionPrior(DiffusionPrior):
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.revision = revision
         self.variant = variant
+        self.vae_slicing = bool(vae_slicing)
+        self.vae_tiling = bool(vae_tiling)
+        self.channels_last = bool(channels_last)
+        self.compile_mode = compile_mode
         self.tokenizer: Any = None
         self.scheduler_config: dict[str, Any] = {}
         self.prediction_type = "epsilon"
@@ -184,6 +226,13 @@ class StableDiffusionPrior(DiffusionPrior):
                 torch.nn.Module.to(module, self.dtype)
             # nn.Module.__setattr__ registers the networks, so .to(device) and .device see them
             setattr(self, name, module)
+        self.vae.use_slicing = self.vae_slicing
+        self.vae.use_tiling = self.vae_tiling
+        if self.channels_last:
+            for module in (self.unet, self.vae):
+                module.to(memory_format=torch.channels_last)
+        if self.compile_mode is not None:
+            self.unet.compile(mode=self.compile_mode)  # in place: the state-dict keys stay those of the UNet
         self.latent_channels = int(self.vae.config.latent_channels)
         self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._text_cache.clear()
@@ -194,7 +243,10 @@ class StableDiffusionPrior(DiffusionPrior):
         """Switch gradient checkpointing of the UNet and the VAE (now if loaded, else at :meth:`load`).
 
         It trades a second forward pass for not storing activations, on the solvers' backward passes (DPS-type
-        steps) only: diffusers checkpoints only while gradients are enabled.
+        steps) only: checkpoints act only while gradients are enabled. diffusers checkpoints the UNet and the VAE
+        per block; at 512 px one VAE up-block at full resolution still holds about 3 GiB of activations while it is
+        recomputed, so every ResNet of the VAE is checkpointed as well (nested, non-reentrant):
+        ``benchmarks/MEMORY.md`` measures both.
         """
         self.gradient_checkpointing = bool(enabled)
         if not self._loaded:
@@ -204,6 +256,7 @@ class StableDiffusionPrior(DiffusionPrior):
                 module.enable_gradient_checkpointing()
             else:
                 module.disable_gradient_checkpointing()
+        checkpoint_resnets(self.vae, bool(enabled))
 
     def _require_loaded(self) -> None:
         if not self._loaded:

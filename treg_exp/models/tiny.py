@@ -228,7 +228,8 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         dtype: networks' dtype (``float32`` default; ``float64`` for reference tests).
         architecture: ``tiny`` or ``sd15`` (the full-size architecture, random weights: for benchmarks).
         seed: weight seed (the same seed gives the same model).
-        gradient_checkpointing: as for :class:`StableDiffusionPrior`.
+        gradient_checkpointing, vae_slicing, vae_tiling, channels_last, compile_mode: as for
+            :class:`StableDiffusionPrior`.
     """
 
     def __init__(
@@ -237,6 +238,10 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         seed: int = 0,
         gradient_checkpointing: bool = False,
         architecture: str = "tiny",
+        vae_slicing: bool = True,
+        vae_tiling: bool = False,
+        channels_last: bool = False,
+        compile_mode: str | None = None,
     ):
         if architecture not in ARCHITECTURES:
             raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
@@ -246,6 +251,10 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
             local_files_only=True,
             clip_image_model="tiny",
             gradient_checkpointing=gradient_checkpointing,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+            channels_last=channels_last,
+            compile_mode=compile_mode,
         )
         self.seed = int(seed)
         self.architecture = architecture
