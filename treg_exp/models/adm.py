@@ -28,8 +28,10 @@ Checkpoints are the official ``.pt`` state dicts in guided-diffusion's key layou
 ``middle_block``, ``output_blocks``, ``out``, ``time_embed``, ``label_emb``). :func:`official_to_diffusers` and
 :func:`diffusers_to_official` convert between the two layouts; attention ``qkv`` (a 1×1 conv of the legacy order:
 heads first, then q, k, v per head) is split into ``to_q/to_k/to_v``. The layout is tested against deepinv's
-``DiffUNet`` (which loads the official FFHQ/ImageNet-256 files with ``strict=True``): same keys and shapes for both
-256 architectures, and the same ε to float32 rounding for the FFHQ one with the same random weights.
+``DiffUNet`` (a port of guided-diffusion's UNet that loads its copies of the FFHQ and ImageNet-256 checkpoints with
+``strict=True``): same keys and shapes for both 256 architectures, and the same ε to float32 rounding for the FFHQ
+one with the same random weights. The 512 layout follows from the same rules plus guided-diffusion's ``label_emb``;
+it is unverified against the real file (no weights here); a mismatch fails on load with one line.
 
 Prior interface: ``latent_factor = 1``, ``latent_channels = 3``; ``encode`` / ``decode`` are identities counted like a
 VAE pass (so the solvers' cost accounting is the same for latent and pixel priors). Schedule: ADM's linear
