@@ -2,6 +2,7 @@
 
     python scripts/fetch_weights.py --out /shared/treg-weights            # SD 1.5 + metrics
     python scripts/fetch_weights.py --out DIR --models sd15 sd14 sd21base
+    python scripts/fetch_weights.py --out DIR --models adm_ffhq256 adm_imagenet512   # pixel ADM priors (.pt)
     python scripts/fetch_weights.py --out DIR --dry-run                   # list what would be fetched
 
 then run with ``paths.weights=DIR`` (``HF_HOME``, ``HF_HUB_OFFLINE``, ``TORCH_HOME`` and clean-fid's file are set
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from treg_exp import weights  # noqa: E402 - after the path insert, so the script runs from a checkout
+from treg_exp.models.adm import RELEASES as ADM_RELEASES  # noqa: E402
 
 # Hugging Face repositories of the diffusion models (conf/model/*) and CLIP (TReg's adaptive negation, CLIP score).
 HF_MODELS = {
@@ -60,6 +62,8 @@ def plan(out: Path, models: list[str]) -> list[Item]:
     hub = out / "huggingface" / "hub"
     items = [Item("hf", HF_MODELS[m], hub) for m in [*models, "clip"] if m in HF_MODELS]
     checkpoints = out / "torch" / "hub" / "checkpoints"
+    # ADM's official .pt files sit where torch.hub keeps downloads; model=adm_* looks there (cache_dir=paths.weights)
+    items += [Item("url", ADM_RELEASES[m].url, checkpoints / ADM_RELEASES[m].file) for m in models if m in ADM_RELEASES]
     items += [Item("url", url, checkpoints / name) for name, url in TORCH_FILES.items()]
     items.append(Item("url", CLEANFID_URL, out / "cleanfid" / weights.CLEANFID_INCEPTION_FILE))
     return items
@@ -82,7 +86,9 @@ def fetch(item: Item) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the cache folder (later: paths.weights=OUT)")
-    parser.add_argument("--models", nargs="*", default=["sd15"], choices=[m for m in HF_MODELS if m != "clip"])
+    parser.add_argument(
+        "--models", nargs="*", default=["sd15"], choices=[*(m for m in HF_MODELS if m != "clip"), *ADM_RELEASES]
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and download nothing")
     args = parser.parse_args(argv)
     items = plan(args.out.expanduser().resolve(), args.models)

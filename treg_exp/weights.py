@@ -5,6 +5,7 @@
     DIR/huggingface/hub/models--…            HF_HOME: Stable Diffusion, CLIP ViT-L/14 (Hugging Face cache layout)
     DIR/torch/hub/checkpoints/vgg16-397923af.pth, alexnet-owt-7be5be79.pth        LPIPS backbones (torchvision)
     DIR/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth                pytorch-fid / clean-fid legacy
+    DIR/torch/hub/checkpoints/ffhq_10m.pt, 256x256_diffusion_uncond.pt, 512x512_diffusion.pt   ADM (model=adm_*)
     DIR/cleanfid/inception-2015-12-05.pt                                           clean-fid ``clean`` (TorchScript)
 
 and a run started with ``paths.weights=DIR`` calls :func:`stage_weights` first, which points ``HF_HOME`` and

@@ -40,6 +40,27 @@ class NoiseSchedule:
         return cls(alphas_cumprod, final, steps_offset, timestep_spacing)
 
     @classmethod
+    def linear(
+        cls,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        num_train_timesteps: int = 1000,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        timestep_spacing: str = "leading",
+    ) -> NoiseSchedule:
+        """DDPM / ADM's linear betas ``β = linspace(β_start, β_end, T)`` in float64, as guided-diffusion computes them.
+
+        Defaults are ADM's sampling conventions: ``steps_offset=0`` with "leading" spacing gives guided-diffusion's
+        ``ddimN`` respacing (t = k·(T // N), e.g. 980, 960, …, 0 for 50 steps; 999 … 0 for 1000), and ᾱ after the
+        last step is 1 (guided-diffusion's ``alphas_cumprod_prev`` starts with 1.0).
+        """
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        final = 1.0 if set_alpha_to_one else float(alphas_cumprod[0])
+        return cls(alphas_cumprod, final, steps_offset, timestep_spacing)
+
+    @classmethod
     def from_diffusers_config(cls, config: dict) -> NoiseSchedule:
         """From a diffusers scheduler config (``scheduler/scheduler_config.json``)."""
         if config.get("beta_schedule", "scaled_linear") != "scaled_linear":
