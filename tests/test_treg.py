@@ -73,12 +73,15 @@ def official_treg(
     null_lr: float = 1e-3,
     cg_lamb: float = 1e-4,
     dps_lamb: float | None = None,
+    cfg_one_runs_null: bool = True,
 ) -> torch.Tensor:
     """The official ``TRegSolver.sample`` (TReg-inverse/TReg, solver/latent_diffusion.py) written out for batch 1,
     float64, from REFERENCE.md: its own prepended-1.0 ᾱ table, its CG, its Adam loop, its DPS step.
 
     The only changes: randomness from ``generator`` (z_T, then per DC step the encoder's sample inside
-    ``prior.encode``, then ξ), and the networks are the prior's. Returns the image in [−1, 1].
+    ``prior.encode``, then ξ), and the networks are the prior's. ``cfg_one_runs_null=False`` replaces the official
+    ``predict_noise``'s ω = 1 branch (the null branch only) by the conditional one, our declared departure.
+    Returns the image in [−1, 1].
     """
     from diffusers import DDIMScheduler
 
@@ -91,7 +94,7 @@ def official_treg(
 
     def predict_noise(zt, t, uc, c, cfg):
         if uc is None or cfg == 1.0:
-            return prior.eps(zt, t, uc)
+            return prior.eps(zt, t, uc if cfg_one_runs_null else c)
         noise_uc, noise_c = prior.eps(torch.cat([zt] * 2), t, torch.cat([uc, c], dim=0)).chunk(2)
         return noise_uc + cfg * (noise_c - noise_uc)
 
@@ -202,6 +205,30 @@ def test_matches_official_reference(prior64, use_an: bool, use_dps: bool) -> Non
     assert ref.std() > 1e-3
 
 
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.0], ids=["cfg0", "cfg1"])
+def test_matches_official_reference_at_defaults(prior64, cfg_scale: float) -> None:
+    """The default schedule (200 steps, DC counted on the 200-step grid: 57 DC steps, AN on) against the official
+    loop. ω = 0: equal to 1e-6 (the official code evaluates the CFG pair and multiplies one branch by 0; we run one
+    branch: same values). ω = 1: the official code runs the null branch only; ours runs the conditional one (our
+    declared departure), so the two differ — and equal the official loop with only that branch replaced.
+
+    Catches a DC grid that drifts from the official ``step % 3 == 0 and step < 170`` at 200 steps, an ᾱ pairing off
+    by one near t = 1 (only the full schedule reaches it), and any other difference hiding behind the ω = 1 one."""
+    operator = gaussian_deblur(kernel_size=9, kernel_sigma=2.0)
+    y = _measure(operator, _truth())
+    solver = TReg(cfg_scale=cfg_scale, null_prompt="out of focus", null_lr=1e-2)
+    assert solver.num_steps == 200 and solver.dc_grid == 200 and sum(solver.dc_schedule()) == 57
+    ours = solver.solve(y, operator, prior64, ["a photo"], _gens(), SHAPE).double()
+    args = (prior64, operator.forward, operator.adjoint, y, "a photo", "out of focus", cfg_scale, 200)
+    official = official_treg(*args, _gens()[0], use_an=True, use_dps=False, null_lr=1e-2)
+    if cfg_scale == 0.0:
+        assert (ours - official).abs().max().item() < 1e-6
+        return
+    assert (ours - official).abs().max().item() > 1e-2  # the official ω = 1 ignores the prompt
+    fixed = official_treg(*args, _gens()[0], use_an=True, use_dps=False, null_lr=1e-2, cfg_one_runs_null=False)
+    assert (ours - fixed).abs().max().item() < 1e-6
+
+
 def test_dc_schedule_official_and_scaling() -> None:
     """Defaults: 57 DC steps of 200 at the official positions; the same noise levels for other step counts."""
     flags = dc_steps(200, 3, 170, 200)
@@ -278,7 +305,7 @@ def test_adaptive_negation_closed_form(prior64, monkeypatch) -> None:
     is_dc = solver.dc_schedule()
     assert sum(is_dc) == 4 and len(feats) == 4 and len(conds) == 10
     c_prompt = prior64.embed_text(["a photo"])
-    null0 = prior64.null_embedding(1, "")
+    null0 = prior64.null_embedding(1, solver.null_prompt)
     assert all(torch.equal(cond[1:], c_prompt) for cond in conds)  # c never changes
     assert torch.equal(conds[0][:1], null0)
     rows = null0.shape[1]
@@ -419,7 +446,7 @@ def test_text_steers_inpainted_region() -> None:
     direction = red / red.norm()
 
     def hole_colour(cfg: float) -> float:
-        out = TReg(num_steps=50, adaptive_negation=False, cfg_scale=cfg).solve(
+        out = TReg(num_steps=50, adaptive_negation=False, cfg_scale=cfg, null_prompt="").solve(
             y, operator, prior, ["red", "red"], _gens(2, seed=1), x.shape
         )
         means = torch.stack([(out.double()[:, c][hole[:, c]]).mean() for c in range(3)])
@@ -437,12 +464,16 @@ def test_configs_instantiate() -> None:
     assert isinstance(solver, TReg)
     assert (solver.num_steps, solver.cfg_scale, solver.cg_iters, solver.null_iters) == (200, 5.0, 5, 10)
     assert solver.alpha_index_shift == 1 and solver.encode_mode == "sample" and solver.adaptive_negation
+    # every official README command uses this null prompt (the command-line default "" is not the preset)
+    assert solver.null_prompt == TReg().null_prompt == "out of focus, depth of field"
+    food = OmegaConf.load(ROOT / "conf/experiment/treg_food101.yaml")
+    assert food.solver.null_prompt == "out of focus, depth of field" and food.task.svd_pairing == "official"
     assert sum(solver.dc_schedule()) == 57
     for name in ("treg_sr16_readme", "treg_gauss_deblur_readme"):
         text = (ROOT / f"conf/experiment/{name}.yaml").read_text()
         assert text.startswith("# @package _global_")
         cfg = OmegaConf.load(ROOT / f"conf/experiment/{name}.yaml")
-        assert cfg.task.impl == "svd" and cfg.solver.cfg_scale == 5.0
+        assert cfg.task.impl == "svd" and cfg.task.svd_pairing == "official" and cfg.solver.cfg_scale == 5.0
         assert cfg.solver.null_prompt == "out of focus, depth of field"
     assert OmegaConf.load(ROOT / "conf/experiment/treg_gauss_deblur_readme.yaml").solver.null_lr == 5e-4
     for path in (ROOT / "conf/solver_task").glob("treg_*.yaml"):
