@@ -112,6 +112,43 @@ def test_solver_task_specialisations_apply(path):
     assert isinstance(instantiate(cfg.solver), Solver)
 
 
+def _solver_model_files() -> list[Path]:
+    return sorted((CONF / "solver_model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _solver_model_files(), ids=lambda p: p.stem)
+def test_solver_model_specialisations_apply(path):
+    """conf/solver_model/<solver>_<model>.yaml is merged into `solver` when that pair is chosen (after the per-task
+    values, so a prior's setting wins over a paper's), and only then. Catches a file whose name matches no solver or
+    model (it would never apply), a missing `# @package solver` (keys land at the top level) and a wrong order in
+    the defaults list."""
+    assert path.read_text().startswith("# @package solver"), f"{path.name} must start with '# @package solver'"
+    solver, model = next(
+        (s, path.stem[len(s) + 1 :])
+        for s in options("solver")
+        if path.stem.startswith(s + "_") and path.stem[len(s) + 1 :] in options("model")
+    )
+    specialised = OmegaConf.load(path)
+    base = OmegaConf.load(CONF / "solver" / f"{solver}.yaml")
+    # the tasks with a solver_task file for this solver (which may set the same keys), and one without
+    tasks = [t for t in options("task") if (CONF / "solver_task" / f"{solver}_{t}.yaml").exists()] + ["denoise"]
+    for task in tasks:
+        cfg = compose_with(f"solver={solver}", f"model={model}", f"task={task}")
+        for key, value in specialised.items():
+            assert cfg.solver[key] == value, f"{path.name}: solver.{key} not applied with task={task}"
+    assert isinstance(instantiate(cfg.solver), Solver)
+    # another model keeps the solver's own values
+    other = next(m for m in options("model") if m != model)
+    cfg = compose_with(f"solver={solver}", f"model={other}", "task=denoise")
+    for key in specialised:
+        assert cfg.solver[key] == base[key], f"{path.name}: solver.{key} leaked to model={other}"
+
+
+def test_solver_model_files_exist():
+    """The Gaussian prior's TReg settings are a solver_model file (AN off: no image encoder; its own null prompt)."""
+    assert (CONF / "solver_model" / "treg_gaussian.yaml") in _solver_model_files()
+
+
 def test_data_model_specialisation_applies():
     assert compose_with("model=gaussian").data.prompt == ""
     assert compose_with("model=sd15").data.prompt is None  # each photo keeps its own caption

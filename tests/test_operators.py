@@ -36,7 +36,7 @@ from treg_exp.operators.kernels import (
     svd_gaussian_taps,
 )
 from treg_exp.operators.masks import box_mask, freeform_mask, random_mask
-from treg_exp.operators.svd import blur_matrix, svd_downsample, svd_gaussian_blur, truncated
+from treg_exp.operators.svd import blur_matrix, official_scales, svd_downsample, svd_gaussian_blur, truncated
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
@@ -76,7 +76,8 @@ def small_ops() -> dict[str, LinearOperator]:
     ops["sr4_reflect"] = SeparableDownsample(4)
     ops["sr4_pil"] = SeparableDownsample(4, boundary="renormalize")
     ops["sr8_box"] = SeparableDownsample(8, kernel="box")
-    ops["svd_blur"] = svd_gaussian_blur(kernel_size=61, kernel_sigma=5.0)
+    ops["svd_blur"] = svd_gaussian_blur(kernel_size=61, kernel_sigma=5.0)  # the official pairing (default)
+    ops["svd_blur_consistent"] = svd_gaussian_blur(kernel_size=61, kernel_sigma=5.0, svd_pairing="consistent")
     ops["svd_sr4"] = svd_downsample(4)
     ops["inpaint_box"] = Inpainting("box").draw(gens(1, 2), shape)
     ops["inpaint_random"] = Inpainting("random", drop_ratio=0.5).draw(gens(1, 2), shape)
@@ -124,6 +125,7 @@ def test_task_composes_and_instantiates(name: str) -> None:
     ("name", "overrides", "cls"),
     [
         ("gauss_deblur", ["impl=svd"], SeparableSVD),
+        ("gauss_deblur", ["impl=svd", "svd_pairing=consistent"], SeparableSVD),
         ("gauss_deblur", ["impl=direct", "padding=circular", "kernel_sigma=3.0"], Blur),
         ("gauss_deblur", ["padding=zeros"], Blur),
         ("gauss_deblur", ["impl=fft"], Blur),
@@ -611,7 +613,7 @@ def test_svd_blur_matches_dense_and_ddrm() -> None:
             if 0 <= j < n:
                 ref[i, j] = taps[j - i + 30]
     assert torch.equal(m, ref)
-    op = svd_gaussian_blur(61, 3.0)
+    op = svd_gaussian_blur(61, 3.0, svd_pairing="consistent")
     x = torch.randn(2, 3, n, n, dtype=torch.float64)
     mt, _, kept = truncated(m, 0.03)
     assert 0 < int((kept > 0).sum()) < n  # some singular values are dropped
@@ -624,9 +626,9 @@ def test_svd_blur_matches_dense_and_ddrm() -> None:
     assert torch.allclose(full(x), (torch.kron(m, m) @ x.reshape(2, 3, -1, 1)).reshape(2, 3, n, n), atol=1e-12)
 
 
-@pytest.mark.parametrize("which", ["blur", "sr4"])
+@pytest.mark.parametrize("which", ["blur_official", "blur_consistent", "sr4"])
 def test_svd_pseudo_inverse(which: str) -> None:
-    op = svd_gaussian_blur(61, 5.0) if which == "blur" else svd_downsample(4)
+    op = svd_gaussian_blur(61, 5.0, svd_pairing=which[5:]) if which.startswith("blur") else svd_downsample(4)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     ax = op(x)
     # Moore–Penrose: A A⁺ A = A and A⁺ A A⁺ = A⁺
@@ -638,10 +640,110 @@ def test_svd_pseudo_inverse(which: str) -> None:
     assert abs(float((op.pinv(op(x)) * z).sum() - (x * op.pinv(op(z))).sum())) < 1e-9 * float(x.norm() * z.norm())
 
 
-def test_svd_blur_keeps_about_three_percent_at_512() -> None:
+def official_deblurring_dense(n: int, taps: torch.Tensor, channels: int = 3) -> dict[str, torch.Tensor]:
+    """The official ``Deblurring`` (TReg-inverse/TReg ``functions/svd_operators.py``) as dense matrices on images
+    flattened channel-major (``[C·n²]``), built from its definition and not from treg_exp's module:
+
+    - the 1-D zero-boundary matrix by the official loop, its SVD, singular values < 0.03 set to 0;
+    - the 2-D singular values ``s_i·s_j`` at flat index ``i·n + j``, sorted descending (Python's stable sort:
+      ties in index order), ``order[p]`` the mode of rank ``p``;
+    - ``Vt``: row ``3p + c`` (pixel-major) is the basis image ``v_i ⊗ v_j`` of mode ``order[p]`` in channel ``c``;
+      ``Ut`` likewise with ``u``;
+    - ``singulars()``: the sorted values repeated channel-major (``repeat(1, 3)``): entry ``k`` is ``sorted[k mod N]``;
+    - ``A = Utᵀ diag(singulars) Vt``, ``Aᵀ``, ``A⁺ = Vtᵀ diag(1/singulars, 0 where 0) Ut``.
+
+    The SVD is torch's, as in the module: for the modes that the official pairing revives, singular vectors sit on a
+    plateau of tiny singular values and are fixed by the SVD routine (see treg_exp/operators/svd.py), so this checks
+    the pairing and the algebra around one SVD, not the SVD.
+    """
+    k = taps.shape[0]
+    small = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i - k // 2, i + k // 2):
+            if 0 <= j < n:
+                small[i, j] = taps[j - i + k // 2]
+    u, s, vh = torch.linalg.svd(small)
+    s = torch.where(s < 0.03, torch.zeros_like(s), s)
+    count = n * n
+    products = [float(s[i] * s[j]) for i in range(n) for j in range(n)]
+    order = sorted(range(count), key=lambda q: -products[q])
+    ranked = torch.tensor([products[q] for q in order], dtype=torch.float64)
+    modes_v = torch.kron(vh, vh)  # row i·n + j: (v_i ⊗ v_j)ᵀ on the row-major n×n grid
+    modes_u = torch.kron(u.T, u.T)
+    vt = torch.zeros(channels * count, channels * count, dtype=torch.float64)
+    ut = torch.zeros_like(vt)
+    for p, q in enumerate(order):
+        for c in range(channels):
+            vt[channels * p + c, c * count : (c + 1) * count] = modes_v[q]
+            ut[channels * p + c, c * count : (c + 1) * count] = modes_u[q]
+    singulars = ranked.repeat(channels)  # repeat(1, 3).reshape(-1): entry k is ranked[k mod N]
+    inverse = torch.where(singulars > 0, 1.0 / torch.where(singulars > 0, singulars, 1.0), 0.0)
+    a = (ut.T * singulars) @ vt
+    return {"A": a, "At": a.T, "pinv": (vt.T * inverse) @ ut, "order": torch.tensor(order)}
+
+
+def test_svd_official_pairing_matches_dense_definition() -> None:
+    """svd_pairing=official equals the official Deblurring built densely from its definition (forward, adjoint and
+    pseudo-inverse), at 16 px where the pairing already zeroes kept modes and revives zero ones.
+
+    Catches: the sorted values repeated pixel-major (that is the consistent operator), the rank read off the wrong
+    axis, a pseudo-inverse or adjoint that pairs differently from the forward, and ties broken out of index order."""
+    n = 16
+    taps = svd_gaussian_taps(61, 5.0)
+    dense = official_deblurring_dense(n, taps)
+    op = svd_gaussian_blur(61, 5.0, svd_pairing="official")
+    x = torch.randn(2, 3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(2, 3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def apply(matrix: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (v.reshape(2, -1) @ matrix.T).reshape(v.shape)
+
+    assert torch.allclose(op(x), apply(dense["A"], x), rtol=0, atol=1e-12)
+    assert torch.allclose(op.adjoint(y), apply(dense["At"], y), rtol=0, atol=1e-12)
+    assert torch.allclose(op.pinv(y), apply(dense["pinv"], y), rtol=0, atol=1e-9)
+    # the dense pseudo-inverse meets the four Moore–Penrose conditions, which define A⁺ uniquely
+    a, p = dense["A"], dense["pinv"]
+    ap, pa = a @ p, p @ a
+    assert torch.allclose(ap @ a, a, atol=1e-10) and torch.allclose(pa @ p, p, atol=1e-6)
+    assert torch.allclose(ap, ap.T, atol=1e-10) and torch.allclose(pa, pa.T, atol=1e-10)
+    # the ties matter here: symmetric pairs (i, j)/(j, i) and the zero block are both present
+    assert len(set(dense["order"].tolist())) == n * n
+
+
+def test_svd_pairings_differ() -> None:
+    """The two pairings are different operators (so neither can silently become the other); ``consistent`` is the
+    separable ``M' ⊗ M'``; with one channel the official pairing reduces to the consistent one."""
+    n = 24
+    x = torch.randn(1, 3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    official = svd_gaussian_blur(61, 5.0, svd_pairing="official")
+    consistent = svd_gaussian_blur(61, 5.0, svd_pairing="consistent")
+    diff = float((official(x) - consistent(x)).norm() / consistent(x).norm())
+    assert diff > 0.1, diff
+    mt, _, kept = truncated(blur_matrix(n, svd_gaussian_taps(61, 5.0)), 0.03)
+    assert torch.allclose(consistent(x), mt @ x @ mt.T, atol=1e-13)
+    assert torch.equal(official_scales(kept, kept, 1)[0], torch.outer(kept, kept))
+    # SR: SRConv pairs consistently, so both values build the same operator
+    sr = [super_resolution(4, impl="svd", svd_pairing=p) for p in ("official", "consistent")]
+    assert torch.equal(sr[0](x), sr[1](x))
+    with pytest.raises(UserError, match="svd_pairing"):
+        gaussian_deblur(impl="svd", svd_pairing="ddrm")
+
+
+def test_svd_blur_at_512() -> None:
+    """At 512 px (σ = 5) about 3 % of the 2-D modes are kept; the official pairing zeroes two thirds of the kept
+    coefficients and gives modes whose singular value is 0 scales near 1 (the module docstring's numbers)."""
     _, _, kept = truncated(blur_matrix(512, svd_gaussian_taps(61, 5.0)), 0.03)
     frac = (int((kept > 0).sum()) / 512) ** 2
     assert 0.02 < frac < 0.04
+    scales = official_scales(kept, kept, 3)
+    own = torch.outer(kept, kept).expand_as(scales)
+    zeroed = int(((own > 0) & (scales == 0)).sum()) / int((own > 0).sum())
+    assert abs(zeroed - 2 / 3) < 0.01
+    assert float(scales[own == 0].max()) > 0.99
+    # 3 and N = 512² are coprime, so (3p + c) mod N runs over every rank: each channel's scales are a permutation
+    # of the true singular values (a reordering, not a rescaling)
+    for c in range(3):
+        assert torch.equal(scales[c].flatten().sort().values, own[0].flatten().sort().values)
 
 
 def test_svd_sr16_equals_direct() -> None:

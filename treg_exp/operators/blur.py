@@ -51,6 +51,7 @@ import torch
 from treg_exp.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import gaussian_kernel, motion_kernel
+from treg_exp.operators.svd import check_pairing, svd_gaussian_blur
 
 PADDINGS = ("reflect", "zeros", "circular")
 IMPLS = ("auto", "fft", "direct")
@@ -220,14 +221,19 @@ def gaussian_deblur(
     sigma_y: float = 0.01,
     svd_threshold: float = 0.03,
     name: str = "gauss_deblur",
+    svd_pairing: str = "official",
 ) -> LinearOperator:
     """The Gaussian deblurring task: DPS's 61×61 kernel (σ = 5.0 TReg, 3.0 DPS/P2L) by ``auto``/``fft``/``direct``
     convolution with ``padding``, or ``impl=svd``: TReg's separable truncated-SVD blur (zero boundary, 1-D
-    singular values below ``svd_threshold`` dropped; ``padding`` does not apply there)."""
+    singular values below ``svd_threshold`` dropped, paired with the coefficients by ``svd_pairing``: ``official``
+    as the official code computes it, ``consistent`` the intended operator; see :mod:`treg_exp.operators.svd`).
+    ``padding`` does not apply to ``svd``, ``svd_threshold`` and ``svd_pairing`` only to it (the pairing is still
+    checked)."""
+    check_pairing(svd_pairing)
     if impl == "svd":
-        from treg_exp.operators.svd import svd_gaussian_blur
-
-        return svd_gaussian_blur(kernel_size, kernel_sigma, svd_threshold, sigma_y=sigma_y, name=name)
+        return svd_gaussian_blur(
+            kernel_size, kernel_sigma, svd_threshold, sigma_y=sigma_y, name=name, svd_pairing=svd_pairing
+        )
     kernel = gaussian_kernel(kernel_size, kernel_sigma)
     return Blur(kernel, padding=padding, impl=impl, sigma_y=sigma_y, name=name)
 

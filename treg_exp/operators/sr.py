@@ -22,6 +22,7 @@ import torch
 from treg_exp.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import downsample_matrix
+from treg_exp.operators.svd import check_pairing, svd_downsample
 
 
 class SeparableDownsample(LinearOperator):
@@ -98,12 +99,15 @@ def super_resolution(
     sigma_y: float = 0.01,
     svd_threshold: float = 0.03,
     name: str = "sr",
+    svd_pairing: str = "official",
 ) -> LinearOperator:
     """The SR task: ``impl=direct`` (:class:`SeparableDownsample`) or ``impl=svd`` (TReg/DDRM's ``SRConv``: the same
-    1-D matrices with singular values below ``svd_threshold`` dropped; exact adjoint and pseudo-inverse)."""
-    if impl == "svd":
-        from treg_exp.operators.svd import svd_downsample
+    1-D matrices with singular values below ``svd_threshold`` dropped; exact adjoint and pseudo-inverse).
 
+    ``svd_pairing`` (``official`` | ``consistent``) is checked but changes nothing here: ``SRConv`` pairs singular
+    values consistently (see :mod:`treg_exp.operators.svd`); it exists so presets can set it for every task."""
+    check_pairing(svd_pairing)
+    if impl == "svd":
         return svd_downsample(factor, kernel, boundary, svd_threshold, sigma_y=sigma_y, name=name)
     if impl != "direct":
         raise UserError(f"unknown SR task.impl {impl!r}; choose direct or svd")

@@ -1,13 +1,44 @@
 """``task.impl=svd``: the separable truncated-SVD operators of TReg's official code (DDRM's ``svd_operators``).
 
 Each 1-D matrix ``M = U S Vᵀ`` (``[m, n]``) has its singular values below ``threshold`` (0.03) set to zero, giving
-``M' = U S' Vᵀ``; DDRM's 2-D singular values are the products ``s'_i·s'_j``, i.e. the 2-D operator is exactly the
-separable ``A = M'_h ⊗ M'_w``: ``A x = M'_h x M'_wᵀ``, ``Aᵀ y = M'_hᵀ y M'_w`` and the pseudo-inverse
-``A⁺ y = M'_h⁺ y M'_w⁺ᵀ`` with ``M'⁺ = V S'⁺ Uᵀ`` (reciprocals of the kept singular values). All three are exact.
+``s'``. The 2-D operator acts on each channel's spectral coefficients ``T = V_hᵀ X V_w`` (mode ``(i, j)``) by a
+diagonal scale and maps back with ``U``: ``A X = U_h (D ∘ T) U_wᵀ``, ``Aᵀ Y = V_h (D ∘ U_hᵀ Y U_w) V_wᵀ`` and the
+pseudo-inverse ``A⁺ Y = V_h (D⁺ ∘ U_hᵀ Y U_w) V_wᵀ`` (``D⁺``: reciprocals of the nonzero entries). All three are
+exact for either pairing (tests/test_operators.py compares them to a dense construction). ``svd_pairing`` says
+which ``D``:
+
+- ``consistent``: ``D[c, i, j] = s'_i·s'_j``, each mode scaled by its own singular value; then ``A`` is exactly the
+  separable ``M'_h ⊗ M'_w`` (``A x = M'_h x M'_wᵀ`` with ``M' = U S' Vᵀ``), which is how it is computed. This is
+  the truncated zero-boundary blur the official code means to apply.
+- ``official``: what the official ``functions/svd_operators.py`` class ``Deblurring`` computes. It sorts the
+  ``N = H·W`` products ``s'_i·s'_j`` in descending order (rank ``p`` ↔ mode ``perm[p]``), returns the
+  coefficients of ``Vt``/``Ut`` pixel-major (flat index ``3p + c``) but repeats the sorted singular values
+  channel-major (``singulars()`` = ``repeat(1, 3)``): the coefficient of mode ``perm[p]`` of channel ``c`` is
+  scaled by the sorted value at index ``(3p + c) mod N``, not by its own (with ``C`` channels, ``(C·p + c) mod N``).
+  ``A``, ``Aᵀ`` and ``A⁺`` (``A_pinv``) use the same pairing, so it is still a linear operator with an exact adjoint
+  and pseudo-inverse — a different one. At 512 px (σ = 5) two thirds of the 3·87² kept coefficients get 0 and as
+  many modes whose own singular value is 0 get values up to 0.999; on a draw of the Gaussian prior the noiseless
+  measurement differs from ``consistent``'s by 25 %. TReg's published Gaussian-deblur numbers were computed with
+  it. ``SRConv`` (SR) repeats with ``repeat_interleave(3)``, which is the consistent pairing: for SR both values
+  give the same operator.
+
+The official pairing, as reproduced here, and where it can differ from a run of the official code:
+
+- Ties in the sort (``s'_i·s'_j = s'_j·s'_i``, and the block of exact zeros, which decides which zero-singular
+  modes get nonzero scales) are broken by flat index ``i·W + j`` (a stable sort). The official code sorts on the
+  GPU, where PyTorch (2.x, ``aten/native/cuda/Sort.cpp``) sorts more than 4096 values by a stable radix sort, so
+  the orders agree at its 512 px; PyTorch's CPU sort breaks the ties otherwise (7 % different measurement at 512).
+- The official SVD is float32 on the GPU, ours float64. The float32 ranks move the scale of 8 of the 3·512²
+  coefficients at 512 px (near-ties). More importantly, the official pairing gives nonzero scales to modes of 1-D
+  index 170–346 of 512, whose own singular values (1e-6 down to a plateau near 1e-9) are so close together that
+  their singular vectors are fixed only up to rotations within the plateau, i.e. by the SVD routine: a float32
+  SVD changes that operator's measurement of a prior draw by 5 % (the consistent operator's by 1e-6). No
+  implementation reproduces the official measurement exactly on those modes; ours uses torch's float64 SVD.
+  (These numbers: ``python -c "from treg_exp.operators.svd import _measure_pairing as f; f()"``.)
 
 - Gaussian blur (``deblur_gauss``): ``M[i, j] = g[j − i + K/2]`` for ``j − i ∈ [−K/2, K/2)`` inside the image
   (zero boundary), ``g`` the 60 taps of :func:`~treg_exp.operators.kernels.svd_gaussian_taps` (σ = 5.0). At 512 px
-  about 3 % of the 2-D singular values survive: it acts as a low-pass projection.
+  87 of 512 1-D singular values survive ((87/512)² ≈ 3 % of the 2-D modes): it acts as a low-pass projection.
 - Bicubic SR (``sr_bicubic``, ``SRConv``): the antialiased Keys matrix with half-sample symmetric ("reflective")
   boundary of :func:`~treg_exp.operators.kernels.downsample_matrix`, identical to DDRM's loop construction.
 
@@ -26,13 +57,51 @@ from treg_exp.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import downsample_matrix, svd_gaussian_taps
 
+#: ``task.svd_pairing`` values (see the module docstring).
+SVD_PAIRINGS = ("official", "consistent")
+
+
+def check_pairing(pairing: str) -> str:
+    """``pairing`` if it is one of :data:`SVD_PAIRINGS`, else a one-line :class:`UserError`."""
+    if pairing not in SVD_PAIRINGS:
+        raise UserError(f"task.svd_pairing must be one of {', '.join(SVD_PAIRINGS)}, got {pairing!r}")
+    return pairing
+
+
+def truncated_svd(matrix: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(U, s', Vᵀ)`` of a 1-D matrix ``[m, n]`` (float64, reduced SVD), singular values ``< threshold`` set to 0."""
+    u, s, vh = torch.linalg.svd(matrix.to(torch.float64), full_matrices=False)
+    return u, torch.where(s >= threshold, s, torch.zeros_like(s)), vh
+
 
 def truncated(matrix: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(M', M'⁺, s)`` for a 1-D matrix ``M`` ``[m, n]``: singular values ``s < threshold`` set to zero (float64)."""
-    u, s, vh = torch.linalg.svd(matrix.to(torch.float64), full_matrices=False)
-    kept = torch.where(s >= threshold, s, torch.zeros_like(s))
-    inv = torch.where(kept > 0, 1.0 / torch.where(kept > 0, kept, 1.0), torch.zeros_like(kept))
-    return (u * kept) @ vh, (vh.T * inv) @ u.T, kept
+    """``(M', M'⁺, s')`` for a 1-D matrix ``M`` ``[m, n]``: singular values ``s < threshold`` set to zero (float64)."""
+    u, kept, vh = truncated_svd(matrix, threshold)
+    return (u * kept) @ vh, (vh.T * reciprocal(kept)) @ u.T, kept
+
+
+def reciprocal(values: torch.Tensor) -> torch.Tensor:
+    """``1/v`` where ``v ≠ 0``, 0 elsewhere (the pseudo-inverse of a diagonal)."""
+    nonzero = values != 0
+    return torch.where(nonzero, 1.0 / torch.where(nonzero, values, torch.ones_like(values)), torch.zeros_like(values))
+
+
+def official_scales(s_h: torch.Tensor, s_w: torch.Tensor, channels: int = 3) -> torch.Tensor:
+    """``D`` ``[C, H, W]`` of the official pairing: mode ``(i, j)`` of channel ``c`` gets ``sorted[(C·p + c) mod N]``.
+
+    ``sorted`` are the ``N = H·W`` products ``s_h[i]·s_w[j]`` in descending order and ``p`` the rank of ``(i, j)``
+    among them, ties broken by the flat index ``i·W + j`` (a stable sort, as PyTorch's GPU sort of the official
+    code). ``channels == 1`` gives the consistent ``s_h[i]·s_w[j]``.
+    """
+    products = torch.outer(s_h, s_w).reshape(-1)
+    count = products.shape[0]
+    order = torch.sort(products, descending=True, stable=True).indices  # order[p] = flat index of rank p
+    ranked = products[order]
+    ranks = torch.arange(count)
+    scales = torch.empty(channels, count, dtype=products.dtype)
+    for c in range(channels):
+        scales[c, order] = ranked[(channels * ranks + c) % count]
+    return scales.reshape(channels, s_h.shape[0], s_w.shape[0])
 
 
 def blur_matrix(n: int, taps: torch.Tensor) -> torch.Tensor:
@@ -47,13 +116,15 @@ def blur_matrix(n: int, taps: torch.Tensor) -> torch.Tensor:
 
 
 class SeparableSVD(LinearOperator):
-    """``y = M'_h x M'_wᵀ + σ_y n`` with truncated 1-D matrices built by ``matrix_fn(n) -> [m, n]``.
+    """``y = A x + σ_y n`` from truncated 1-D matrices built by ``matrix_fn(n) -> [m, n]``, paired by ``pairing``.
 
     Args:
         matrix_fn: the untruncated 1-D matrix for an axis of length ``n``.
         threshold: 1-D singular values below it are dropped (DDRM/TReg: 0.03).
         factor: input length / output length of ``matrix_fn`` (1 for blur, the scale for SR).
         sigma_y: measurement noise on the [−1, 1] scale.
+        pairing: ``consistent`` (``A = M'_h ⊗ M'_w``) or ``official`` (the official ``Deblurring``'s pairing of
+            sorted singular values with coefficients; square matrices only, ``factor`` 1). See the module docstring.
     """
 
     def __init__(
@@ -63,28 +134,57 @@ class SeparableSVD(LinearOperator):
         factor: int = 1,
         sigma_y: float = 0.01,
         name: str = "svd",
+        pairing: str = "consistent",
     ) -> None:
         super().__init__(sigma_y=sigma_y)
         if threshold < 0:
             raise UserError(f"task.svd_threshold must be ≥ 0, got {threshold}")
+        self.pairing = check_pairing(pairing)
+        if self.pairing == "official" and int(factor) != 1:
+            raise UserError("task.svd_pairing=official is the official blur's pairing (square matrices, factor 1)")
         self.matrix_fn = matrix_fn
         self.threshold = float(threshold)
         self.factor = int(factor)
         self.name = name
+        self._svds: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._factors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self._cache: dict[tuple[int, str, torch.dtype, str], torch.Tensor] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def svd(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(U, s', Vᵀ)`` in float64 on the CPU for an axis of length ``n`` (cached)."""
+        if n not in self._svds:
+            self._svds[n] = truncated_svd(self.matrix_fn(n), self.threshold)
+        return self._svds[n]
 
     def factors(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(M', M'⁺, s')`` in float64 on the CPU for an axis of length ``n`` (cached)."""
         if n not in self._factors:
-            self._factors[n] = truncated(self.matrix_fn(n), self.threshold)
+            u, kept, vh = self.svd(n)
+            self._factors[n] = ((u * kept) @ vh, (vh.T * reciprocal(kept)) @ u.T, kept)
         return self._factors[n]
+
+    def scales(self, h: int, w: int, channels: int) -> torch.Tensor:
+        """``D`` ``[C, h, w]`` (float64, CPU) for an ``h × w`` input: ``s'_i·s'_j``, or the official pairing."""
+        _, s_h, _ = self.svd(h)
+        _, s_w, _ = self.svd(w)
+        if self.pairing == "official":
+            return official_scales(s_h, s_w, channels)
+        return torch.outer(s_h, s_w).expand(channels, -1, -1)
 
     def _mat(self, n: int, which: str, like: torch.Tensor) -> torch.Tensor:
         key = (n, str(like.device), like.dtype, which)
         if key not in self._cache:
             forward, pinv, _ = self.factors(n)
-            self._cache[key] = (forward if which == "A" else pinv).to(device=like.device, dtype=like.dtype)
+            u, _, vh = self.svd(n)
+            matrix = {"A": forward, "pinv": pinv, "U": u, "Vt": vh}[which]
+            self._cache[key] = matrix.to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def _scale(self, h: int, w: int, channels: int, inverse: bool, like: torch.Tensor) -> torch.Tensor:
+        key = (h, w, channels, str(like.device), like.dtype, "pinv" if inverse else "scale")
+        if key not in self._cache:
+            scales = self.scales(h, w, channels)
+            self._cache[key] = (reciprocal(scales) if inverse else scales).to(device=like.device, dtype=like.dtype)
         return self._cache[key]
 
     def out_size(self, n: int) -> int:
@@ -100,21 +200,37 @@ class SeparableSVD(LinearOperator):
         self.factors(int(image_shape[-1]))
         return self
 
+    # The official pairing in the spectral form: T = V_hᵀ X V_w, scaled per (channel, mode), mapped back.
+    def _spectral(self, v: torch.Tensor, h: int, w: int, inverse: bool, forward: bool) -> torch.Tensor:
+        scale = self._scale(h, w, v.shape[-3], inverse, v)
+        if forward:  # X ↦ U_h (D ∘ V_hᵀ X V_w) U_wᵀ
+            coeffs = self._mat(h, "Vt", v) @ v @ self._mat(w, "Vt", v).T
+            return self._mat(h, "U", v) @ (scale * coeffs) @ self._mat(w, "U", v).T
+        # Y ↦ V_h (D ∘ U_hᵀ Y U_w) V_wᵀ (the adjoint, or the pseudo-inverse with D⁺)
+        coeffs = self._mat(h, "U", v).T @ v @ self._mat(w, "U", v)
+        return self._mat(h, "Vt", v).T @ (scale * coeffs) @ self._mat(w, "Vt", v)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``M'_h x M'_wᵀ``: ``[B, C, H, W]`` → ``[B, C, m_h, m_w]``."""
+        """``A x``: ``[B, C, H, W]`` → ``[B, C, m_h, m_w]``."""
         x = compute_dtype(x)
+        if self.pairing == "official":
+            return self._spectral(x, x.shape[-2], x.shape[-1], inverse=False, forward=True)
         return self._mat(x.shape[-2], "A", x) @ x @ self._mat(x.shape[-1], "A", x).T
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """``M'_hᵀ y M'_w``: ``[B, C, m_h, m_w]`` → ``[B, C, H, W]``."""
+        """``Aᵀ y``: ``[B, C, m_h, m_w]`` → ``[B, C, H, W]``."""
         y = compute_dtype(y)
         h, w = self.in_size(y.shape[-2]), self.in_size(y.shape[-1])
+        if self.pairing == "official":
+            return self._spectral(y, h, w, inverse=False, forward=False)
         return self._mat(h, "A", y).T @ y @ self._mat(w, "A", y)
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
-        """Pseudo-inverse ``A⁺ y = M'_h⁺ y M'_w⁺ᵀ``: ``[B, C, m_h, m_w]`` → ``[B, C, H, W]``."""
+        """Pseudo-inverse ``A⁺ y``: ``[B, C, m_h, m_w]`` → ``[B, C, H, W]``."""
         y = compute_dtype(y)
         h, w = self.in_size(y.shape[-2]), self.in_size(y.shape[-1])
+        if self.pairing == "official":
+            return self._spectral(y, h, w, inverse=True, forward=False)
         return self._mat(h, "pinv", y) @ y @ self._mat(w, "pinv", y).T
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
@@ -127,10 +243,14 @@ def svd_gaussian_blur(
     svd_threshold: float = 0.03,
     sigma_y: float = 0.01,
     name: str = "gauss_deblur",
+    svd_pairing: str = "official",
 ) -> SeparableSVD:
-    """TReg's ``deblur_gauss``: zero-boundary separable Gaussian blur with truncated singular values."""
+    """TReg's ``deblur_gauss``: zero-boundary separable Gaussian blur with truncated singular values, paired
+    ``official`` (as the official code computes it; default) or ``consistent`` (the intended operator)."""
     taps = svd_gaussian_taps(kernel_size, kernel_sigma)
-    return SeparableSVD(lambda n: blur_matrix(n, taps), svd_threshold, 1, sigma_y=sigma_y, name=name)
+    return SeparableSVD(
+        lambda n: blur_matrix(n, taps), svd_threshold, 1, sigma_y=sigma_y, name=name, pairing=svd_pairing
+    )
 
 
 def svd_downsample(
@@ -140,8 +260,13 @@ def svd_downsample(
     svd_threshold: float = 0.03,
     sigma_y: float = 0.01,
     name: str = "sr16",
+    svd_pairing: str = "official",
 ) -> SeparableSVD:
-    """TReg's ``sr_bicubic`` (DDRM's ``SRConv``): the 1-D antialiased bicubic matrix, truncated SVD."""
+    """TReg's ``sr_bicubic`` (DDRM's ``SRConv``): the 1-D antialiased bicubic matrix, truncated SVD.
+
+    ``SRConv`` pairs singular values consistently, so ``svd_pairing`` ``official`` and ``consistent`` are the same
+    operator here (the value is checked, then the consistent form is built)."""
+    check_pairing(svd_pairing)
     if int(factor) != factor or factor < 1:
         raise UserError(f"task.factor must be a positive integer, got {factor}")
     downsample_matrix(4 * int(factor), int(factor), kernel, boundary)  # validates kernel and boundary names early
@@ -151,4 +276,50 @@ def svd_downsample(
         int(factor),
         sigma_y=sigma_y,
         name=name,
+    )
+
+
+def _measure_pairing(n: int = 512) -> None:  # pragma: no cover - the numbers quoted in the module docstring
+    """Print what the official pairing changes at ``n`` px (σ = 5 blur): ``python -c "from treg_exp.operators.svd
+    import _measure_pairing as f; f()"``."""
+    from treg_exp.models.gaussian import GaussianPrior
+
+    matrix = blur_matrix(n, svd_gaussian_taps(61, 5.0))
+    u, kept, vh = truncated_svd(matrix, 0.03)
+    own = torch.outer(kept, kept)
+    official = official_scales(kept, kept, 3)
+    print(
+        f"1-D kept: {int((kept > 0).sum())} of {n}; "
+        f"kept coefficients set to 0: {int(((own > 0) & (official == 0)).sum())}"
+        f" of {3 * int((own > 0).sum())}; zero modes given a scale: {int(((own == 0) & (official > 0)).sum())},"
+        f" up to {float(official[(own == 0).expand_as(official)].max()):.3f}"
+    )
+    x = (
+        GaussianPrior(pixel_std=0.5, dtype="float64")
+        .load("cpu")
+        .sample(torch.zeros(1, 3, dtype=torch.float64), [torch.Generator().manual_seed(0)], n, n)[0]
+    )
+
+    def measure(u_: torch.Tensor, vh_: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return u_ @ (scales * (vh_ @ x @ vh_.T)) @ u_.T
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    y_official = measure(u, vh, official)
+    print(f"official vs consistent measurement of a prior draw: {rel(y_official, measure(u, vh, own)):.3f}")
+    # CPU sort (ties broken otherwise)
+    products = own.reshape(-1)
+    order = torch.sort(products, descending=True).indices
+    cpu = torch.empty(3, n * n, dtype=torch.float64)
+    for c in range(3):
+        cpu[c, order] = products[order][(3 * torch.arange(n * n) + c) % (n * n)]
+    print(f"ties broken by torch's CPU sort instead: {rel(measure(u, vh, cpu.reshape(3, n, n)), y_official):.3f}")
+    u32, s32, vh32 = torch.linalg.svd(matrix.float())
+    kept32 = torch.where(s32 >= 0.03, s32, torch.zeros_like(s32)).double()
+    official32 = official_scales(kept32, kept32, 3)
+    print(
+        f"float32 SVD: scales moved {int(((official32 - official).abs() > 1e-5).sum())}; measurement changed "
+        f"{rel(measure(u32.double(), vh32.double(), official32), y_official):.3f} (consistent: "
+        f"{rel(measure(u32.double(), vh32.double(), torch.outer(kept32, kept32)), measure(u, vh, own)):.1e})"
     )

@@ -66,7 +66,9 @@ Departures from the official code, and why:
   image's solver generator on the CPU, so results do not depend on batch size or device.
 - CG: the official CG works on one flattened image; here the shared batched CG
   (:meth:`LinearOperator.solve_damped`) has per-image step sizes and stops each image once its ‖r‖ < ``cg_tol``
-  — per image the same iterates and the same early stop.
+  — per image the same iterates. The early stop differs in one case: our CG also checks the residual before the
+  first iteration (an image whose ``x̂`` already has ‖r‖ < ``cg_tol`` is left as it is), while the official loop
+  checks only after each update (and so always makes at least one).
 - AN loss in a batch: the official ``img_feats @ uc.permute(0, 2, 1)`` is written for batch 1 (for B > 1 it would
   mix images); here the loss is the sum over images of each one's ``mean_k ⟨f̂_b, c_∅,b[k]⟩``, which for B = 1 is the
   official loss and for B > 1 gives each image its own update.
@@ -80,8 +82,11 @@ Departures from the official code, and why:
   ``steps_offset=0`` (the Gaussian test prior) see the difference.
 - Diagnostics: the residuals ‖A x̂ − y‖ and ‖A x̂(y) − y‖ cost two extra operator applications per DC step (no
   network passes); ``trajectory_every`` costs decodes (see above). Neither changes the result.
-- Defaults follow the official README presets (ω = 5.0, AN on, ``null_lr`` 1e-3), not its command-line defaults
-  (ω = 4.0, ``null_lr`` 8e-4, AN off).
+- Defaults follow the official README presets (ω = 5.0, AN on, ``null_lr`` 1e-3, ``null_prompt`` "out of focus,
+  depth of field"), not its command-line defaults (ω = 4.0, ``null_lr`` 8e-4, AN off, null prompt ""). The
+  Gaussian-deblur preset's ``null_lr`` 5e-4 is in ``conf/solver_task/treg_gauss_deblur.yaml``; ``model=gaussian``
+  sets ``null_prompt: ""`` and AN off (``conf/solver_model/treg_gaussian.yaml``: that prior knows only colour
+  prompts and has no image encoder).
 """
 
 from __future__ import annotations
@@ -164,7 +169,7 @@ class TReg(Solver):
         encode_mode: ``sample`` (official) or ``mean`` of the VAE encoder posterior.
         adaptive_negation: update ``c_∅`` by AN at every DC step.
         null_lr, null_iters: Adam learning rate and iterations of AN (1e-3, 10).
-        null_prompt: the text of ``c_∅⁰`` (README presets: "out of focus, depth of field").
+        null_prompt: the text of ``c_∅⁰`` ("out of focus, depth of field", as every official README command).
         use_dps, dps_scale: DPS step (null branch) on the non-DC steps, step ρ (``None`` = √ᾱ_prev).
         alpha_index_shift: 1 = official ᾱ indexing, 0 = textbook.
         gradient_checkpointing: set the prior's gradient checkpointing (UNet and VAE decoder) for the DPS
@@ -186,7 +191,7 @@ class TReg(Solver):
         adaptive_negation: bool = True,
         null_lr: float = 1e-3,
         null_iters: int = 10,
-        null_prompt: str = "",
+        null_prompt: str = "out of focus, depth of field",
         use_dps: bool = False,
         dps_scale: float | None = None,
         alpha_index_shift: int = 1,
