@@ -15,7 +15,8 @@ mode                      conversion to RGB in [0, 1]
 ``CMYK``                  ``(1 − C)(1 − K)``, ``(1 − M)(1 − K)``, ``(1 − Y)(1 − K)`` (the naive transform, as Pillow;
                           no ICC colour management)
 ``YCbCr``                 JPEG's full-range BT.601 inverse, clipped
-``LAB``                   CIE L*a*b* (D65) → sRGB, clipped
+``LAB``                   CIE L*a*b* (Pillow's layout: ``L·100/255``, ``a − 128``, ``b − 128``), D65 white, → sRGB,
+                          clipped (as :func:`skimage.color.lab2rgb`; Pillow's own ``LAB → RGB`` is not this)
 ``HSV``                   the HSV → RGB hexcone, as :func:`colorsys.hsv_to_rgb`
 ``I;16*``                 ``v / 65535`` on every channel (16-bit grey PNG, TIFF, PGM)
 ``I``                     32-bit integers: ``v / 65535``, the 16-bit range (older Pillows read 16-bit grey PNGs as
@@ -42,7 +43,14 @@ log = logging.getLogger(__name__)
 ALPHA_MODES = {"LA": "L", "PA": "P", "RGBA": "RGB", "La": "L", "RGBa": "RGB"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 #: modes Pillow converts to RGB itself with the formulas in the module docstring
-PILLOW_RGB_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+PILLOW_RGB_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV"}
+#: CIE XYZ of the D65 white and the XYZ → linear sRGB matrix (IEC 61966-2-1)
+D65_WHITE = (0.95047, 1.0, 1.08883)
+XYZ_TO_SRGB = (
+    (3.2404542, -1.5371385, -0.4985314),
+    (-0.9692660, 1.8760108, 0.0415560),
+    (0.0556434, -0.2040259, 1.0572252),
+)
 
 
 class ImageReadError(Exception):
@@ -84,6 +92,8 @@ def rgb_levels(image: Image.Image, name: str = "image") -> Image.Image | np.ndar
         mode = image.mode
     if mode in PILLOW_RGB_MODES:
         return image.convert("RGB")
+    if mode == "LAB":
+        return lab_to_rgb(np.asarray(image))
     if mode in SIXTEEN_BIT_MODES:
         grey = np.asarray(image).astype(np.float32) / 65535.0
     elif mode == "I":
@@ -110,6 +120,29 @@ def rgb_levels(image: Image.Image, name: str = "image") -> Image.Image | np.ndar
         except (ValueError, OSError) as error:
             raise ImageReadError(f"{name}: image mode {mode} cannot be converted to RGB ({error})") from error
     return np.repeat(grey[..., None], 3, axis=2)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """Pillow-layout ``LAB`` bytes ``[H, W, 3]`` → sRGB float32 ``[H, W, 3]`` in [0, 1] (D65 white, clipped)."""
+    lightness = lab[..., 0].astype(np.float64) * (100.0 / 255.0)
+    a_star, b_star = lab[..., 1].astype(np.float64) - 128.0, lab[..., 2].astype(np.float64) - 128.0
+    fy = (lightness + 16.0) / 116.0  # f(Y/Yn); f(Z/Zn) is clipped at 0 for out-of-gamut colours, as scikit-image
+    delta = 6.0 / 29.0
+
+    def f_inverse(t: np.ndarray) -> np.ndarray:
+        return np.where(t > delta, t**3, 3.0 * delta**2 * (t - 4.0 / 29.0))
+
+    xyz = np.stack(
+        [
+            D65_WHITE[0] * f_inverse(fy + a_star / 500.0),
+            f_inverse(fy),
+            D65_WHITE[2] * f_inverse(np.maximum(fy - b_star / 200.0, 0.0)),
+        ],
+        axis=-1,
+    )
+    linear = np.clip(xyz @ np.asarray(XYZ_TO_SRGB).T, 0.0, 1.0)
+    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1.0 / 2.4) - 0.055)
+    return np.clip(srgb, 0.0, 1.0).astype(np.float32)
 
 
 def _warn_if_small(size: tuple[int, int], resolution: int, name: str) -> None:
