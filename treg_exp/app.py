@@ -172,6 +172,7 @@ def run_one(
     """Check, build and run one configuration (a :class:`UserError` propagates; nothing is written before the
     runner claims the directory)."""
     runner = build_runner(cfg, run_dir, choices, overrides, on_claim)  # bad values: one line, nothing written
+    runner.check_inputs()  # the data, subset rules and output location, before the finished results' settings
     check_same_run(cfg, run_dir)
     summary = runner.run()
     log.info("wrote %s", run_dir)

@@ -56,6 +56,7 @@ from treg_exp.tracking.files import (
     ensure_dir,
     locked,
     read_json,
+    remove_stale_temps,
     save_image,
     save_torch,
     strict_json,
@@ -175,9 +176,25 @@ class Runner:
             done.add(path.stem)
         return done
 
+    def check_inputs(self) -> list[int]:
+        """Check everything that needs no weights, writing nothing; returns the shard's dataset indices.
+
+        The options, then the data (a folder is scanned, its subset rules and captions checked), then the output
+        location. :meth:`run` calls it first; the app calls it before comparing settings with a finished run.
+        """
+        self._check()
+        indices = self.shard_indices()
+        if not indices:
+            raise UserError(f"shard {self.shard_index}/{self.shard_count} of the dataset holds no image")
+        self._order = [self.dataset.image_id(k) for k in range(len(self.dataset))]
+        check_output_dir(self.run_dir, RUN_FOLDERS)
+        return indices
+
     def _claim(self, shard_size: int) -> None:
         """Mark the run directory as this run's: ``config.yaml``, this shard's record, then :attr:`on_claim`."""
         ensure_dir(self.run_dir)
+        if removed := remove_stale_temps(self.run_dir):
+            log.info("removed %d temporary files of killed processes", removed)
         if self.config:
             write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config)))
         record = {"index": self.shard_index, "count": self.shard_count, "images": shard_size}
@@ -188,15 +205,8 @@ class Runner:
     # --- the loop --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Solve every image of the shard not already done, then write ``metrics.csv`` and ``summary.json``."""
-        self._check()
-        # the data first (a folder is scanned, subset rules and captions are checked), then the output location,
-        # then the weights: a refused start writes nothing
-        indices = self.shard_indices()
-        if not indices:
-            raise UserError(f"shard {self.shard_index}/{self.shard_count} of the dataset holds no image")
-        self._order = [self.dataset.image_id(k) for k in range(len(self.dataset))]
+        indices = self.check_inputs()
         ids = [self._order[k] for k in indices]
-        check_output_dir(self.run_dir, RUN_FOLDERS)
         device = resolve_device(self.device)
         # missing weights stop the run here, before any image is solved (metric files first: they load fast)
         self.metrics.prepare(device)

@@ -23,7 +23,9 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -55,8 +57,8 @@ def output_error(path: Path, error: OSError, action: str = "write") -> OutputErr
     code = error.errno
     if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         blocker = _blocking_file(path)
-        where = blocker if blocker is not None else path
-        advice = f"a file stands where a folder is needed ({where}): move it away or choose another hydra.run.dir"
+        where = f" ({blocker})" if blocker not in (None, path) else ""
+        advice = f"a file stands where a folder is needed{where}: move it away or choose another hydra.run.dir"
     elif code in (errno.ENOSPC, errno.EDQUOT):
         advice = "the disk or quota is full: free space and run again (finished images are kept and skipped)"
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -92,16 +94,21 @@ def check_output_dir(path: Path, subfolders: Sequence[str] = ()) -> None:
     if blocker is None:
         blocker = next((path / s for s in subfolders if (path / s).exists() and not (path / s).is_dir()), None)
     if blocker is not None:
-        raise output_error(blocker, OSError(errno.ENOTDIR, "a file stands where a folder is needed"), "use")
+        raise output_error(blocker, OSError(errno.ENOTDIR, "Not a directory"), "use")
     existing = next(p for p in [path, *path.parents] if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise output_error(existing, OSError(errno.EACCES, "Permission denied"), "write into")
 
 
 # --- atomic writes ----------------------------------------------------------------------------------------------
+#: this machine's name as it appears in temporary file names (no dots, so names split cleanly)
+HOST = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]) or "host"
+
+
 def _open_temp(path: Path, binary: bool) -> tuple[Path, IO]:
-    """A new temporary file beside ``path`` with a name unique across processes and hosts (mode 0666 & ~umask)."""
-    tmp = path.with_name(f".{path.name[:120]}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    """A new temporary file beside ``path`` with a name unique across processes and hosts (mode 0666 & ~umask):
+    ``.<name>.<host>.<pid>.<random>.tmp``."""
+    tmp = path.with_name(f".{path.name[:120]}.{HOST}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     return tmp, os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "")
 
@@ -189,6 +196,30 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], first_columns: Sequenc
         writer.writerows(rows)
 
     atomic_write(path, write)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temporary files under ``folder`` left by killed processes of this host; returns how many.
+
+    Only files named by :func:`_open_temp` on this host whose process is gone are removed: a live writer's file,
+    or one of another host sharing the folder, is never touched.
+    """
+    removed = 0
+    for tmp in Path(folder).rglob(f".*.{HOST}.*.tmp"):
+        parts = tmp.name.rsplit(".", 4)  # [".<name>", host, pid, random, "tmp"]
+        if len(parts) != 5 or parts[1] != HOST or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+            continue  # the writer is alive (or someone else's process): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    return removed
 
 
 # --- reads ------------------------------------------------------------------------------------------------------
