@@ -326,7 +326,7 @@ def test_captions_fallback_goes_on_with_a_warning(images, tmp_path, capsys, capl
 # --- image modes: each against a reference conversion -------------------------------------------------------
 RNG = np.random.default_rng(1)
 SIZE = 6
-LEVELS = RNG.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+LEVELS = RNG.integers(1, 256, (SIZE, SIZE, 4), dtype=np.uint8)  # ≥ 1: premultiplied modes divide by alpha
 PALETTE = RNG.integers(0, 256, 256 * 3, dtype=np.uint8)
 
 
@@ -351,10 +351,9 @@ def _reference_levels(mode: str) -> np.ndarray:
         return PALETTE.reshape(256, 3)[LEVELS[..., 0]].astype(np.float64)
     if mode in ("RGB", "RGBA", "RGBX"):
         return v[..., :3]
-    if mode in ("RGBa", "La"):  # premultiplied: colour / alpha
-        alpha = np.maximum(v[..., 3:], 1)
+    if mode in ("RGBa", "La"):  # premultiplied: the stored colour / alpha
         colour = v[..., :3] if mode == "RGBa" else grey
-        return np.clip(colour * 255 / alpha, 0, 255)
+        return np.clip(colour * 255 / v[..., 3:], 0, 255)
     if mode == "CMYK":
         return (255 - v[..., :3]) * (255 - v[..., 3:]) / 255
     if mode == "YCbCr":  # JPEG (JFIF) full-range BT.601
@@ -379,16 +378,10 @@ def _make(mode: str) -> Image.Image:
         return _palette_image(mode)
     if mode == "1":
         return Image.fromarray(LEVELS[..., 0] >= 128)
-    if mode in ("RGBa", "La", "RGBX"):
-        if mode == "La":
-            alpha = LEVELS[..., 3].astype(np.float64)
-            premultiplied = np.rint(LEVELS[..., 0] * alpha / 255).astype(np.uint8)
-            return Image.merge("La", [Image.fromarray(premultiplied, "L"), Image.fromarray(LEVELS[..., 3], "L")])
-        if mode == "RGBa":
-            alpha = LEVELS[..., 3:].astype(np.float64)
-            premultiplied = np.rint(LEVELS[..., :3] * alpha / 255).astype(np.uint8)
-            return Image.fromarray(np.concatenate([premultiplied, LEVELS[..., 3:]], axis=2), "RGBa")
-        return Image.fromarray(LEVELS, "RGBX")
+    if mode == "La":
+        return Image.merge("La", [Image.fromarray(LEVELS[..., 0], "L"), Image.fromarray(LEVELS[..., 3], "L")])
+    if mode in ("RGBa", "RGBX"):
+        return Image.fromarray(LEVELS, mode)
     channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "YCbCr": 3, "HSV": 3, "LAB": 3}[mode]
     data = LEVELS[..., 0] if channels == 1 else LEVELS[..., :channels]
     if mode == "LA":
@@ -410,8 +403,8 @@ EIGHT_BIT_MODES = [
     ("YCbCr", "TIFF", 1),  # Pillow's fixed-point arithmetic
     ("HSV", None, 0.5),
     ("LAB", "TIFF", 0.51),  # float path: only the final 8-bit rounding of the reference differs
-    ("RGBa", None, 1),  # un-premultiplying a rounded premultiplication
-    ("La", None, 1),
+    ("RGBa", None, 1),  # integer un-premultiplication
+    ("La", None, 0.5),
 ]
 
 
@@ -520,7 +513,8 @@ def test_non_finite_metrics_are_counted_and_explained_not_averaged(images, tmp_p
     """An exact reconstruction (denoising with σ_y = 0, solver returns y) has PSNR = +inf: the summary must say
     how many and why, hold null (strict JSON) instead of a NaN mean over zero images, and the table must show
     it. Catches non-finite values vanishing from the summary, or a NaN token in summary.json."""
-    cfg = compose_cfg(tmp_path, *folder_args(images), "task=denoise", "task.sigma_y=0")
+    args = [a for a in folder_args(images) if not a.startswith("task")]
+    cfg = compose_cfg(tmp_path, *args, "task=denoise", "task.sigma_y=0")
     runner = app.build_runner(cfg, tmp_path)
     runner.progress = False
     runner.solver.solve = lambda y, *args, **kwargs: y.clone()

@@ -218,16 +218,16 @@ class Runner:
         self.logger.start({**self.config, "choices": self.info.get("choices", {})}, self.run_dir)
         summary = None
         try:
-            bar = tqdm(total=len(todo), desc="images", unit="img", disable=not self.progress)
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                batch, failed = self._load(chunk)
-                results = self._process(batch, device) if batch else []
-                for row, images in [*failed, *results]:
-                    self.logger.log_image(row, images)
-                bar.update(len(chunk))
-                self._write_tables()
-            bar.close()
+            # closed also on an error, so that the error's line starts on a line of its own
+            with tqdm(total=len(todo), desc="images", unit="img", disable=not self.progress) as bar:
+                for start in range(0, len(todo), self.batch_size):
+                    chunk = todo[start : start + self.batch_size]
+                    batch, failed = self._load(chunk)
+                    results = self._process(batch, device) if batch else []
+                    for row, images in [*failed, *results]:
+                        self.logger.log_image(row, images)
+                    bar.update(len(chunk))
+                    self._write_tables()
             summary = self._summarise()
             try:
                 write_comparison(self.run_dir)
