@@ -135,6 +135,7 @@ class Runner:
         self._check()
         self.shard_counts: dict[str, int] = {}
         self._order: list[str] | None = None
+        self._sources: dict[str, str | None] = {}  # id → where the image comes from, for failure records
 
     # --- set-up --------------------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -240,9 +241,9 @@ class Runner:
         self.shard_counts = self._shard_counts(ids)
         return summary
 
-    def _failed_row(self, image_id: str, prompt: str | None, stage: str, error: BaseException, path=None) -> dict:
+    def _failed_row(self, image_id: str, prompt: str | None, stage: str, error: BaseException) -> dict:
         row: dict[str, Any] = {"id": image_id, "status": "failed", "prompt": prompt, "stage": stage}
-        if path is not None:
+        if (path := self._sources.get(image_id)) is not None:
             row["path"] = path
         row["error"] = f"{type(error).__name__}: {error}"
         write_json(self._row_path(image_id), row)
@@ -252,6 +253,7 @@ class Runner:
         """The chunk's samples; an image that cannot be read is that image's failure (a UserError stops the run)."""
         batch, failed = [], []
         for k in chunk:
+            self._sources[self.dataset.image_id(k)] = self.dataset.source(k)
             try:
                 batch.append(self.dataset[k])
             except UserError:
@@ -259,9 +261,9 @@ class Runner:
             except Exception as error:  # noqa: BLE001 - one bad file must not sink a dataset
                 if self.fail_fast:
                     raise
-                image_id, path = self.dataset.image_id(k), self.dataset.source(k)
-                log.warning("could not load %s (%s): %s", image_id, path, error)
-                failed.append((self._failed_row(image_id, None, "load", error, path), {}))
+                image_id = self.dataset.image_id(k)
+                log.warning("could not load %s: %s", image_id, error)
+                failed.append((self._failed_row(image_id, None, "load", error), {}))
         return batch, failed
 
     def _process(self, batch: Sequence[Sample], device: torch.device) -> list[tuple[dict, dict]]:
