@@ -2,8 +2,19 @@
 
 ``python run.py solver=treg task=gauss_deblur`` runs one configuration into Hydra's run directory.
 ``compare: ["solver=a", "solver=b ..."]`` (as in ``experiment=demo``) runs each override set into a subfolder and
-prints one table. A :class:`treg_exp.errors.UserError` (missing weights, bad input) is printed as one line and
-the process exits with status 2, before any image is solved and without touching finished files.
+prints one table.
+
+Exit status (:data:`EXIT_OK`, :data:`EXIT_USER_ERROR`, :data:`EXIT_IMAGES_FAILED`):
+
+- ``0``: every image of the run (of this shard) is done.
+- ``2``: a :class:`treg_exp.errors.UserError` (a bad config value, bad input, missing weights, an unwritable
+  location) printed as one ``error:`` line, before any image is solved; the run directory is left as it was (it
+  is neither claimed for the new settings nor are ``config.yaml`` and ``.hydra/`` rewritten).
+- ``3``: the run finished but some images failed; one ``error:`` line says how many, and ``failures.jsonl``
+  which and why. Running the same command again retries them.
+
+In a multirun (``-m``) each job is one of these; a job's failure does not stop the others unless ``fail_fast``
+(see :mod:`treg_exp.multirun`, which prints the failed jobs at the end and sets the exit status).
 """
 
 from __future__ import annotations
@@ -11,21 +22,28 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from treg_exp.errors import UserError, find_user_error
 from treg_exp.runner import Runner
+from treg_exp.tracking.files import locked, read_json, write_text
 from treg_exp.weights import stage_weights
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("psnr", "ssim", "psnr_measurement", "seconds")
+EXIT_OK, EXIT_USER_ERROR, EXIT_IMAGES_FAILED = 0, 2, 3
+#: where the app keeps Hydra's config files (Hydra's own writing is off: ``hydra.output_subdir: null``), written
+#: only once a run has claimed its directory
+HYDRA_FILES = ".hydra"
 
 
 def hydra_choices() -> dict[str, str]:
@@ -41,10 +59,21 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def build_runner(
-    cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None, overrides: list[str] | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    choices: dict[str, str] | None = None,
+    overrides: list[str] | None = None,
+    on_claim: Any = None,
 ) -> Runner:
-    """Instantiate data, task, model, solver, metrics and logger of ``cfg`` (no weights are loaded here)."""
+    """Instantiate data, task, model, solver, metrics and logger of ``cfg`` (no weights are loaded here).
+
+    Every value is checked here, by the constructors, with one line per problem.
+    """
     config = OmegaConf.to_container(cfg, resolve=True)
     return Runner(
         dataset=instantiate(cfg.data),
@@ -63,13 +92,15 @@ def build_runner(
         fail_fast=cfg.fail_fast,
         info={"choices": choices or {}, "overrides": overrides or []},
         config=config,
+        on_claim=on_claim,
     )
 
 
 #: the parts of a config that decide what an image's result is; a run directory holds results of one such config
 RESULT_KEYS = ("data", "task", "model", "solver", "seed", "num_samples")
-#: ...except how many images are taken: a larger ``data.limit`` resumes a run and adds images
-SUBSET_KEYS = ("data.limit",)
+#: ...except which images are taken and how unreadable ones are handled: a larger ``data.limit`` resumes a run
+#: and adds images
+SUBSET_KEYS = ("data.limit", "data.ids", "data.strict")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -83,7 +114,15 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    except Exception as error:  # noqa: BLE001 - YAML, decoding or OS errors: the file cannot vouch for the results
+        raise UserError(
+            f"{saved} is unreadable ({type(error).__name__}), so the settings of the results there are unknown; "
+            "restore it or choose a new hydra.run.dir"
+        ) from error
+    if not isinstance(old, dict):
+        raise UserError(f"{saved} holds no config; restore it or choose a new hydra.run.dir")
     new = OmegaConf.to_container(cfg, resolve=True)
     old_flat = _flatten({k: old.get(k) for k in RESULT_KEYS})
     new_flat = _flatten({k: new.get(k) for k in RESULT_KEYS})
@@ -97,24 +136,73 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
-def run_one(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+@dataclass
+class RunResult:
+    """One configuration's outcome: its summary (``None`` when refused), this shard's counts, or the refusal."""
+
+    name: str
+    run_dir: Path
+    summary: dict[str, Any] | None = None
+    shard_counts: dict[str, int] | None = None
+    error: UserError | None = None
+
+    @property
+    def failed_images(self) -> int:
+        return (self.shard_counts or {}).get("failed", 0)
+
+
+def _hydra_files_writer(cfg: DictConfig, run_dir: Path):
+    """What writes ``run_dir/.hydra/`` (config, hydra, overrides) once the run claims its directory."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+
+    def write() -> None:
+        folder = run_dir / HYDRA_FILES
+        write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+        write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+        write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+    return write
+
+
+def run_one(
+    cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str], on_claim: Any = None
+) -> RunResult:
+    """Check, build and run one configuration (a :class:`UserError` propagates; nothing is written before the
+    runner claims the directory)."""
+    runner = build_runner(cfg, run_dir, choices, overrides, on_claim)  # bad values: one line, nothing written
+    runner.check_inputs()  # the data, subset rules and output location, before the finished results' settings
     check_same_run(cfg, run_dir)
-    runner = build_runner(cfg, run_dir, choices, overrides)  # bad options fail here, before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     summary = runner.run()
     log.info("wrote %s", run_dir)
-    return summary
+    return RunResult("", run_dir, summary, runner.shard_counts)
 
 
-def format_table(results: list[tuple[str, dict[str, Any]]]) -> str:
-    """A markdown table of each run's mean PSNR, SSIM, measurement PSNR and seconds per image."""
+def format_table(results: list[tuple[str, dict[str, Any] | None]]) -> str:
+    """A markdown table of each run's mean PSNR, SSIM, measurement PSNR and seconds per image.
+
+    A mean over no finite value shows its non-finite values (``+inf ×2``); a refused run shows ``refused``.
+    """
     lines = ["| run | " + " | ".join(TABLE_COLUMNS) + " | images |", "|---" * (len(TABLE_COLUMNS) + 2) + "|"]
     for name, summary in results:
-        means = summary.get("metrics", {})
-        cells = [f"{means[c]['mean']:.2f}" if c in means else "—" for c in TABLE_COLUMNS]
+        if summary is None:
+            lines.append(f"| {name} | " + " | ".join("—" for _ in TABLE_COLUMNS) + " | refused |")
+            continue
+        stats = summary.get("metrics", {})
+        cells = []
+        for column in TABLE_COLUMNS:
+            entry = stats.get(column, {})
+            mean, odd = entry.get("mean"), entry.get("non_finite", {})
+            cell = f"{mean:.2f}" if isinstance(mean, (int, float)) and mean == mean else "—"
+            if odd:
+                cell += " (" + ", ".join(f"{kind} ×{n}" for kind, n in odd.items()) + ")"
+            cells.append(cell)
         counts = summary["counts"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {counts['ok']}/{counts['images']} |")
+        done = f"{counts['ok']}/{counts['images']}"
+        if counts.get("failed"):
+            done += f", {counts['failed']} failed"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {done} |")
     return "\n".join(lines)
 
 
@@ -122,38 +210,99 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
-def run(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
-    """Run ``cfg`` (or each of its ``compare`` entries) and return ``[(name, summary)]``."""
+def run(cfg: DictConfig) -> list[RunResult]:
+    """Run ``cfg`` (or each of its ``compare`` entries) and return their results.
+
+    A single run's :class:`UserError` propagates. With ``compare``, a refused entry is recorded and the others
+    go on (unless ``fail_fast``).
+    """
     stage_weights(cfg.paths.weights)
     run_dir = Path(cfg.paths.run_dir)
     choices = hydra_choices()
+    on_claim = _hydra_files_writer(cfg, run_dir)
     if not cfg.compare:
         name = f"{choices.get('solver', 'solver')}/{choices.get('task', 'task')}"
-        return [(name, run_one(cfg, run_dir, choices, hydra_overrides()))]
+        result = run_one(cfg, run_dir, choices, hydra_overrides(), on_claim)
+        result.name = name
+        return [result]
     overrides = hydra_overrides()
     results = []
     for entry in cfg.compare:
-        sub = hydra.compose(config_name="config", overrides=[*overrides, *str(entry).split()], return_hydra_config=True)
-        sub_choices = {k: v for k, v in sub.hydra.runtime.choices.items() if not k.startswith("hydra") and v}
+        entry_overrides = [*overrides, *str(entry).split()]
         sub_dir = run_dir / _slug(str(entry))
-        OmegaConf.set_struct(sub, False)
-        del sub["hydra"]
-        sub.compare = []
-        sub.paths.run_dir = str(sub_dir)
-        results.append((str(entry), run_one(sub, sub_dir, sub_choices, [*overrides, *str(entry).split()])))
+        try:
+            sub = hydra.compose(config_name="config", overrides=entry_overrides, return_hydra_config=True)
+            sub_choices = {k: v for k, v in sub.hydra.runtime.choices.items() if not k.startswith("hydra") and v}
+            OmegaConf.set_struct(sub, False)
+            del sub["hydra"]
+            sub.compare = []
+            sub.paths.run_dir = str(sub_dir)
+            result = run_one(sub, sub_dir, sub_choices, entry_overrides, on_claim)
+        except Exception as error:
+            user_error = find_user_error(error)
+            if user_error is None or cfg.fail_fast:
+                raise
+            print(f"error: {entry}: {user_error}", file=sys.stderr)
+            result = RunResult(str(entry), sub_dir, error=user_error)
+        result.name = str(entry)
+        results.append(result)
     return results
 
 
-def main(cfg: DictConfig) -> None:
-    """Entry point called by ``run.py``."""
+def write_table(cfg: DictConfig, results: list[RunResult]) -> str:
+    """``table.md`` from the summaries on disk (the newest, whichever process of a shared directory wrote them)."""
+    run_dir = Path(cfg.paths.run_dir)
+    with locked(run_dir):
+        rows = []
+        for result in results:
+            summary = read_json(result.run_dir / "summary.json") if result.error is None else None
+            rows.append((result.name, summary if summary is not None else result.summary))
+        table = format_table(rows)
+        write_text(run_dir / "table.md", table + "\n")
+    return table
+
+
+def outcome(results: list[RunResult]) -> tuple[int, str | None]:
+    """The exit status of ``results`` and the one line that explains a non-zero one."""
+    refused = [r for r in results if r.error is not None]
+    if refused:
+        return EXIT_USER_ERROR, f"{len(refused)} of {len(results)} runs refused: {refused[0].error}"
+    failed = sum(r.failed_images for r in results)
+    if failed:
+        images = sum((r.shard_counts or {}).get("images", 0) for r in results)
+        where = ", ".join(str(r.run_dir / "failures.jsonl") for r in results if r.failed_images)
+        return EXIT_IMAGES_FAILED, f"{failed} of {images} images failed (why: {where}); run again to retry them"
+    return EXIT_OK, None
+
+
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    """Entry point called by ``run.py``; exits with the status described in the module docstring.
+
+    In a multirun it returns the job's outcome instead of exiting (so the other jobs go on), for
+    :class:`treg_exp.multirun.JobReport` to collect; with ``fail_fast`` a user error still exits at once.
+    """
+    multirun, fail_fast = in_multirun(), bool(cfg.get("fail_fast", False))
     try:
         results = run(cfg)
     except Exception as error:
         user_error = find_user_error(error)
         if user_error is None:
+            if multirun and not fail_fast:
+                log.exception("job crashed")
+                return {"status": "crashed", "message": f"{type(error).__name__}: {error}"}
             raise
         print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(2)
-    table = format_table(results)
-    (Path(cfg.paths.run_dir) / "table.md").write_text(table + "\n")
+        if multirun and not fail_fast:
+            return {"status": "refused", "message": str(user_error)}
+        sys.exit(EXIT_USER_ERROR)
+    table = write_table(cfg, results)
     print(table)
+    code, message = outcome(results)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+    if multirun and not fail_fast:
+        status = {EXIT_OK: "ok", EXIT_USER_ERROR: "refused", EXIT_IMAGES_FAILED: "images_failed"}[code]
+        return {"status": status, "message": message}
+    if code:
+        sys.exit(code)
+    return None

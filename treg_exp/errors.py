@@ -9,6 +9,10 @@ class WeightsNotFoundError(UserError):
     """Model or metric weights are not available locally (and may not be downloaded)."""
 
 
+class OutputError(UserError):
+    """The run directory cannot be written (read-only, missing, a file in a folder's place, disk full)."""
+
+
 def find_user_error(error: BaseException) -> UserError | None:
     """The :class:`UserError` behind ``error`` (Hydra's ``instantiate`` wraps what constructors raise), if any."""
     seen = set()

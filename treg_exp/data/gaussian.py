@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from treg_exp import seeding
-from treg_exp.data.base import ImageDataset, Sample
-from treg_exp.errors import UserError
+from treg_exp import checks, seeding
+from treg_exp.data.base import ImageDataset, Sample, check_subset_options, parse_ids, select
 from treg_exp.models.gaussian import GaussianPrior
 
 #: The random stream images are drawn from (kept apart from the measurement and solver streams).
@@ -26,7 +25,9 @@ class GaussianImages(ImageDataset):
         resolution: side H = W in pixels.
         prompt: the prompt of every image; its mean (``prompt_means``) is the image mean.
         seed: the data seed (independent of the run's ``seed``, so runs with different seeds see the same images).
-        limit: keep the first ``limit`` images.
+        limit: keep the first ``limit`` images (after ``ids`` and ``stride``).
+        stride: keep every ``stride``-th image.
+        ids: keep these ids (``gauss_0003`` ...; a list or a file of ids).
         prompt_means, pixel_std, alpha, k0: the prior's definition; must match ``model=gaussian``'s for the
             oracles to be exact (both default to :class:`GaussianPrior`'s defaults).
     """
@@ -42,16 +43,20 @@ class GaussianImages(ImageDataset):
         pixel_std: float = 0.5,
         alpha: float = 2.0,
         k0: float = 1.0,
+        stride: int = 1,
+        ids: list[str] | str | None = None,
     ) -> None:
-        if num_images < 1 or resolution < 1:
-            raise UserError(f"data=gaussian needs num_images >= 1 and resolution >= 1, got {num_images}, {resolution}")
+        num_images = checks.integer("data.num_images", num_images, minimum=1)
+        resolution = checks.integer("data.resolution", resolution, minimum=1)
+        seed = checks.integer("data.seed", seed)
+        limit, stride = check_subset_options(limit, stride)
         self.prior = GaussianPrior(prompt_means, pixel_std=pixel_std, alpha=alpha, k0=k0, dtype="float64")
         self.mean = self.prior.embed_text([prompt])  # an unknown prompt fails here, before any image is drawn
         self.prompt = prompt
-        self.resolution = int(resolution)
-        self.seed = int(seed)
-        count = int(num_images) if limit is None else min(int(num_images), int(limit))
-        self.ids = [f"gauss_{i:04d}" for i in range(count)]
+        self.resolution = resolution
+        self.seed = seed
+        names = [f"gauss_{i:04d}" for i in range(num_images)]
+        self.ids = [names[k] for k in select(names, parse_ids(ids), stride, limit, "data=gaussian")]
 
     def __len__(self) -> int:
         return len(self.ids)

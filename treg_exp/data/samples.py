@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from treg_exp.data.base import ImageDataset, Sample
-from treg_exp.data.images import to_tensor
+from treg_exp import checks
+from treg_exp.data.base import ImageDataset, Sample, check_subset_options, parse_ids, select
+from treg_exp.data.images import ImageReadError, to_tensor
 from treg_exp.errors import UserError
 
 #: id → (scikit-image loader name, prompt)
@@ -36,6 +37,8 @@ class SampleImages(ImageDataset):
         prompt: a fixed prompt for every image instead of each image's own (``{label}`` is replaced by its id).
         limit: keep the first ``limit`` images (after ``stride``).
         stride: keep every ``stride``-th image.
+        ids: keep these ids (after ``names``; a list or a file of ids), validated like ``data=folder``'s.
+        strict: stop the run at an image that cannot be loaded instead of recording it.
     """
 
     def __init__(
@@ -45,14 +48,20 @@ class SampleImages(ImageDataset):
         prompt: str | None = None,
         limit: int | None = None,
         stride: int = 1,
+        ids: list[str] | str | None = None,
+        strict: bool = False,
     ) -> None:
-        names = list(names) if names else list(SAMPLES)
+        names = [str(n) for n in names] if names is not None else list(SAMPLES)
+        if not names:
+            raise UserError("data.names is an empty list: it selects nothing (null keeps every sample)")
         unknown = [n for n in names if n not in SAMPLES]
         if unknown:
             raise UserError(f"unknown sample image(s) {unknown}; known: {', '.join(SAMPLES)}")
-        self.names = names[:: max(stride, 1)][:limit]
-        self.resolution = resolution
+        limit, stride = check_subset_options(limit, stride)
+        self.names = [names[k] for k in select(names, parse_ids(ids), stride, limit, "data=samples")]
+        self.resolution = checks.integer("data.resolution", resolution, minimum=1)
         self.prompt = prompt
+        self.strict = checks.boolean("data.strict", strict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -60,9 +69,18 @@ class SampleImages(ImageDataset):
     def image_id(self, index: int) -> str:
         return self.names[index]
 
+    def source(self, index: int) -> str:
+        return f"skimage.data.{SAMPLES[self.names[index]][0]}"
+
     def __getitem__(self, index: int) -> Sample:
         name = self.names[index]
         loader, prompt = SAMPLES[name]
-        image = to_tensor(Image.fromarray(_load(loader)), self.resolution)
+        try:
+            image = to_tensor(Image.fromarray(_load(loader)), self.resolution, f"skimage.data.{loader}")
+        except Exception as error:  # noqa: BLE001 - a sample scikit-image cannot provide fails that image only
+            message = f"cannot load skimage.data.{loader}: {type(error).__name__}: {error}"
+            if self.strict:
+                raise UserError(f"{message} (data.strict=true stops at the first unreadable image)") from error
+            raise ImageReadError(message) from error
         text = self.prompt.format(label=name) if self.prompt is not None else prompt
         return Sample(id=name, image=image, prompt=text)

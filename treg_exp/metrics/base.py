@@ -19,14 +19,26 @@ from treg_exp.operators.base import LinearOperator
 PROTOCOLS = ("standard", "treg")
 
 
-def summary_stats(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample std and count of the finite values (NaN mean and std when there are none)."""
-    finite = [float(v) for v in values if math.isfinite(float(v))]
+def summary_stats(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample std and count ``n`` of the finite values (NaN mean and std when there are none).
+
+    Non-finite values are left out of mean and std and counted instead: ``non_finite: {"+inf": a, "-inf": b,
+    "nan": c}`` (only the kinds present; the key is absent when every value is finite).
+    """
+    values = [float(v) for v in values]
+    finite = [v for v in values if math.isfinite(v)]
+    kinds = {"+inf": sum(v == math.inf for v in values), "-inf": sum(v == -math.inf for v in values)}
+    kinds["nan"] = sum(math.isnan(v) for v in values)
+    non_finite = {k: n for k, n in kinds.items() if n}
     if not finite:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    mean = sum(finite) / len(finite)
-    std = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else 0.0
-    return {"mean": mean, "std": std, "n": len(finite)}
+        stats: dict[str, Any] = {"mean": float("nan"), "std": float("nan"), "n": 0}
+    else:
+        mean = sum(finite) / len(finite)
+        std = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else 0.0
+        stats = {"mean": mean, "std": std, "n": len(finite)}
+    if non_finite:
+        stats["non_finite"] = non_finite
+    return stats
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from treg_exp import seeding
+from treg_exp import checks, seeding
 from treg_exp.operators.cg import conjugate_gradient
 
 
@@ -31,7 +31,7 @@ class LinearOperator(nn.Module, ABC):
 
     def __init__(self, sigma_y: float = 0.01) -> None:
         super().__init__()
-        self.sigma_y = float(sigma_y)
+        self.sigma_y = checks.number("task.sigma_y", sigma_y, minimum=0.0)
 
     # --- per-image parameters ------------------------------------------------------------------------------
     def draw(self, generators: Sequence[torch.Generator], image_shape: Sequence[int]) -> LinearOperator:

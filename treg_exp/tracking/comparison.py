@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from treg_exp.tracking.files import save_image
+
 COLUMNS = (("measurement", "measurement"), ("recon", "reconstruction"), ("gt", "ground truth"))
 GAP = 4
 CAPTION = 14
@@ -60,7 +62,5 @@ def write_comparison(run_dir: Path, max_images: int = 8, out: Path | None = None
                 (GAP + c * (width + GAP), CAPTION + GAP + r * (height + GAP)),
             )
     path = Path(out) if out is not None else run_dir / "comparison.png"
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    tmp.replace(path)
+    save_image(path, grid)  # a temporary file of its own: processes sharing the folder never collide
     return path
