@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from treg_exp import cost
 from treg_exp.errors import UserError, find_user_error
 from treg_exp.runner import Runner
 from treg_exp.weights import stage_weights
@@ -100,6 +101,7 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
 def run_one(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     check_same_run(cfg, run_dir)
     runner = build_runner(cfg, run_dir, choices, overrides)  # bad options fail here, before anything is written
+    cost.log_run_cost(cfg, runner.dataset, choices)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     summary = runner.run()
@@ -145,8 +147,12 @@ def run(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
 
 
 def main(cfg: DictConfig) -> None:
-    """Entry point called by ``run.py``."""
+    """Entry point called by ``run.py``; returns the run's ``objective`` metric mean (what an Optuna sweep optimises),
+    or ``None`` when ``objective`` is not set."""
     try:
+        from treg_exp.sweep import pin_gpu_of_job
+
+        pin_gpu_of_job(bool(cfg.get("one_gpu_per_job", False)), hydra_job_num())
         results = run(cfg)
     except Exception as error:
         user_error = find_user_error(error)
@@ -157,3 +163,24 @@ def main(cfg: DictConfig) -> None:
     table = format_table(results)
     (Path(cfg.paths.run_dir) / "table.md").write_text(table + "\n")
     print(table)
+    return objective(cfg, results)
+
+
+def hydra_job_num() -> int | None:
+    """The job number in a multirun (``None`` in a single run or outside Hydra)."""
+    if not HydraConfig.initialized():
+        return None
+    num = HydraConfig.get().job.get("num")
+    return None if num is None else int(num)
+
+
+def objective(cfg: DictConfig, results: list[tuple[str, dict[str, Any]]]) -> float | None:
+    """The mean of metric ``cfg.objective`` over the (first) run's images, for an optimising sweeper."""
+    name = cfg.get("objective")
+    if not name or not results:
+        return None
+    stats = results[0][1].get("metrics", {}).get(str(name)) or results[0][1].get("dataset_metrics", {}).get(str(name))
+    if stats is None:
+        raise UserError(f"objective={name} is not a metric of this run")
+    value = stats["mean"] if isinstance(stats, dict) else stats
+    return float(value)
