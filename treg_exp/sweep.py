@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,12 +89,27 @@ def folder_for(task: str, solver: str, overrides: Sequence[str], shard_index: in
 
 
 def named(entries: Any) -> list[tuple[str | None, list[str]]]:
-    """``rows``/``columns`` config (``{name: "a=1 b=2"}`` or ``["a=1 b=2", ...]``) → ``[(name, [overrides])]``."""
+    """``rows``/``columns`` config → ``[(name, [overrides])]``.
+
+    Accepted: a list of one-entry mappings ``[{name: "a=1 b=2"}, ...]`` (the presets' form: a list, so that a preset
+    inheriting another replaces its rows instead of adding to them), a mapping, or a list of override strings.
+    """
     if not entries:
         return [(None, [])]
     if isinstance(entries, Mapping):
-        return [(str(name), str(value or "").split()) for name, value in entries.items()]
-    return [(str(value), str(value).split()) for value in entries]
+        entries = [{name: value} for name, value in entries.items()]
+    result = []
+    for entry in entries:
+        if isinstance(entry, Mapping):
+            result += [(str(name), split_overrides(value)) for name, value in entry.items()]
+        else:
+            result.append((str(entry), split_overrides(entry)))
+    return result
+
+
+def split_overrides(text: Any) -> list[str]:
+    """``"a=1 b='x y'"`` → ``["a=1", "b='x y'"]`` (quotes kept: Hydra's override grammar needs them)."""
+    return shlex.split(str(text or ""), posix=False)
 
 
 def merge_overrides(*layers: Sequence[str]) -> list[str]:
@@ -200,7 +216,7 @@ def plan_sweep(
     plan = SweepPlan(rows=[n for n, _ in row_list if n], columns=[n for n, _ in column_list if n])
     for column, column_overrides in column_list:
         for row, row_overrides in row_list:
-            cell = str((cells or {}).get(f"{row}/{column}", "") or "").split()
+            cell = split_overrides((cells or {}).get(f"{row}/{column}", ""))
             for combo in combos:
                 # the preset's params, then the column, the row, the cell, then the command line (its sweeps too)
                 overrides = merge_overrides(
@@ -214,6 +230,7 @@ def plan_sweep(
                 reason = missing_choice(overrides, config_loader)
                 if reason is not None:
                     job.status, job.reason = "skipped", reason
+                    job.task = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "task"), None)
                     plan.jobs.append(job)
                     continue
                 cfg = config_loader.load_sweep_config(master_config, list(overrides))
@@ -268,7 +285,7 @@ def write_sweep_file(
             "overrides": job.overrides,
         }
         if job.status == "skipped":
-            entry["reason"] = job.reason
+            entry.update({"reason": job.reason, "task": job.task})
         else:
             entry.update({"folder": job.folder, "task": job.task, "solver": job.solver, "model": job.model})
             entry["images"] = job.images
