@@ -28,8 +28,14 @@ class TableSweeper(Sweeper):
         cells: dict[str, str] | None = None,
         reference: Any = None,
         title: str | None = None,
+        **others: Any,
     ) -> None:
         super().__init__()
+        if others:
+            raise ValueError(
+                f"hydra.sweeper has settings of another sweeper ({', '.join(sorted(others))}): "
+                "add hydra/sweeper=optuna to the command line (pip install -e '.[tune]')"
+            )
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
         self.rows = OmegaConf.to_container(rows) if OmegaConf.is_config(rows) else rows
