@@ -310,13 +310,59 @@ def write_results(unit: dict | None, operators: list[dict], solvers: list[dict],
     print("\n".join(lines))
 
 
+def import_results_md(path: Path = RESULTS) -> dict:
+    """results.json from a RESULTS.md this script wrote earlier (its tables parsed back): for a machine whose
+    figures were measured before results.json existed. The machine entry's ``command`` says where they came from."""
+    import re
+
+    text = path.read_text()
+    header = re.search(r"on (\d{4}-\d{2}-\d{2}): (\d+) CPU cores \(([^)]*)\), torch (\S+), .*CUDA (no|yes: ([^.]*))", text)
+    unit_section = re.search(r"## Full-size SD 1.5 architecture at 512 px \((\w+), (\w+)\)(.*?)\n## ", text, re.S)
+    unit = None
+    if unit_section:
+        rows = dict(re.findall(r"\| (\w+) \| ([\d.]+) \|", unit_section.group(3)))
+        memory = re.search(r"Peak memory of that process: ([\d.]+) GiB", unit_section.group(3))
+        unit = {k: float(rows[k]) for k in UNIT_KEYS}
+        unit.update(device=unit_section.group(1), dtype=unit_section.group(2),
+                    peak_memory_gib=float(memory.group(1)) if memory else float("nan"))
+    operators = [
+        {"task": m[0], "forward": float(m[1]), "adjoint": float(m[2]), "cg5": float(m[3])}
+        for m in re.findall(r"^\| ([a-z_0-9]+(?: task\.\S+)?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    ]
+    solvers = []
+    for m in re.findall(r"^\| ([^|]+) \| ([\d.]+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| [^|]+ \|$", text, re.M):
+        name = m[0].strip().replace(" (defaults)", "")
+        overrides = next((o for n, o in SOLVER_RUNS if n == name), [])
+        solvers.append({"name": name, "overrides": overrides, "num_steps": None, "seconds": float(m[1]),
+                        "unet_calls": float(m[2]), "unet_rows": float(m[3]), "decode_rows": float(m[4]),
+                        "encode_rows": float(m[5]), "clip_image_rows": float(m[6])})
+    defaults = {"treg": 200, "ddim": 50}
+    for r in solvers:
+        r["num_steps"] = defaults.get(r["name"])
+    date = header.group(1) if header else "?"
+    data = write_results_json(unit, operators, solvers, [f"--import-md (figures of {path.name}, {date})"])
+    if header:
+        key = next(iter(k for k in data["machines"] if k.startswith("cpu:")), None)
+        if key:
+            data["machines"][key]["date"] = date
+            data["machines"][key]["torch"] = header.group(4)
+            RESULTS_JSON.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-full-size", action="store_true", help="skip part 1 (loads 1.3 B random parameters)")
     parser.add_argument("--dtype", default=None, help="network dtype for part 1 (default: bfloat16 CPU, float16 CUDA)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--unit-costs-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--import-md", action="store_true", help="write results.json from the figures already in RESULTS.md, no timing"
+    )
     args = parser.parse_args()
+    if args.import_md:
+        print(json.dumps(import_results_md(), indent=2))
+        return
     dtype = args.dtype or ("float16" if torch.cuda.is_available() else "bfloat16")
     if args.unit_costs_only:
         print(json.dumps(full_size_unit_costs(dtype, args.repeats)))

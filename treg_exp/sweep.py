@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,7 +108,7 @@ def named(entries: Any) -> list[tuple[str | None, list[str]]]:
 
 def split_overrides(text: Any) -> list[str]:
     """``"a=1 b='x y'"`` → ``["a=1", "b='x y'"]`` (quotes kept: Hydra's override grammar needs them)."""
-    return shlex.split(str(text or ""), posix=False)
+    return re.findall(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""", str(text or ""))
 
 
 def merge_overrides(*layers: Sequence[str]) -> list[str]:
@@ -138,6 +137,7 @@ class PlannedJob:
     model: str | None = None
     images: int | None = None
     cost: costs.JobCost | None = None
+    config: Any = None  # the composed config (with its hydra node)
 
     def launch_overrides(self) -> list[str]:
         """The overrides the launcher gets: the job's own and its fixed folder."""
@@ -234,6 +234,7 @@ def plan_sweep(
                     plan.jobs.append(job)
                     continue
                 cfg = config_loader.load_sweep_config(master_config, list(overrides))
+                job.config = cfg
                 choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
                 job.task, job.solver, job.model = (str(choices.get(k)) for k in ("task", "solver", "model"))
                 shard_index, shard_count = int(cfg.shard.index), int(cfg.shard.count)
