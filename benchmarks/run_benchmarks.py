@@ -316,26 +316,43 @@ def import_results_md(path: Path = RESULTS) -> dict:
     import re
 
     text = path.read_text()
-    header = re.search(r"on (\d{4}-\d{2}-\d{2}): (\d+) CPU cores \(([^)]*)\), torch (\S+), .*CUDA (no|yes: ([^.]*))", text)
+    header = re.search(
+        r"on (\d{4}-\d{2}-\d{2}): (\d+) CPU cores \(([^)]*)\), torch (\S+), .*CUDA (no|yes: ([^.]*))", text
+    )
     unit_section = re.search(r"## Full-size SD 1.5 architecture at 512 px \((\w+), (\w+)\)(.*?)\n## ", text, re.S)
     unit = None
     if unit_section:
         rows = dict(re.findall(r"\| (\w+) \| ([\d.]+) \|", unit_section.group(3)))
         memory = re.search(r"Peak memory of that process: ([\d.]+) GiB", unit_section.group(3))
         unit = {k: float(rows[k]) for k in UNIT_KEYS}
-        unit.update(device=unit_section.group(1), dtype=unit_section.group(2),
-                    peak_memory_gib=float(memory.group(1)) if memory else float("nan"))
+        unit.update(
+            device=unit_section.group(1),
+            dtype=unit_section.group(2),
+            peak_memory_gib=float(memory.group(1)) if memory else float("nan"),
+        )
     operators = [
         {"task": m[0], "forward": float(m[1]), "adjoint": float(m[2]), "cg5": float(m[3])}
         for m in re.findall(r"^\| ([a-z_0-9]+(?: task\.\S+)?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
     ]
     solvers = []
-    for m in re.findall(r"^\| ([^|]+) \| ([\d.]+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| [^|]+ \|$", text, re.M):
+    for m in re.findall(
+        r"^\| ([^|]+) \| ([\d.]+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| [^|]+ \|$", text, re.M
+    ):
         name = m[0].strip().replace(" (defaults)", "")
         overrides = next((o for n, o in SOLVER_RUNS if n == name), [])
-        solvers.append({"name": name, "overrides": overrides, "num_steps": None, "seconds": float(m[1]),
-                        "unet_calls": float(m[2]), "unet_rows": float(m[3]), "decode_rows": float(m[4]),
-                        "encode_rows": float(m[5]), "clip_image_rows": float(m[6])})
+        solvers.append(
+            {
+                "name": name,
+                "overrides": overrides,
+                "num_steps": None,
+                "seconds": float(m[1]),
+                "unet_calls": float(m[2]),
+                "unet_rows": float(m[3]),
+                "decode_rows": float(m[4]),
+                "encode_rows": float(m[5]),
+                "clip_image_rows": float(m[6]),
+            }
+        )
     defaults = {"treg": 200, "ddim": 50}
     for r in solvers:
         r["num_steps"] = defaults.get(r["name"])

@@ -1,7 +1,7 @@
 """Prepare the food101 images of the papers' protocol (see treg_exp/data/prepare.py and README "Reproduce a table").
 
-    python scripts/prepare_food101.py --src DOWNLOADED_FOLDER [--out $TREG_DATA]
-    python scripts/prepare_food101.py --verify
+python scripts/prepare_food101.py --src DOWNLOADED_FOLDER [--out $TREG_DATA]
+python scripts/prepare_food101.py --verify
 """
 
 import sys

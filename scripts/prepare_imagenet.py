@@ -1,7 +1,7 @@
 """Prepare the imagenet images of the papers' protocol (see treg_exp/data/prepare.py and README "Reproduce a table").
 
-    python scripts/prepare_imagenet.py --src DOWNLOADED_FOLDER [--out $TREG_DATA]
-    python scripts/prepare_imagenet.py --verify
+python scripts/prepare_imagenet.py --src DOWNLOADED_FOLDER [--out $TREG_DATA]
+python scripts/prepare_imagenet.py --verify
 """
 
 import sys

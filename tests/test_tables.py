@@ -35,7 +35,12 @@ FAST = ["data=samples", "model=tiny", "data.limit=2", "data.resolution=32", "sol
 def run_cli(*args: str, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+        [sys.executable, str(ROOT / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -118,8 +123,9 @@ def test_prepare_writes_the_listed_images_and_the_loader_checks_them(tmp_path):
 def test_prepare_names_the_first_missing_source(tmp_path, capsys):
     write_source_images(tmp_path / "src", ["00000.png"])
     (tmp_path / "list.txt").write_text("00000.png\n00001.png\n00002.png\n")
-    status = prepare.main("ffhq", ["--src", str(tmp_path / "src"), "--out", str(tmp_path), "--list",
-                                   str(tmp_path / "list.txt")])
+    status = prepare.main(
+        "ffhq", ["--src", str(tmp_path / "src"), "--out", str(tmp_path), "--list", str(tmp_path / "list.txt")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "00001.*" in err[0] and "2 of the 3" in err[0]
     assert not (tmp_path / "ffhq512").exists()  # nothing written before every source is found
@@ -223,8 +229,23 @@ def test_cost_formula_counts_what_the_solver_runs(overrides, tiny_prior):
 def test_hours_from_benchmark_figures():
     """Hours = Σ passes × seconds per pass, scaled by pixel count; a solver without formula uses measured counts."""
     results = {
-        "machines": {"cpu:x": {"name": "x", "device": "cpu", "networks": {"sd15": {"seconds": {
-            "unet_1row": 1.0, "unet_2rows": 1.5, "decode": 2.0, "encode": 3.0, "clip_image": 0.5}}}}},
+        "machines": {
+            "cpu:x": {
+                "name": "x",
+                "device": "cpu",
+                "networks": {
+                    "sd15": {
+                        "seconds": {
+                            "unet_1row": 1.0,
+                            "unet_2rows": 1.5,
+                            "decode": 2.0,
+                            "encode": 3.0,
+                            "clip_image": 0.5,
+                        }
+                    }
+                },
+            }
+        },
         "solvers": {"mystery": {"num_steps": 10, "counts": {"unet_calls": 10, "unet_rows": 10, "decode_rows": 1}}},
     }
     passes = cost.Passes(unet_calls=4, unet_rows=6, decode_rows=1, encode_rows=1, clip_image_rows=2)
@@ -254,16 +275,31 @@ class PixelFrechet(DatasetMetric):
 def run_oracle(run_dir: Path, *overrides: str) -> None:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["model=gaussian", "solver=posterior_sample", "task.kernel_size=9",
-                                           "task.padding=circular", "data.resolution=32", "data.prompt=''",
-                                           "data.limit=4", "metrics=fast", *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                "model=gaussian",
+                "solver=posterior_sample",
+                "task.kernel_size=9",
+                "task.padding=circular",
+                "data.resolution=32",
+                "data.prompt=''",
+                "data.limit=4",
+                "metrics=fast",
+                *overrides,
+            ],
+        )
     OmegaConf.set_struct(cfg, False)
     cfg.metrics.dataset = [{"_target_": "tests.test_tables.PixelFrechet"}]
     cfg.paths.run_dir = str(run_dir)
     run_dir.mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    runner = build_runner(cfg, run_dir, {"data": "samples", "task": "gauss_deblur", "model": "gaussian",
-                                         "solver": "posterior_sample"}, list(overrides))
+    runner = build_runner(
+        cfg,
+        run_dir,
+        {"data": "samples", "task": "gauss_deblur", "model": "gaussian", "solver": "posterior_sample"},
+        list(overrides),
+    )
     runner.progress = False
     runner.run()
 
@@ -283,8 +319,10 @@ def test_two_shards_pool_to_the_unsharded_run(tmp_path):
     assert cell_sharded.stats["psnr"]["mean"] == pytest.approx(cell_whole.stats["psnr"]["mean"], rel=1e-12)
     fid = json.loads((tmp_path / "whole" / "summary.json").read_text())["dataset_metrics"]["fid"]
     assert cell_whole.dataset["fid"] == fid and cell_sharded.dataset["fid"] == pytest.approx(fid, rel=1e-9)
-    shard_fids = [PixelFrechet()(tmp_path / "sharded" / f"shard{i}" / "recon", tmp_path / "sharded" / f"shard{i}" / "gt")
-                  ["fid"] for i in range(2)]
+    shard_fids = [
+        PixelFrechet()(tmp_path / "sharded" / f"shard{i}" / "recon", tmp_path / "sharded" / f"shard{i}" / "gt")["fid"]
+        for i in range(2)
+    ]
     assert abs(sum(shard_fids) / 2 - fid) > 1e-6
 
 
@@ -311,17 +349,24 @@ def test_p2l_table_sweep_runs_the_grid_and_make_table_writes_both_tables(tmp_pat
     latex = (sweep_dir / "table.tex").read_text()
     assert "\\textit{paper}" in latex and "SR (×8)" in latex and "\\textbf{" in latex
     page = (sweep_dir / "report.html").read_text()
-    assert page.count("<img src=\"data:image/png;base64,") == 4 * 2 * 4  # 4 tasks × 2 images × (y, 2 methods, gt)
+    assert page.count('<img src="data:image/png;base64,') == 4 * 2 * 4  # 4 tasks × 2 images × (y, 2 methods, gt)
 
 
 def test_killed_sweep_resumes_and_treg_table(tmp_path):
     """A sweep killed mid-way and launched again finishes without redoing finished images; make_table then writes
     the TReg table, saying that the paper's numbers could not be retrieved."""
-    args = [sys.executable, str(ROOT / "run.py"), "-m", "experiment=treg_table1_sr16", *FAST,
-            f"paths.output_root={tmp_path}"]
+    args = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "experiment=treg_table1_sr16",
+        *FAST,
+        f"paths.output_root={tmp_path}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     sweep_dir = tmp_path / "treg_table1_sr16"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list(sweep_dir.glob("*/*/*/rows/*.json")):
@@ -349,7 +394,7 @@ def test_report_plots_a_one_dimensional_sweep(tmp_path):
     plots = tables_report_plots(table)
     assert len(plots) == 1 and plots[0][1] == "task.kernel_sigma"
     page = Path(tables_write_report(table, tmp_path / "report.html")).read_text()
-    svg = page[page.index("<svg"): page.index("</svg>") + 6]
+    svg = page[page.index("<svg") : page.index("</svg>") + 6]
     root = ET.fromstring(svg)
     circles = [c for c in root.iter() if c.tag.endswith("circle")]
     assert len(circles) == 2

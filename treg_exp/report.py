@@ -60,13 +60,17 @@ def image_of(runs: list[Path], folder: str, image_id: str) -> Path | None:
 
 def table_html(table: Table) -> str:
     metrics = table.metrics
-    head1 = "<tr><th></th>" + "".join(
-        f'<th colspan="{len(metrics)}">{html.escape(c)}</th>' for c in table.columns
-    ) + "</tr>"
+    head1 = (
+        "<tr><th></th>"
+        + "".join(f'<th colspan="{len(metrics)}">{html.escape(c)}</th>' for c in table.columns)
+        + "</tr>"
+    )
     arrows = {m: "↓" if m in LOWER_IS_BETTER else "↑" for m in metrics}
-    head2 = "<tr><th>Method</th>" + "".join(
-        f"<th>{LABELS.get(m, m)} {arrows[m]}</th>" for _ in table.columns for m in metrics
-    ) + "</tr>"
+    head2 = (
+        "<tr><th>Method</th>"
+        + "".join(f"<th>{LABELS.get(m, m)} {arrows[m]}</th>" for _ in table.columns for m in metrics)
+        + "</tr>"
+    )
     best = {(c, m): best_rows(table, c, m) for c in table.columns for m in metrics}
     body = []
     for row in table.rows:
@@ -124,13 +128,19 @@ def grids_html(table: Table, grid_images: int) -> str:
         for image_id in ids:
             tiles = []
             first_runs = methods[0][1].runs
-            for folder, runs in [("measurement", first_runs), *[("recon", c.runs) for _, c in methods],
-                                 ("gt", first_runs)]:
+            for folder, runs in [
+                ("measurement", first_runs),
+                *[("recon", c.runs) for _, c in methods],
+                ("gt", first_runs),
+            ]:
                 path = image_of(runs, folder, image_id)
-                tiles.append(f'<td><img src="{thumbnail(path)}" alt="{folder} {html.escape(image_id)}"></td>'
-                             if path else "<td>—</td>")
+                tiles.append(
+                    f'<td><img src="{thumbnail(path)}" alt="{folder} {html.escape(image_id)}"></td>'
+                    if path
+                    else "<td>—</td>"
+                )
             rows.append("<tr>" + "".join(tiles) + "</tr>")
-        parts.append(f"<h2>{html.escape(column)}</h2><table class=\"grid\">{header}{''.join(rows)}</table>")
+        parts.append(f'<h2>{html.escape(column)}</h2><table class="grid">{header}{"".join(rows)}</table>')
     return "".join(parts)
 
 
@@ -167,8 +177,9 @@ def sweeps_1d(table: Table) -> list[tuple[str, str, list[tuple[float, Any]]]]:
     return plots
 
 
-def svg_plot(title: str, key: str, metric: str, points: list[tuple[float, float]], width: int = 340,
-             height: int = 220) -> str:
+def svg_plot(
+    title: str, key: str, metric: str, points: list[tuple[float, float]], width: int = 340, height: int = 220
+) -> str:
     """An inline SVG line plot of ``metric`` against ``key`` (log x when the values span 100× or more)."""
     left, right, top, bottom = 56, 14, 30, 40
     xs = [x for x, _ in points]
@@ -187,7 +198,9 @@ def svg_plot(title: str, key: str, metric: str, points: list[tuple[float, float]
         return height - bottom - (v - y0) / (y1 - y0) * (height - top - bottom)
 
     coords = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(tx, ys, strict=True))
-    dots = "".join(f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="3" fill="#1f5fa8"/>' for a, b in zip(tx, ys, strict=True))
+    dots = "".join(
+        f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="3" fill="#1f5fa8"/>' for a, b in zip(tx, ys, strict=True)
+    )
     ticks = "".join(
         f'<text x="{sx(t):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{x:g}</text>'
         for t, x in zip(tx, xs, strict=True)
@@ -195,15 +208,15 @@ def svg_plot(title: str, key: str, metric: str, points: list[tuple[float, float]
     label = LABELS.get(metric, metric)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
-        f'<title>{html.escape(label)} vs {html.escape(key)} ({html.escape(title)})</title>'
+        f"<title>{html.escape(label)} vs {html.escape(key)} ({html.escape(title)})</title>"
         f'<text x="{width / 2}" y="16" font-size="12" text-anchor="middle">{html.escape(label)} vs '
-        f'{html.escape(key)} — {html.escape(title)}</text>'
+        f"{html.escape(key)} — {html.escape(title)}</text>"
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#444"/>'
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#444"/>'
         f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" font-size="10" text-anchor="end">{fmt(y1, metric)}</text>'
         f'<text x="{left - 4}" y="{sy(y0) + 4:.1f}" font-size="10" text-anchor="end">{fmt(y0, metric)}</text>'
         f'<text x="{width / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{html.escape(key)}'
-        f'{" (log)" if log_x else ""}</text>'
+        f"{' (log)' if log_x else ''}</text>"
         f'<polyline fill="none" stroke="#1f5fa8" stroke-width="2" points="{coords}"/>{dots}{ticks}</svg>'
     )
 
@@ -218,8 +231,9 @@ def plots_html(table: Table) -> str:
             if len(series) >= 2:
                 svgs.append(svg_plot(title, override_key(key), metric, series))
         if svgs:
-            parts.append(f"<h2>{html.escape(key)} sweep: {html.escape(title)}</h2><div class=\"plots\">"
-                         + "".join(svgs) + "</div>")
+            parts.append(
+                f'<h2>{html.escape(key)} sweep: {html.escape(title)}</h2><div class="plots">' + "".join(svgs) + "</div>"
+            )
     return "".join(parts)
 
 
@@ -228,9 +242,9 @@ def write_report(table: Table, path: Path, grid_images: int = 3) -> Path:
     title = table.title or "treg-exp sweep"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes)
     page = (
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html><html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{table_html(table)}<ol class=\"notes\">{notes}</ol>"
+        f'<h1>{html.escape(title)}</h1>{table_html(table)}<ol class="notes">{notes}</ol>'
         f"{plots_html(table)}{grids_html(table, grid_images)}</body></html>\n"
     )
     path = Path(path)

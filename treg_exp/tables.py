@@ -417,7 +417,8 @@ def to_latex(table: Table) -> str:
         "\\begin{tabular}{l" + ("|" + "r" * k) * len(table.columns) + "}",
         "\\toprule",
         " & " + " & ".join(f"\\multicolumn{{{k}}}{{c}}{{{_latex_escape(c)}}}" for c in table.columns) + " \\\\",
-        "Method & " + " & ".join(f"{LABELS.get(m, m)}{arrows[m]}" for _ in table.columns for m in table.metrics)
+        "Method & "
+        + " & ".join(f"{LABELS.get(m, m)}{arrows[m]}" for _ in table.columns for m in table.metrics)
         + " \\\\",
         "\\midrule",
     ]

@@ -61,9 +61,7 @@ class TableSweeper(Sweeper):
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         loader = self.hydra_context.config_loader
-        plan = table.plan_sweep(
-            self.config, loader, arguments, self.params, self.rows, self.columns, self.cells
-        )
+        plan = table.plan_sweep(self.config, loader, arguments, self.params, self.rows, self.columns, self.cells)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")

@@ -75,7 +75,7 @@ DATASETS = {
 
 
 def source_key(relative: str, depth: int) -> str:
-    """The name a listed file is looked up by among the sources (``fried_rice/1023430.png`` → ``fried_rice/1023430``)."""
+    """The name a listed file is found by among the sources (``fried_rice/1023430.png`` → ``fried_rice/1023430``)."""
     path = Path(relative)
     parts = [*path.parent.parts[-(depth - 1) :], path.stem] if depth > 1 else [path.stem]
     return "/".join(parts)
