@@ -20,7 +20,17 @@ from typing import Any
 from PIL import Image
 
 from treg_exp.sweep import override_key, settings
-from treg_exp.tables import LABELS, LOWER_IS_BETTER, Table, best_rows, fmt, read_summary, reference_of, value_of
+from treg_exp.tables import (
+    LABELS,
+    LOWER_IS_BETTER,
+    Table,
+    best_rows,
+    fmt,
+    fmt_delta,
+    read_summary,
+    reference_of,
+    value_of,
+)
 
 THUMB = 128
 STYLE = """
@@ -103,7 +113,7 @@ def table_html(table: Table) -> str:
                 value = ref.get(metric)
                 mean, _ = value_of(table.cells.get((row, column)), metric)
                 papers.append(f"<td>{fmt(value, metric) if value is not None else ''}</td>")
-                delta = f"{mean - value:+.2f}" if value is not None and mean is not None else ""
+                delta = fmt_delta(mean - value, metric) if value is not None and mean is not None else ""
                 deltas.append(f"<td>{delta}</td>")
         if found:
             body.append(f'<tr class="paper"><td>paper</td>{"".join(papers)}</tr>')

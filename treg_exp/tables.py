@@ -317,6 +317,12 @@ def fmt(value: float | None, metric: str) -> str:
     return f"{value:.2f}"
 
 
+def fmt_delta(delta: float, metric: str) -> str:
+    """A signed difference with the metric's precision."""
+    text = fmt(abs(delta), metric)
+    return ("−" if delta < 0 else "+") + text
+
+
 def footnotes(table: Table) -> list[str]:
     """The FID protocol and the scoring departures of the runs (from their summaries and configs)."""
     notes: list[str] = []
@@ -377,7 +383,7 @@ def _paper_lines(table: Table, row: str, latex: bool) -> tuple[list[str], list[s
             value = ref.get(metric)
             papers.append(fmt(value, metric) if value is not None else "")
             mean, _ = value_of(table.cells.get((row, column)), metric)
-            deltas.append(f"{mean - value:+.2f}" if value is not None and mean is not None else "")
+            deltas.append(fmt_delta(mean - value, metric) if value is not None and mean is not None else "")
     return (papers, deltas) if found else None
 
 
