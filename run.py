@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> Any:
     from treg_exp.app import main as app_main
 
-    return app_main(cfg)  # a multirun job's outcome, for treg_exp.multirun.JobReport
+    # a multirun job's outcome (for treg_exp.multirun.JobReport), or the objective metric of an optimising sweep
+    return app_main(cfg)
 
 
 if __name__ == "__main__":

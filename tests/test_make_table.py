@@ -1,18 +1,15 @@
-"""scripts/make_table.py pools shards and sweeps into one table beside the papers' numbers."""
+"""treg_exp.tables (scripts/make_table.py) pools shards and sweeps into one table beside the papers' numbers."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from tests.test_runner import make_runner
+from treg_exp import tables
 
 ROOT = Path(__file__).parents[1]
-spec = importlib.util.spec_from_file_location("make_table", ROOT / "scripts" / "make_table.py")
-make_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_table)
 
 
 def test_shards_are_pooled_per_image(tmp_path):
@@ -32,15 +29,15 @@ def test_shards_are_pooled_per_image(tmp_path):
     for index in range(2):
         with (tmp_path / f"shard{index}" / "metrics.csv").open() as handle:
             rows += list(csv.DictReader(handle))
-    table = make_table.merge(make_table.find_runs([tmp_path]))
-    entry = table[("samples", "gauss_deblur", "gaussian", "posterior_mean", "solver.tol=1e-7")]
-    assert entry["n"] == 3
+    table = tables.build([tmp_path], dataset_metrics=False)
+    (cell,) = table.cells.values()
+    assert len(cell.rows) == 3 and len(cell.runs) == 2
     # the pooled mean is over images, not the mean of the two shards' means (2 images and 1)
-    assert entry["psnr"] == pytest.approx(sum(float(r["psnr"]) for r in rows) / 3)
+    assert cell.stats["psnr"]["mean"] == pytest.approx(sum(float(r["psnr"]) for r in rows) / 3)
     shard_means = [
         json.loads((tmp_path / f"shard{i}" / "summary.json").read_text())["metrics"]["psnr"]["mean"] for i in range(2)
     ]
-    assert entry["psnr"] != pytest.approx(sum(shard_means) / 2)
+    assert cell.stats["psnr"]["mean"] != pytest.approx(sum(shard_means) / 2)
 
 
 def test_a_sweep_over_a_hyperparameter_gives_one_row_per_value():
@@ -48,16 +45,22 @@ def test_a_sweep_over_a_hyperparameter_gives_one_row_per_value():
         return {"choices": {"solver": "treg", "task": "sr16"}, "overrides": ["solver=treg", *overrides]}
 
     low, high = summary("solver.cfg_scale=0", "shard.index=0"), summary("solver.cfg_scale=5", "shard.index=0")
-    assert make_table.run_key(low) != make_table.run_key(high)
-    assert make_table.run_key(low) == make_table.run_key(summary("shard.index=1", "solver.cfg_scale=0", "device=cuda"))
+    assert tables.run_key(low) != tables.run_key(high)
+    assert tables.run_key(low) == tables.run_key(summary("shard.index=1", "solver.cfg_scale=0", "device=cuda"))
 
 
 def test_paper_rows_sit_under_matching_runs():
-    table = {("ffhq", "sr8", "sd14", "psld", ""): {"n": 10, "psnr": 26.0, "lpips": 0.3}}
-    reference = make_table.read_reference(ROOT / "reference" / "p2l_tables.csv", "ffhq512")
-    markdown = make_table.to_markdown(table, reference).splitlines()
-    assert markdown[2].startswith("| ffhq | sr8 | sd14 | psld |  | 10 |")
-    assert "*paper*" in markdown[3] and "26.62" in markdown[3] and "0.335" in markdown[3]
-    assert "36.93" not in markdown[3]  # FID is no column of this table: the paper's FID is not shown
-    latex = make_table.to_latex(table, reference)
-    assert "\\textit{paper}" in latex and "26.620" in latex
+    cell = tables.Cell(
+        task="sr8", stats={"psnr": {"mean": 26.0, "std": 1.0, "n": 10}, "lpips": {"mean": 0.3, "std": 0.1, "n": 10}}
+    )
+    cell.rows = {str(i): {} for i in range(10)}
+    reference = tables.read_reference(ROOT / "reference" / "p2l_tables.csv", "ffhq512")
+    table = tables.Table(None, ["PSLD"], ["SR (×8)"], {("PSLD", "SR (×8)"): cell}, reference, None, [])
+    table.metrics = tables.shown_metrics(table)
+    markdown = tables.to_markdown(table).splitlines()
+    assert markdown[0].startswith("| Method | SR (×8) FID | SR (×8) LPIPS | SR (×8) PSNR")
+    assert markdown[2].startswith("| PSLD | — | 0.300 ± 0.100 | 26.00 ± 1.00")
+    assert markdown[3].startswith("| *paper* | 36.93 | 0.335 | 26.62")  # P2L Table 2, PSLD, SR ×8
+    assert markdown[4] == "| *Δ* |  | −0.035 | −0.620 |"
+    latex = tables.to_latex(table)
+    assert "\\textit{paper}" in latex and "26.62" in latex

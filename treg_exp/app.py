@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from treg_exp import cost
 from treg_exp.errors import UserError, find_user_error
 from treg_exp.runner import Runner
 from treg_exp.tracking.files import locked, read_json, write_text
@@ -174,6 +175,7 @@ def run_one(
     runner = build_runner(cfg, run_dir, choices, overrides, on_claim)  # bad values: one line, nothing written
     runner.check_inputs()  # the data, subset rules and output location, before the finished results' settings
     check_same_run(cfg, run_dir)
+    cost.log_run_cost(cfg, runner.dataset, choices)
     summary = runner.run()
     log.info("wrote %s", run_dir)
     return RunResult("", run_dir, summary, runner.shard_counts)
@@ -275,14 +277,19 @@ def outcome(results: list[RunResult]) -> tuple[int, str | None]:
     return EXIT_OK, None
 
 
-def main(cfg: DictConfig) -> dict[str, Any] | None:
+def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     """Entry point called by ``run.py``; exits with the status described in the module docstring.
 
     In a multirun it returns the job's outcome instead of exiting (so the other jobs go on), for
-    :class:`treg_exp.multirun.JobReport` to collect; with ``fail_fast`` a user error still exits at once.
+    :class:`treg_exp.multirun.JobReport` to collect; with ``fail_fast`` a user error still exits at once. A run
+    with ``objective`` set returns, when every image is done, that metric's mean instead (what an Optuna sweep
+    optimises; a failed job then returns its outcome, which the sweeper records as a failed trial).
     """
     multirun, fail_fast = in_multirun(), bool(cfg.get("fail_fast", False))
     try:
+        from treg_exp.sweep import pin_gpu_of_job
+
+        pin_gpu_of_job(bool(cfg.get("one_gpu_per_job", False)), hydra_job_num())
         results = run(cfg)
     except Exception as error:
         user_error = find_user_error(error)
@@ -300,9 +307,32 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     code, message = outcome(results)
     if message:
         print(f"error: {message}", file=sys.stderr)
+    if code == EXIT_OK and cfg.get("objective"):
+        return objective(cfg, results)
     if multirun and not fail_fast:
         status = {EXIT_OK: "ok", EXIT_USER_ERROR: "refused", EXIT_IMAGES_FAILED: "images_failed"}[code]
         return {"status": status, "message": message}
     if code:
         sys.exit(code)
     return None
+
+
+def hydra_job_num() -> int | None:
+    """The job number in a multirun (``None`` in a single run or outside Hydra)."""
+    if not HydraConfig.initialized():
+        return None
+    num = HydraConfig.get().job.get("num")
+    return None if num is None else int(num)
+
+
+def objective(cfg: DictConfig, results: list[RunResult]) -> float | None:
+    """The mean of metric ``cfg.objective`` over the (first) run's images, for an optimising sweeper."""
+    name = cfg.get("objective")
+    if not name or not results:
+        return None
+    summary = results[0].summary or {}
+    stats = summary.get("metrics", {}).get(str(name)) or summary.get("dataset_metrics", {}).get(str(name))
+    if stats is None:
+        raise UserError(f"objective={name} is not a metric of this run")
+    value = stats["mean"] if isinstance(stats, dict) else stats
+    return float(value)

@@ -1,0 +1,81 @@
+"""``hydra/sweeper=table``: the paper-table sweeper of treg-exp (see :mod:`treg_exp.sweep`).
+
+Hydra only instantiates plugins that live in the ``hydra_plugins`` namespace package, so the class sits here; the
+work is in :mod:`treg_exp.sweep`, imported when a sweep starts (plugin discovery imports this module on every run,
+so it must stay cheap).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+
+class TableSweeper(Sweeper):
+    """Hydra's basic sweeper plus table rows/columns/cells, skip notices for missing options, fixed job folders,
+    ``sweep.json`` and a cost estimate printed before the first job (:func:`treg_exp.sweep.plan_sweep`)."""
+
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        rows: Any = None,
+        columns: Any = None,
+        cells: dict[str, str] | None = None,
+        reference: Any = None,
+        title: str | None = None,
+        **others: Any,
+    ) -> None:
+        super().__init__()
+        if others:
+            raise ValueError(
+                f"hydra.sweeper has settings of another sweeper ({', '.join(sorted(others))}): "
+                "add hydra/sweeper=optuna to the command line (pip install -e '.[tune]')"
+            )
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.rows = OmegaConf.to_container(rows) if OmegaConf.is_config(rows) else rows
+        self.columns = OmegaConf.to_container(columns) if OmegaConf.is_config(columns) else columns
+        self.cells = dict(cells or {})
+        self.reference = OmegaConf.to_container(reference) if OmegaConf.is_config(reference) else reference
+        self.title = title
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from treg_exp import sweep as table
+
+        assert self.config is not None and self.hydra_context is not None and self.launcher is not None
+        loader = self.hydra_context.config_loader
+        plan = table.plan_sweep(self.config, loader, arguments, self.params, self.rows, self.columns, self.cells)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        lines = table.plan_lines(plan, sweep_dir)
+        print("\n".join(lines), flush=True)
+        experiment = OmegaConf.select(self.config, "hydra.runtime.choices.experiment", default=None)
+        table.write_sweep_file(sweep_dir, plan, experiment, self.reference, self.title, lines)
+        jobs = [job.launch_overrides() for job in plan.to_run]
+        size = len(jobs) if not self.max_batch_size or self.max_batch_size < 1 else int(self.max_batch_size)
+        returns = []
+        for start in range(0, len(jobs), size or 1):
+            batch = jobs[start : start + size]
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            for result in results:
+                _ = result.return_value  # a failed job raises here, as with Hydra's basic sweeper
+            returns.append(results)
+        return returns

@@ -1,0 +1,490 @@
+"""Paper tables from finished runs: ``scripts/make_table.py`` and ``treg-exp table``.
+
+    python scripts/make_table.py outputs/p2l_table2_ffhq [more dirs] [--markdown t.md] [--latex t.tex] [--html r.html]
+
+Every folder below the given ones that holds a ``summary.json`` is a run. A sweep folder with ``sweep.json`` (written
+by the table sweeper) gives the layout: its rows (methods as the paper names them) and columns (tasks), each cell the
+runs of one job folder — the folder itself and its ``shard-<i>-of-<n>`` subfolders. Without one, runs are grouped by
+(data, task, model, solver, settings), one row per (solver, settings) and one column per task.
+
+Pooling: the per-image rows of a cell's runs are pooled by image id (an image in two folders counts once) before
+means and standard deviations are taken. Dataset metrics (FID, KID) are never averaged over shards: a cell of one
+unsharded run uses that run's own; a cell of several runs has them recomputed over the union of the runs' images
+(``treg_exp.score``'s merged folders, the metrics of the runs' ``config.yaml``), or shows "—" with a note when the
+metric's weights are not here.
+
+Output: markdown and LaTeX with mean ± std per metric, the best value of each column in bold, the paper's numbers
+(``reference/*.csv``) under each row with the difference, and footnotes with the FID protocol (extractor, resize,
+reference set, image count) — FID numbers are not comparable across extractors or set sizes — and the scoring
+protocol's departures; and a static HTML report (``treg_exp.report``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from treg_exp.sweep import SWEEP_FILE, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+#: metric columns in the order tables show them (only those some cell has are shown)
+METRICS = ("fid", "kid", "lpips", "psnr", "ssim", "y_mse", "clip_score", "fid_clean", "seconds")
+LOWER_IS_BETTER = {"fid", "kid", "fid_clean", "kid_clean", "lpips", "y_mse", "seconds", "consistency"}
+DATASET_METRICS = {"fid", "kid", "fid_clean", "kid_clean"}
+LABELS = {
+    "fid": "FID",
+    "kid": "KID",
+    "lpips": "LPIPS",
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "y_mse": "y-MSE",
+    "clip_score": "CLIP",
+    "fid_clean": "FID (clean)",
+    "seconds": "s/img",
+}
+#: reference CSVs name methods as the papers print them; runs without a sweep.json name them by solver config
+PAPER_NAMES = {
+    "p2l": "P2L",
+    "ldps": "LDPS",
+    "gml_dps": "GML-DPS",
+    "psld": "PSLD",
+    "ldir": "LDIR",
+    "dds": "DDS",
+    "dps": "DPS",
+    "diffpir": "DiffPIR",
+    "treg": "TReg",
+}
+
+
+@dataclass
+class Cell:
+    """One (row, column) of a table: the pooled rows of its runs and their statistics."""
+
+    runs: list[Path] = field(default_factory=list)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # image id → metrics row
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)  # metric → {mean, std, n}
+    dataset: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    task: str | None = None
+    status: str = "run"
+    reason: str = ""
+
+
+@dataclass
+class Table:
+    title: str | None
+    rows: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell]
+    reference: dict[tuple[str, str], dict[str, float]]
+    reference_note: str | None
+    metrics: list[str]
+    footnotes: list[str] = field(default_factory=list)
+    sweep: dict[str, Any] | None = None
+
+
+# --- reading runs -----------------------------------------------------------------------------------------------
+def find_runs(roots: Sequence[Path]) -> list[Path]:
+    return sorted({p.parent for root in roots for p in Path(root).rglob("summary.json")})
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def read_ok_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [r for r in csv.DictReader(handle) if r.get("status") == "ok"]
+
+
+def run_key(summary: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """(data, task, model, solver, settings): runs with the same key are one configuration."""
+    choices = summary.get("choices", {})
+    groups = set(choices)
+    return (
+        choices.get("data", "?"),
+        choices.get("task", "?"),
+        choices.get("model", "?"),
+        choices.get("solver", "?"),
+        " ".join(settings(summary.get("overrides", []), exclude_keys=tuple(groups))),
+    )
+
+
+def as_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def pool(cell: Cell, dataset_metrics: bool = True) -> None:
+    """Fill ``cell.rows``/``stats``/``dataset`` from ``cell.runs`` (see the module docstring)."""
+    from treg_exp.metrics.base import summary_stats
+
+    for run_dir in cell.runs:
+        for row in read_ok_rows(run_dir):
+            cell.rows.setdefault(row["id"], row)
+    columns = sorted({k for r in cell.rows.values() for k, v in r.items() if as_float(v) is not None})
+    for column in columns:
+        values = [as_float(r.get(column)) for r in cell.rows.values()]
+        cell.stats[column] = summary_stats([v for v in values if v is not None])
+    if len(cell.runs) == 1:
+        summary = read_summary(cell.runs[0])
+        if summary.get("shard", {}).get("count", 1) == 1:
+            cell.dataset = {k: v for k, v in summary.get("dataset_metrics", {}).items() if as_float(v) is not None}
+            return
+    if dataset_metrics and cell.rows:
+        cell.dataset, note = pooled_dataset_metrics(cell.runs)
+        if note:
+            cell.notes.append(note)
+
+
+def pooled_dataset_metrics(run_dirs: Sequence[Path]) -> tuple[dict[str, float], str | None]:
+    """The runs' dataset metrics (their ``config.yaml``'s) recomputed over the union of their images."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from treg_exp.devices import resolve_device
+    from treg_exp.errors import UserError
+    from treg_exp.score import _merged_folders
+
+    cfg = OmegaConf.load(run_dirs[0] / "config.yaml")
+    if not OmegaConf.select(cfg, "metrics.dataset"):
+        return {}, None
+    try:
+        suite = instantiate(cfg.metrics)
+        suite.prepare(resolve_device("auto"))
+    except UserError as error:
+        return {}, f"dataset metrics not recomputed over the pooled shards: {error}"
+    with tempfile.TemporaryDirectory() as tmp:
+        recon, gt = _merged_folders(list(run_dirs), Path(tmp))
+        values = suite.per_dataset(recon, gt)
+    return {k: float(v) for k, v in values.items() if as_float(v) is not None}, None
+
+
+# --- reference numbers ------------------------------------------------------------------------------------------
+def read_reference(path: Path, dataset: str) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(method, task): {metric: value}}`` of the rows of ``dataset`` in a reference CSV."""
+    path = path if Path(path).is_absolute() or Path(path).is_file() else ROOT / path
+    with Path(path).open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["dataset"] == dataset]
+    return {
+        (r["method"], r["task"]): {k: float(v) for k, v in r.items() if k not in ("dataset", "method", "task") and v}
+        for r in rows
+    }
+
+
+# --- building the table -----------------------------------------------------------------------------------------
+def job_runs(sweep_dir: Path, folder: str) -> list[Path]:
+    """The run folders of a job: ``folder`` and its ``shard-*`` subfolders, those that hold a summary."""
+    base = sweep_dir / folder
+    candidates = [base, *sorted(base.glob("shard-*-of-*"))] if base.is_dir() else []
+    return [c for c in candidates if (c / "summary.json").is_file()]
+
+
+def build(
+    roots: Sequence[Path],
+    reference: Path | None = None,
+    dataset: str | None = None,
+    dataset_metrics: bool = True,
+) -> Table:
+    """The table of ``roots`` (sweep folders with ``sweep.json``, or any folders of runs)."""
+    roots = [Path(r) for r in roots]
+    sweep_roots = [r for r in roots if (r / SWEEP_FILE).is_file()]
+    if sweep_roots:
+        table = _from_sweeps(sweep_roots, dataset_metrics)
+    else:
+        table = _from_runs(find_runs(roots), dataset_metrics)
+    if reference is not None and dataset is not None:
+        table.reference = read_reference(reference, dataset)
+    table.metrics = shown_metrics(table)
+    table.footnotes = footnotes(table)
+    return table
+
+
+def _from_sweeps(sweep_roots: list[Path], dataset_metrics: bool) -> Table:
+    sweeps = [json.loads((r / SWEEP_FILE).read_text()) for r in sweep_roots]
+    first = sweeps[0]
+    rows: list[str] = []
+    columns: list[str] = []
+    cells: dict[tuple[str, str], Cell] = {}
+    for root, sweep in zip(sweep_roots, sweeps, strict=True):
+        for job in sweep["jobs"]:
+            row = job.get("row") or f"{job.get('solver')} {job.get('folder', '')}".strip()
+            column = job.get("column") or job.get("task") or "?"
+            if row not in rows:
+                rows.append(row)
+            if column not in columns:
+                columns.append(column)
+            cell = cells.setdefault((row, column), Cell())
+            if job["status"] == "skipped":
+                cell.status, cell.reason, cell.task = "skipped", job.get("reason", ""), job.get("task")
+                continue
+            cell.status, cell.task = "run", job.get("task")
+            cell.runs += job_runs(root, job["folder"])
+    for cell in cells.values():
+        if cell.runs:
+            pool(cell, dataset_metrics)
+    reference, note = {}, None
+    spec = first.get("reference")
+    if isinstance(spec, dict) and spec.get("file") and spec.get("dataset"):
+        reference = read_reference(Path(spec["file"]), spec["dataset"])
+    elif isinstance(spec, dict):
+        note = spec.get("note")
+    return Table(first.get("title"), rows, columns, cells, reference, note, [], sweep=first)
+
+
+def _from_runs(runs: list[Path], dataset_metrics: bool) -> Table:
+    rows: list[str] = []
+    columns: list[str] = []
+    cells: dict[tuple[str, str], Cell] = {}
+    for run_dir in runs:
+        key = run_key(read_summary(run_dir))
+        data, task, model, solver, setting = key
+        row = " ".join(p for p in (PAPER_NAMES.get(solver, solver), setting, f"({model}, {data})") if p)
+        if row not in rows:
+            rows.append(row)
+        if task not in columns:
+            columns.append(task)
+        cell = cells.setdefault((row, task), Cell(task=task))
+        cell.runs.append(run_dir)
+    for cell in cells.values():
+        pool(cell, dataset_metrics)
+    return Table(None, rows, columns, cells, {}, None, [])
+
+
+def paper_name(row: str) -> str:
+    """The name a row has in the reference CSV: the row's own (sweep rows are named as the paper prints them), or
+    the first word mapped through :data:`PAPER_NAMES` for rows named by solver."""
+    first = row.split(" ")[0]
+    return PAPER_NAMES.get(first, row)
+
+
+def reference_of(table: Table, row: str, column: str) -> dict[str, float] | None:
+    cell = table.cells.get((row, column))
+    if cell is None or not table.reference:
+        return None
+    return table.reference.get((row, cell.task or column)) or table.reference.get((paper_name(row), cell.task or ""))
+
+
+def value_of(cell: Cell | None, metric: str) -> tuple[float | None, float | None]:
+    """``(mean, std)`` of ``metric`` in ``cell`` (std ``None`` for dataset metrics)."""
+    if cell is None:
+        return None, None
+    if metric in cell.dataset:
+        return float(cell.dataset[metric]), None
+    stats = cell.stats.get(metric)
+    if not stats or not stats.get("n"):
+        return None, None
+    return float(stats["mean"]), float(stats["std"])
+
+
+def shown_metrics(table: Table) -> list[str]:
+    present = {m for c in table.cells.values() for m in [*c.stats, *c.dataset]}
+    wanted = [m for m in METRICS if m in present and m != "seconds"]
+    for ref in table.reference.values():
+        wanted += [m for m in ref if m not in wanted]
+    return [m for m in METRICS if m in wanted] + [m for m in wanted if m not in METRICS]
+
+
+def best_rows(table: Table, column: str, metric: str) -> set[str]:
+    """The rows holding the best value of ``metric`` in ``column`` (lower or higher is better)."""
+    values = {r: value_of(table.cells.get((r, column)), metric)[0] for r in table.rows}
+    values = {r: v for r, v in values.items() if v is not None}
+    if len(values) < 2:
+        return set()
+    best = (min if metric in LOWER_IS_BETTER else max)(values.values())
+    return {r for r, v in values.items() if v == best}
+
+
+def fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "—"
+    if metric in ("lpips", "ssim", "kid", "kid_clean", "clip_score") or abs(value) < 1:
+        return f"{value:.3f}"
+    if metric == "y_mse":
+        return f"{value:.2e}"
+    return f"{value:.2f}"
+
+
+def fmt_delta(delta: float, metric: str) -> str:
+    """A signed difference with the metric's precision."""
+    text = fmt(abs(delta), metric)
+    return ("−" if delta < 0 else "+") + text
+
+
+def footnotes(table: Table) -> list[str]:
+    """The FID protocol and the scoring departures of the runs (from their summaries and configs)."""
+    notes: list[str] = []
+    runs = [run for cell in table.cells.values() for run in cell.runs]
+    counts = sorted({len(c.rows) for c in table.cells.values() if c.runs})
+    if counts:
+        notes.append(f"Images per cell: {', '.join(map(str, counts))} (mean ± sample std over images).")
+    if any("fid" in c.dataset for c in table.cells.values()):
+        fid_counts = sorted({int(c.dataset.get("fid_images", len(c.rows))) for c in table.cells.values() if c.dataset})
+        reference = "the ground truth of the same images (each run's gt/)"
+        for run in runs:
+            cfg_path = run / "config.yaml"
+            if cfg_path.is_file():
+                from omegaconf import OmegaConf
+
+                ref = OmegaConf.select(OmegaConf.load(cfg_path), "metrics.fid_reference")
+                if ref:
+                    reference = f"{ref}"
+                break
+        notes.append(
+            "FID/KID: clean-fid legacy_pytorch mode = pytorch-fid's Inception-v3 pool3 features (2048-d) with its "
+            f"bilinear resize to 299; reference set: {reference}; images: {', '.join(map(str, fid_counts))}. "
+            "FID is not comparable across extractors or set sizes: compare with the paper only at its set size."
+        )
+    else:
+        notes.append("FID not computed (metrics without dataset metrics, or their Inception weights were missing).")
+    departures = sorted({d for run in runs for d in read_summary(run).get("protocol_departures", [])})
+    if departures:
+        notes.append("Scoring departures from the standard protocol: " + "; ".join(departures) + ".")
+    if table.reference:
+        notes.append("paper: the paper's own numbers (reference CSV); Δ = ours − paper.")
+    elif table.reference_note:
+        notes.append(table.reference_note)
+    cell_notes = sorted({n for c in table.cells.values() for n in c.notes})
+    notes += cell_notes
+    return notes
+
+
+# --- writers ----------------------------------------------------------------------------------------------------
+def _cell_text(table: Table, row: str, column: str, metric: str, bold: set[str], latex: bool) -> str:
+    cell = table.cells.get((row, column))
+    mean, std = value_of(cell, metric)
+    text = fmt(mean, metric)
+    if mean is not None and std is not None and cell is not None and len(cell.rows) > 1:
+        text += (" $\\pm$ " if latex else " ± ") + fmt(std, metric)
+    if row in bold and mean is not None:
+        text = f"\\textbf{{{text}}}" if latex else f"**{text}**"
+    return text
+
+
+def _paper_lines(table: Table, row: str, latex: bool) -> tuple[list[str], list[str]] | None:
+    papers, deltas = [], []
+    found = False
+    for column in table.columns:
+        ref = reference_of(table, row, column) or {}
+        found = found or bool(ref)
+        for metric in table.metrics:
+            value = ref.get(metric)
+            papers.append(fmt(value, metric) if value is not None else "")
+            mean, _ = value_of(table.cells.get((row, column)), metric)
+            deltas.append(fmt_delta(mean - value, metric) if value is not None and mean is not None else "")
+    return (papers, deltas) if found else None
+
+
+def to_markdown(table: Table) -> str:
+    header = ["Method", *[f"{c} {LABELS.get(m, m)}" for c in table.columns for m in table.metrics]]
+    lines = []
+    if table.title:
+        lines += [f"**{table.title}**", ""]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    best = {(c, m): best_rows(table, c, m) for c in table.columns for m in table.metrics}
+    for row in table.rows:
+        status = [table.cells.get((row, c)) for c in table.columns]
+        if all(s is None or s.status == "skipped" for s in status):
+            reason = next((s.reason for s in status if s is not None and s.reason), "not run")
+            lines.append(f"| {row} | not run: {reason} |" + " |" * (len(header) - 2))
+        else:
+            cells = [_cell_text(table, row, c, m, best[(c, m)], False) for c in table.columns for m in table.metrics]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        paper = _paper_lines(table, row, False)
+        if paper:
+            lines.append("| *paper* | " + " | ".join(paper[0]) + " |")
+            if any(paper[1]):
+                lines.append("| *Δ* | " + " | ".join(paper[1]) + " |")
+    lines.append("")
+    lines += [f"{i}. {note}" for i, note in enumerate(table.footnotes, 1)]
+    return "\n".join(lines)
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("_", "\\_").replace("&", "\\&").replace("%", "\\%").replace("#", "\\#")
+
+
+def to_latex(table: Table) -> str:
+    arrows = {m: "$\\downarrow$" if m in LOWER_IS_BETTER else "$\\uparrow$" for m in table.metrics}
+    k = len(table.metrics)
+    lines = [
+        "\\begin{tabular}{l" + ("|" + "r" * k) * len(table.columns) + "}",
+        "\\toprule",
+        " & " + " & ".join(f"\\multicolumn{{{k}}}{{c}}{{{_latex_escape(c)}}}" for c in table.columns) + " \\\\",
+        "Method & "
+        + " & ".join(f"{LABELS.get(m, m)}{arrows[m]}" for _ in table.columns for m in table.metrics)
+        + " \\\\",
+        "\\midrule",
+    ]
+    best = {(c, m): best_rows(table, c, m) for c in table.columns for m in table.metrics}
+    for row in table.rows:
+        status = [table.cells.get((row, c)) for c in table.columns]
+        if all(s is None or s.status == "skipped" for s in status):
+            lines.append(f"{_latex_escape(row)} & \\multicolumn{{{k * len(table.columns)}}}{{c}}{{not run}} \\\\")
+        else:
+            cells = [_cell_text(table, row, c, m, best[(c, m)], True) for c in table.columns for m in table.metrics]
+            lines.append(f"{_latex_escape(row)} & " + " & ".join(cells) + " \\\\")
+        paper = _paper_lines(table, row, True)
+        if paper:
+            lines.append("\\quad\\textit{paper} & " + " & ".join(paper[0]) + " \\\\")
+            if any(paper[1]):
+                lines.append("\\quad$\\Delta$ & " + " & ".join(paper[1]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    lines += [f"% {i}. {note}" for i, note in enumerate(table.footnotes, 1)]
+    return "\n".join(lines)
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+def build_parser(parser: Any = None) -> Any:
+    import argparse
+
+    parser = parser or argparse.ArgumentParser(prog="make_table", description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="sweep folders (with sweep.json) or folders of runs")
+    parser.add_argument("--reference", type=Path, default=None, help="a reference CSV (default: the sweep's)")
+    parser.add_argument("--dataset", default=None, help="the dataset in the reference CSV, e.g. ffhq512")
+    parser.add_argument("--markdown", type=Path, default=None, help="default: <first root>/table.md")
+    parser.add_argument("--latex", type=Path, default=None, help="default: <first root>/table.tex")
+    parser.add_argument("--html", type=Path, default=None, help="default: <first root>/report.html")
+    parser.add_argument("--no-dataset-metrics", action="store_true", help="do not recompute FID over pooled shards")
+    parser.add_argument("--grid-images", type=int, default=3, help="images per task grid in the report")
+    return parser
+
+
+def run_from_args(args: Any) -> int:
+    import sys
+
+    from treg_exp import report
+
+    roots = [Path(r) for r in args.roots]
+    if not find_runs(roots) and not any((r / SWEEP_FILE).is_file() for r in roots):
+        print(f"error: no summary.json below {', '.join(map(str, roots))}", file=sys.stderr)
+        return 2
+    reference = args.reference
+    if reference is None and args.dataset:
+        reference = ROOT / "reference" / "p2l_tables.csv"
+    table = build(roots, reference, args.dataset, dataset_metrics=not args.no_dataset_metrics)
+    markdown = to_markdown(table)
+    print(markdown)
+    out = roots[0]
+    (args.markdown or out / "table.md").write_text(markdown + "\n")
+    (args.latex or out / "table.tex").write_text(to_latex(table) + "\n")
+    html = args.html or out / "report.html"
+    report.write_report(table, html, grid_images=args.grid_images)
+    print(f"\nwrote {args.markdown or out / 'table.md'}, {args.latex or out / 'table.tex'}, {html}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_from_args(build_parser().parse_args(argv))
