@@ -37,6 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLVERS = {"ldps": LDPS, "gml_dps": GMLDPS, "psld": PSLD, "ldir": LDIR, "dps": DPS}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: one intra-op thread is as fast, and on a loaded CPU two threads spin-wait for
+    each other (measured 0.2 s vs 2–13 s per tiny run); restored after this module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _gens(batch: int, seed: int = 0) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
 
@@ -107,7 +117,10 @@ def _tiny_problem(task: str):
     """Two smooth images, the task's operator (parameters drawn per image) and its measurements."""
     lin = torch.linspace(-1.0, 1.0, TINY_SHAPE[-1])
     x = torch.stack(
-        [torch.stack([0.7 * torch.sin(3 * lin[:, None] + b) * lin[None, :] + 0.1 * c for c in range(3)]) for b in (0, 1)]
+        [
+            torch.stack([0.7 * torch.sin(3 * lin[:, None] + b) * lin[None, :] + 0.1 * c for c in range(3)])
+            for b in (0, 1)
+        ]
     )
     gens = _gens(2, seed=7)
     operator = _task(task).draw(gens, x.shape)
@@ -208,7 +221,9 @@ def _paper_loss(name: str, options: dict, operator, y: torch.Tensor):
         return v.flatten(1).norm(dim=1)
 
     if name == "psld" and options.get("gluing_transpose") == "adjoint":
-        return lambda x0: norm(y - operator(x0)) + 0.1 * norm(operator.adjoint(y) + x0 - operator.adjoint(operator(x0)) - x0)
+        return lambda x0: (
+            norm(y - operator(x0)) + 0.1 * norm(operator.adjoint(y) + x0 - operator.adjoint(operator(x0)) - x0)
+        )
     if name == "psld":  # the DPS code's transpose of a blur is the identity
         return lambda x0: norm(y - operator(x0)) + 0.1 * norm(y + x0 - operator(x0) - x0)
     if name == "dps":  # ζ = 0.3 on the clamped x̂0
@@ -289,3 +304,161 @@ def calibrate_batched(solver, problem: Problem):
     gens = [g for s in range(k) for g in seeding.batch_generators(solver_seed(s), problem.ids, seeding.SOLVER)]
     out = solver.solve(y, operator, problem.prior, problem.prompts * k, gens, (k * n, *problem.x.shape[1:]))
     return score(out.double().view(k, n, *problem.x.shape[1:]), problem)
+
+
+#: test-local settings at 32 px, 200 steps: the norm-gradient step sizes are half of conf/solver_model's 64 px ones
+#: (∇‖y − Ax‖ has unit size spread over 4× fewer pixels); LDIR's Adam step is per element, resolution-free.
+CAL_SOLVERS = {
+    "ldps": lambda **kw: LDPS(step_size=2.0, **kw),
+    "gml_dps": lambda **kw: GMLDPS(step_size=2.0, **kw),
+    "psld": lambda **kw: PSLD(step_size=2.0, **kw),
+    "ldir": lambda **kw: LDIR(step_size=0.05, **kw),
+    "dps": lambda **kw: DPS(step_size=3.0, **kw),
+}
+CAL_COMMON = {"num_steps": CAL_STEPS, "alpha_index_shift": 0}
+
+
+def assert_calibrated(numbers) -> None:
+    """The bounds every solver of the family meets and each typical wrong update breaks (measured, 32 px):
+
+    - ``mse_ratio < 1.5`` (measured 0.88–1.12; an exact sampler 1): a sign error (≈ 20), the squared norm (≈ 20),
+      Adam without √v̂ (≈ 8);
+    - ``bias2 < min(0.5, 0.5·Aᵀy's)`` (measured 0.02–0.30; Aᵀy 0.82 deblur, 1.48 inpainting): the same three
+      (≥ 3.7), i.e. beating ``Aᵀy`` by a factor of two;
+    - ``0.6 < spread_ratio < 1.5`` (measured 0.80–1.07): the squared norm in LDPS collapses every seed onto one
+      answer (0.000), a missing √ on DDIM's ``ᾱ_prev`` does too (0.08), a sign error spreads them (≈ 5.5).
+
+    The DDPM step's coefficients move these numbers by less than their noise (a missing √ on ``ᾱ_prev`` there reads
+    0.168 vs 0.163): ``test_ddpm_step_matches_diffusers`` catches those.
+    """
+    assert numbers.mse_ratio < 1.5, numbers
+    assert numbers.bias2 < min(0.5, 0.5 * numbers.adjoint_bias2), numbers
+    assert 0.6 < numbers.spread_ratio < 1.5, numbers
+
+
+@pytest.mark.parametrize("task", ["gauss_deblur", "inpaint_random"])
+@pytest.mark.parametrize("name", list(CAL_SOLVERS))
+def test_gaussian_prior_calibration(problems, name: str, task: str) -> None:
+    """Each solver against the exact posterior: MSE near an exact sample's, spread near the posterior's, squared bias
+    of the mean a fraction of Aᵀy's (bounds and what breaks them: :func:`assert_calibrated`)."""
+    numbers = calibrate_batched(CAL_SOLVERS[name](**CAL_COMMON), problems[task])
+    print(f"{name} {task}: {numbers}")
+    assert_calibrated(numbers)
+
+
+class _SignError(LDPS):
+    def direction(self, grad, state):
+        return -grad
+
+
+class _SquaredNorm(LDPS):
+    def loss(self, z0, x0, ctx):
+        return self.step_size * self.measurement_norm(x0, ctx) ** 2
+
+
+class _AdamWithoutSqrt(LDIR):
+    def direction(self, grad, state):
+        history = state.setdefault("adam", core.AdamHistory(self.beta1, self.beta2, self.adam_eps))
+        history.direction(grad)
+        m_hat = history.m / (1 - history.beta1**history.count)
+        v_hat = history.v / (1 - history.beta2**history.count)
+        return self.step_size * m_hat / (v_hat + history.eps)
+
+
+def _ddim_without_sqrt(z0, eps, alpha_bar, alpha_bar_prev, eta=0.0, noise=None):
+    return alpha_bar_prev * z0 + (1.0 - alpha_bar_prev) ** 0.5 * eps
+
+
+@pytest.mark.parametrize("mutant", ["sign", "squared_norm", "adam_without_sqrt", "ddim_without_sqrt"])
+def test_wrong_updates_break_the_bounds(problems, mutant: str, monkeypatch) -> None:
+    """The bounds of :func:`assert_calibrated` fail for the wrong updates they are meant to catch (deblurring)."""
+    make = {
+        "sign": lambda: _SignError(step_size=2.0, **CAL_COMMON),
+        "squared_norm": lambda: _SquaredNorm(step_size=2.0, **CAL_COMMON),
+        "adam_without_sqrt": lambda: _AdamWithoutSqrt(step_size=0.05, **CAL_COMMON),
+        "ddim_without_sqrt": lambda: LDPS(step_size=2.0, **CAL_COMMON),
+    }[mutant]
+    if mutant == "ddim_without_sqrt":
+        monkeypatch.setattr(core, "ddim_step", _ddim_without_sqrt)
+    numbers = calibrate_batched(make(), problems["gauss_deblur"])
+    with pytest.raises(AssertionError):
+        assert_calibrated(numbers)
+
+
+# --- options, quirks and configs ----------------------------------------------------------------------------------
+def test_official_transpose_is_the_dps_codes() -> None:
+    """PSLD's official ``Aᵀ``: the identity on image-shaped measurements, nearest upsampling for SR, which for a
+    box (average-pooling) SR is f²·Aᵀ, the true adjoint scaled (an independent relation)."""
+    v = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    sr = super_resolution(factor=4, kernel="box").draw([], (2, 3, 32, 32))
+    torch.testing.assert_close(official_transpose(v, torch.Size((2, 3, 32, 32))), 16.0 * sr.adjoint(v))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert official_transpose(x, x.shape) is x
+
+
+def test_renoised_residual_has_the_measurement_noise_level() -> None:
+    """``renoise_residual``: the loss is ‖y − A x̂0 − σ_y n‖ with fresh n ~ N(0, I) every step, so late in the run (small
+    residual) loss² − residual² averages σ_y²·M (M measurements); without it the two are equal."""
+    prior = GaussianPrior(pixel_std=CALIBRATION_PIXEL_STD, dtype="float64").load("cpu")
+    operator = Inpainting(mask_type="random", drop_ratio=0.5, sigma_y=0.1).draw(_gens(1), (1, 3, 32, 32))
+    x = prior.sample(prior.embed_text([""]), _gens(1, seed=1), 32, 32)
+    y = operator.measure(x, _gens(1, seed=2))
+    measured = 3 * 32 * 32  # the operator's output size (holes are zeros of y and of A x̂0, noise included)
+    for renoise in (True, False):
+        log: list[tuple[float, float]] = []
+        LDPS(num_steps=200, step_size=2.0, alpha_index_shift=0, renoise_residual=renoise).solve(
+            y, operator, prior, [""], _gens(1, seed=3), x.shape,
+            callback=lambda i, v, log=log: log.append((float(v["dps/loss"][0]) / 2.0, float(v["dps/residual"][0]))),
+        )  # fmt: skip
+        late = torch.tensor(log[100:], dtype=torch.float64)
+        excess = float((late[:, 0] ** 2 - late[:, 1] ** 2).mean()) / (0.1**2 * measured)
+        assert excess == (pytest.approx(1.0, abs=0.1) if renoise else 0.0)
+
+
+def test_bad_options_fail_in_the_constructor_or_before_any_pass(tiny) -> None:
+    for cls, kwargs in [
+        (LDPS, {"sampler": "euler"}),
+        (LDPS, {"step_size": -1.0}),
+        (LDPS, {"clip_denoised": "sometimes"}),
+        (DPS, {"ddpm_variance": "learned"}),
+        (GMLDPS, {"encode_mode": "mode"}),
+        (PSLD, {"gluing_transpose": "pinv"}),
+        (LDIR, {"beta1": 1.0}),
+    ]:
+        with pytest.raises(UserError):
+            cls(**kwargs)
+    x, operator, y = _tiny_problem("gauss_deblur")
+    tiny.reset_counter()
+    with pytest.raises(UserError, match="pixel-space"):
+        LDPS(num_steps=2, clip_denoised=True).solve(y, operator, tiny, ["a", "b"], _gens(2), x.shape)
+    # the truncated-SVD SR has no counterpart in the DPS code, whose transpose PSLD's default uses
+    svd = instantiate(OmegaConf.load(ROOT / "conf/task/sr8.yaml"), impl="svd").draw(_gens(2), x.shape)
+    with pytest.raises(UserError, match="gluing_transpose=adjoint"):
+        PSLD(num_steps=2).solve(svd.measure(x, _gens(2)), svd, tiny, ["a", "b"], _gens(2), x.shape)
+    assert tiny.counter["unet_calls"] == 0
+
+
+def test_configs_hold_the_paper_values() -> None:
+    """conf/solver/<name>.yaml instantiates each class with the values its docstring cites (official code where it
+    exists), and model=gaussian / the per-task files apply (test_configs composes every group)."""
+    from tests.test_configs import compose_with
+
+    solvers = {name: instantiate(compose_with(f"solver={name}").solver) for name in SOLVERS}
+    for name, solver in solvers.items():
+        assert type(solver) is SOLVERS[name] and solver.num_steps == 1000 and solver.gradient_checkpointing is True
+        assert solver.cfg_scale == 0.0 and solver.output == "latent"
+    assert (solvers["psld"].step_size, solvers["psld"].gluing_weight, solvers["psld"].renoise_residual) == (
+        1,
+        0.1,
+        True,
+    )
+    assert solvers["psld"].gluing_transpose == "official" and solvers["psld"].alpha_index_shift == 1
+    assert (solvers["gml_dps"].gluing_weight, solvers["gml_dps"].renoise_residual) == (0.1, True)
+    assert (solvers["ldps"].step_size, solvers["ldps"].renoise_residual, solvers["ldps"].eta) == (1.0, False, 0.0)
+    assert (solvers["ldir"].step_size, solvers["ldir"].beta1, solvers["ldir"].beta2) == (0.05, 0.9, 0.999)
+    assert (solvers["dps"].step_size, solvers["dps"].sampler, solvers["dps"].alpha_index_shift) == (0.3, "ddpm", 0)
+    box = instantiate(compose_with("solver=psld", "task=inpaint_box").solver)
+    assert (box.step_size, box.gluing_weight) == (0.1, 0.01)
+    assert instantiate(compose_with("solver=dps", "task=inpaint_random").solver).step_size == 0.5
+    gaussian = instantiate(compose_with("solver=ldps", "model=gaussian").solver)
+    assert (gaussian.num_steps, gaussian.alpha_index_shift, gaussian.step_size) == (200, 0, 4.0)

@@ -300,7 +300,9 @@ def ddpm_step(
     z_prev = coef_z0 * z0 + coef_zt * z_t
     sigma2 = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) if variance == "small" else beta
     if alpha_bar_prev >= 1.0:
-        sigma2 = 0.0  # the last step, to the clean image, adds no noise (Ho et al.'s z = 0 at t = 1) for either variance
+        sigma2 = (
+            0.0  # the last step, to the clean image, adds no noise (Ho et al.'s z = 0 at t = 1) for either variance
+        )
     if sigma2 > 0.0:
         if noise is None:
             raise ValueError("ddpm_step with a positive variance needs noise")

@@ -254,7 +254,9 @@ class DPSFamily(Solver):
         state: dict = {}
         result = None
         for step in plan:
-            noise = seeding.randn(shape[1:], generators, device=device, dtype=dtype) if self._needs_noise(step) else None
+            noise = (
+                seeding.randn(shape[1:], generators, device=device, dtype=dtype) if self._needs_noise(step) else None
+            )
             ctx = StepContext(y=y, operator=operator, prior=prior, generators=generators, step=step)
             result = core.denoiser_gradient(
                 prior,

@@ -23,7 +23,7 @@ default because they produced the published numbers, each a flag:
   (``diffusion-posterior-sampling/guided_diffusion/measurements.py``), which is *not* the adjoint: the identity for
   blur, motion blur, inpainting and denoising, and nearest-neighbour upsampling for super-resolution. So for
   deblurring ``x̃ = y + x̂0 − A x̂0``. Here: the identity when the measurement has the image's shape, nearest
-  upsampling by the integer factor when it is a smaller image, an error otherwise (e.g. the SVD operators).
+  upsampling for super-resolution (``SeparableDownsample``), an error otherwise (e.g. the SVD operators).
   ``gluing_transpose=adjoint`` uses the operator's true adjoint, the paper's formula (P2L ran it so, via ``jax.vjp``).
   For inpainting the two agree (``y`` is zero in the holes here; the official ``y`` carries noise there).
 
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from treg_exp.errors import UserError
 from treg_exp.operators.base import LinearOperator
+from treg_exp.operators.sr import SeparableDownsample
 from treg_exp.solvers.gml_dps import GMLDPS
 from treg_exp.solvers.ldps import StepContext
 
@@ -82,14 +83,13 @@ class PSLD(GMLDPS):
                     "use solver.gluing_transpose=official"
                 )
             return
-        height, width = int(image_shape[-2]), int(image_shape[-1])
-        image_like = y.dim() == 4 and y.shape[1] == image_shape[1] and y.shape[-1] > 0 and y.shape[-2] > 0
-        if image_like and height % y.shape[-2] == 0 and width % y.shape[-1] == 0:
-            if height // y.shape[-2] == width // y.shape[-1]:
-                return
+        if tuple(y.shape[1:]) == tuple(image_shape[1:]):
+            return  # blur, inpainting, denoising: the DPS code's transpose is the identity
+        if isinstance(operator, SeparableDownsample) and y.dim() == 4:
+            return  # super-resolution: nearest upsampling by the factor
         raise UserError(
-            f"PSLD: the official transpose needs a measurement that is the image or a smaller image by an integer "
-            f"factor, got {tuple(y.shape)} for images {tuple(image_shape)}; use solver.gluing_transpose=adjoint"
+            f"PSLD: the official transpose is defined for image-shaped measurements and super-resolution, not "
+            f"{type(operator).__name__} (measurements {tuple(y.shape)}); use solver.gluing_transpose=adjoint"
         )
 
     def glued_image(self, x0: torch.Tensor, ctx: StepContext) -> torch.Tensor:
