@@ -50,11 +50,15 @@ class Step:
         return self.t_prev < 0
 
 
-def sampling_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+def sampling_timesteps(schedule: NoiseSchedule, num_steps: int, alpha_index_shift: int = 0) -> list[int]:
     """Descending timesteps of an ``num_steps`` grid, as diffusers' DDIMScheduler spaces them.
 
     ``leading``: t = k·(T // N) + offset for k = N−1 … 0 (SD 1.5, 200 steps: 996, 991, …, 1).
     ``trailing``: t = round(T − k·T/N) − 1.
+
+    The first timestep must have a ᾱ in the table: ``t − alpha_index_shift < T``. So SD's 1000-step grid
+    (t = 1000, …, 1) is valid with the official ᾱ_{t−1} pairing (shift 1: what the official PSLD and TReg codes
+    run at 1000 steps, the UNet getting t = 1000) and an error with the textbook pairing.
     """
     big_t = schedule.num_train_timesteps
     if not 0 < num_steps <= big_t:
@@ -67,10 +71,10 @@ def sampling_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:
         grid = [int(round(big_t - k * ratio)) - 1 for k in range(num_steps)]
     else:
         raise UserError(f"unsupported timestep_spacing {schedule.timestep_spacing!r}")
-    if grid[0] >= big_t:
+    if grid[0] - alpha_index_shift >= big_t:
         raise UserError(
             f"timestep {grid[0]} is outside the schedule's {big_t} steps "
-            f"(num_steps={num_steps}, steps_offset={schedule.steps_offset})"
+            f"(num_steps={num_steps}, steps_offset={schedule.steps_offset}, alpha_index_shift={alpha_index_shift})"
         )
     return grid
 
@@ -92,7 +96,7 @@ def ddim_plan(schedule: NoiseSchedule, num_steps: int, alpha_index_shift: int = 
             alpha_bar=alpha_bar_at(schedule, t, alpha_index_shift),
             alpha_bar_prev=alpha_bar_at(schedule, t - stride, alpha_index_shift),
         )
-        for i, t in enumerate(sampling_timesteps(schedule, num_steps))
+        for i, t in enumerate(sampling_timesteps(schedule, num_steps, alpha_index_shift))
     ]
 
 
@@ -263,3 +267,44 @@ class AdamHistory:
         m_hat = self.m / (1.0 - self.beta1**self.count)
         v_hat = self.v / (1.0 - self.beta2**self.count)
         return m_hat / (v_hat.sqrt() + self.eps)
+
+
+# --- the DDPM ancestral step (DPS family: latent helper) ------------------------------------------------------------
+DDPM_VARIANCES = ("small", "large")
+
+
+def ddpm_step(
+    z_t: torch.Tensor,
+    z0: torch.Tensor,
+    alpha_bar: float,
+    alpha_bar_prev: float,
+    noise: torch.Tensor | None = None,
+    variance: str = "small",
+) -> torch.Tensor:
+    """DDPM ancestral step: a draw from ``q(z_prev | z_t, ẑ0)`` (Ho et al. 2020, eq. 6–7), on any grid.
+
+    With the grid's own ``β = 1 − ᾱ_t/ᾱ_prev`` (guided-diffusion's respaced betas) and ``α = 1 − β``:
+    ``z_prev = √ᾱ_prev·β/(1−ᾱ_t)·ẑ0 + √α·(1−ᾱ_prev)/(1−ᾱ_t)·z_t + σ·ξ``, with ``σ² = β̃ = β·(1−ᾱ_prev)/(1−ᾱ_t)``
+    (``variance="small"``, the posterior variance) or ``σ² = β`` (``"large"``); no noise on a step to ``ᾱ_prev = 1``.
+    With ``"small"`` and ẑ0, z_t tied by Tweedie this is DDIM with η = 1.
+
+    Args:
+        z_t: ``[B, C, h, w]`` the current state; z0: ``[B, C, h, w]`` its clean estimate ẑ0.
+        noise: ξ ``[B, C, h, w]``, required unless σ = 0 (``ᾱ_prev = 1``, or ``ᾱ_prev = ᾱ_t``).
+    """
+    if variance not in DDPM_VARIANCES:
+        raise UserError(f"DDPM variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+    beta = 1.0 - alpha_bar / alpha_bar_prev
+    coef_z0 = alpha_bar_prev**0.5 * beta / (1.0 - alpha_bar)
+    coef_zt = (1.0 - beta) ** 0.5 * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+    z_prev = coef_z0 * z0 + coef_zt * z_t
+    sigma2 = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) if variance == "small" else beta
+    if alpha_bar_prev >= 1.0:
+        sigma2 = (
+            0.0  # the last step, to the clean image, adds no noise (Ho et al.'s z = 0 at t = 1) for either variance
+        )
+    if sigma2 > 0.0:
+        if noise is None:
+            raise ValueError("ddpm_step with a positive variance needs noise")
+        z_prev = z_prev + sigma2**0.5 * noise
+    return z_prev
