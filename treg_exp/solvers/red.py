@@ -205,7 +205,9 @@ class RED(Solver):
                 alpha = self.weight(operator.sigma_y, sigma_eff)
                 previous = x
                 if self.method == "gd":
-                    grad = operator.adjoint(operator(x).to(dtype) - y).to(dtype) + alpha * (x - denoise(x, t, alpha_bar))
+                    grad = operator.adjoint(operator(x).to(dtype) - y).to(dtype) + alpha * (
+                        x - denoise(x, t, alpha_bar)
+                    )
                     mu = self.step_size if self.step_size is not None else per_image(1.0 / (lipschitz + alpha), x)
                     x = x - mu * grad
                 else:
