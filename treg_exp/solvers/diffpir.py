@@ -146,7 +146,7 @@ class DiffPIR(Solver):
         clip_x0: bool = True,
         sub_iters: int = 1,
         output: str = "state",
-        cg_iters: int = 100,
+        cg_iters: int = 20,
         cg_tol: float = 1e-6,
         cfg_scale: float = 0.0,
         null_prompt: str = "",

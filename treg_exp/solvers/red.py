@@ -119,7 +119,7 @@ class RED(Solver):
         step_size: float | None = None,
         admm_beta: float | None = None,
         inner_iters: int = 1,
-        cg_iters: int = 50,
+        cg_iters: int = 20,
         cg_tol: float = 1e-6,
         cfg_scale: float = 0.0,
         null_prompt: str = "",
