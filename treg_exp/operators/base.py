@@ -102,3 +102,33 @@ class LinearOperator(nn.Module, ABC):
         y = y.to(dtype)
         rhs = self.adjoint(y) + lam * x0
         return conjugate_gradient(lambda v: self.normal(v) + lam * v, rhs, x0, iters, tol)
+
+    # --- the exact proximal step of the data term (DiffPIR, RED-ADMM; see treg_exp.operators.prox) -----------
+    def has_closed_form_prox(self) -> bool:
+        """Whether :meth:`normal_inverse` is exact for this operator (otherwise :meth:`prox_l2` runs CG)."""
+        return False
+
+    def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+        """``(AᵀA + λI)⁻¹ rhs`` in closed form, for operators whose :meth:`has_closed_form_prox` is true."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form (AᵀA + λI)⁻¹")
+
+    def prox_l2(
+        self, y: torch.Tensor, x0: torch.Tensor, lam: float, cg_iters: int = 50, cg_tol: float = 0.0
+    ) -> torch.Tensor:
+        """``argmin_x ‖y − A x‖² + λ‖x − x₀‖²``, i.e. ``(AᵀA + λI) x = Aᵀy + λx₀``.
+
+        Exact (:meth:`normal_inverse`) where the operator has a closed form and ``λ > 0``; otherwise
+        :meth:`solve_damped` (CG from ``x₀``, at most ``cg_iters`` iterations, stop at ‖r‖ < ``cg_tol``). Computed in
+        float32 (float64 when ``x₀`` is float64).
+
+        Args:
+            y: the measurement ``[B, ...]``; x0: ``[B, 3, H, W]`` the point the step is anchored at.
+
+        Returns:
+            ``[B, 3, H, W]``.
+        """
+        if lam > 0 and self.has_closed_form_prox():
+            dtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
+            x0 = x0.to(dtype)
+            return self.normal_inverse(self.adjoint(y.to(dtype)) + lam * x0, lam)
+        return self.solve_damped(y, x0, lam, cg_iters, cg_tol)[0]

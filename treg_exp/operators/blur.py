@@ -160,6 +160,34 @@ class Blur(LinearOperator):
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return tuple(y.shape)
 
+    # --- closed-form (AᵀA + λI)⁻¹ for the circular boundary (treg_exp.operators.prox) -------------------------
+    def has_closed_form_prox(self) -> bool:
+        """True for ``padding=circular``: ``AᵀA`` is then circulant (diagonal in the 2-D DFT)."""
+        return self.padding == "circular"
+
+    def normal_spectrum(self, like: torch.Tensor) -> torch.Tensor:
+        """DFT eigenvalues ``[B, 3, H, W]`` of the circulant ``AᵀA`` (circular padding): the DFT of ``AᵀA δ₀``.
+
+        Probed with one :meth:`normal` application on an impulse at pixel (0, 0) (the circulant's first column),
+        so the kernel's flip and centring are the operator's own; cached per shape, dtype and device.
+        """
+        if not self.has_closed_form_prox():
+            raise UserError(f"{self.name}: only padding=circular has a diagonal (Fourier) AᵀA, got {self.padding}")
+        key = (tuple(like.shape), like.dtype, str(like.device))
+        cache = self.__dict__.setdefault("_spectrum_cache", {})
+        if key not in cache:
+            impulse = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+            impulse[..., 0, 0] = 1.0
+            cache[key] = torch.fft.fft2(self.normal(impulse)).real
+        return cache[key]
+
+    def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+        """``(AᵀA + λI)⁻¹ rhs`` by FFT (circular padding only): ``rhs`` ``[B, 3, H, W]`` → same."""
+        from treg_exp.operators.prox import circulant_normal_inverse
+
+        rhs = compute_dtype(rhs)
+        return circulant_normal_inverse(rhs, self.normal_spectrum(rhs), lam)
+
 
 class MotionBlur(Blur):
     """DPS's motion deblurring: one Borodenko trajectory kernel (61×61, intensity 0.5) per image.

@@ -28,3 +28,10 @@ class Denoising(LinearOperator):
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return tuple(y.shape)
+
+    def has_closed_form_prox(self) -> bool:
+        return True
+
+    def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+        """``rhs / (1 + λ)`` (``AᵀA = I``)."""
+        return compute_dtype(rhs) / (1.0 + lam)

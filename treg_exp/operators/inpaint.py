@@ -144,3 +144,11 @@ class Inpainting(LinearOperator):
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return tuple(y.shape)
+
+    def has_closed_form_prox(self) -> bool:
+        return True
+
+    def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+        """``rhs / (m + λ)`` (``AᵀA = diag(m)``, ``m`` binary; DiffPIR's ``(m·y + ρ·x̂0)/(m + ρ)``)."""
+        rhs = compute_dtype(rhs)
+        return rhs / (self._mask_for(rhs) + lam)

@@ -236,6 +236,27 @@ class SeparableSVD(LinearOperator):
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return (*y.shape[:-2], self.in_size(y.shape[-2]), self.in_size(y.shape[-1]))
 
+    # --- closed-form (AᵀA + λI)⁻¹ (treg_exp.operators.prox) -------------------------------------------------
+    def has_closed_form_prox(self) -> bool:
+        """True: ``AᵀA = (M'_hᵀM'_h) ⊗ (M'_wᵀM'_w)`` is diagonalised by the 1-D Gram eigenvectors."""
+        return True
+
+    def gram_eig(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V, Λ)`` of ``M'ᵀM'`` for an axis of length ``n`` (float64, CPU, cached)."""
+        from treg_exp.operators.prox import gram_eigh
+
+        cache = self.__dict__.setdefault("_gram_cache", {})
+        if n not in cache:
+            cache[n] = gram_eigh(self.factors(n)[0])
+        return cache[n]
+
+    def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+        """``(AᵀA + λI)⁻¹ rhs``: ``[B, C, H, W]`` → same, exact."""
+        from treg_exp.operators.prox import separable_normal_inverse
+
+        rhs = compute_dtype(rhs)
+        return separable_normal_inverse(rhs, self.gram_eig(rhs.shape[-2]), self.gram_eig(rhs.shape[-1]), lam)
+
 
 def svd_gaussian_blur(
     kernel_size: int = 61,

@@ -128,13 +128,7 @@ def ddim_step(
         eps: ``[B, C, h, w]`` the noise estimate ε̂ paired with ``z0``.
         noise: ξ, required when ``eta > 0``.
     """
-    sigma = ddim_sigma(alpha_bar, alpha_bar_prev, eta)
-    z_prev = alpha_bar_prev**0.5 * z0 + max(1.0 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
-    if sigma > 0.0:
-        if noise is None:
-            raise ValueError("ddim_step with eta > 0 needs noise")
-        z_prev = z_prev + sigma * noise
-    return z_prev
+    return renoise(z0, eps, alpha_bar_prev, ddim_sigma(alpha_bar, alpha_bar_prev, eta), noise)
 
 
 def guided_eps(
@@ -307,4 +301,29 @@ def ddpm_step(
         if noise is None:
             raise ValueError("ddpm_step with a positive variance needs noise")
         z_prev = z_prev + sigma2**0.5 * noise
+    return z_prev
+
+
+# --- pixel-space solvers: DDS, DiffPIR (helper "pixel", issue 10) -------------------------------------------------
+def renoise(
+    z0: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_bar_prev: float,
+    sigma: float,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The DDIM form with an explicit noise level: ``z_prev = √ᾱ_prev·ẑ0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·ξ``.
+
+    DDS writes its step as ``σ = η·√(1−ᾱ_prev)`` (so ``√(1−ᾱ_prev)·√(1−η²)`` multiplies ε̂), DiffPIR as
+    ``σ = √ζ·√(1−ᾱ_prev)``; :func:`ddim_step` is the same form with DDIM's own σ(η).
+
+    Args:
+        z0: ``[B, C, h, w]`` the clean estimate; eps: ``[B, C, h, w]`` the noise estimate paired with it.
+        sigma: σ ≥ 0, at most ``√(1−ᾱ_prev)``; noise: ξ, required when ``sigma > 0``.
+    """
+    z_prev = alpha_bar_prev**0.5 * z0 + max(1.0 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
+    if sigma > 0.0:
+        if noise is None:
+            raise ValueError("renoise with sigma > 0 needs noise")
+        z_prev = z_prev + sigma * noise
     return z_prev
