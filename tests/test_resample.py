@@ -173,7 +173,9 @@ def official_resample(
                 sigma = 40 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
                 if index >= index_split:
                     with torch.no_grad():
-                        opt_var = pixel_optimization(prior.decode(pseudo_x0))
+                        x_prime = prior.decode(pseudo_x0)
+                    opt_var = pixel_optimization(x_prime)
+                    with torch.no_grad():
                         opt_var = prior.encode(opt_var, mode="mean")
                 else:
                     opt_var = latent_optimization(pseudo_x0)
@@ -190,8 +192,8 @@ def official_resample(
     ids=["tiny-official", "gaussian-standard-aligned"],
 )
 def test_matches_official_transcription(tiny64, prior_name: str, variant: str, indexing: str) -> None:
-    """The solver equals the straight-line official loop to 1e-8: 12 steps with DC every 2nd official index, so
-    3 pixel-space DC steps, 1 latent-space one, time travel, resampling and the final optimisation all run (the
+    """The solver equals the straight-line official loop to 1e-6: 10 steps with DC every 2nd official index, so
+    2 pixel-space DC steps, 1 latent-space one, time travel, resampling and the final optimisation all run (the
     latent window of 2 iterations stops some fits early). Catches any change of order, index, constant or formula;
     the Gaussian case checks the ``standard`` Tweedie and ``aligned`` time-travel flags against the same loop."""
     if prior_name == "tiny":
@@ -201,10 +203,10 @@ def test_matches_official_transcription(tiny64, prior_name: str, variant: str, i
         prior = GaussianPrior(dtype="float64").load("cpu")
         operator = Inpainting(mask_type="random", drop_ratio=0.5).draw(_gens(), SHAPE)
     y = operator.measure(_truth(), _gens(seed=7))
-    kwargs = dict(num_steps=12, time_travel=2, dc_every=2, pixel_iters=6, latent_iters=5, patience=2)
-    assert dc_stages(12, 2, 3) == [None] * 3 + ["pixel", None] * 3 + ["latent"] + [None] * 2
+    kwargs = dict(num_steps=10, time_travel=2, dc_every=2, pixel_iters=6, latent_iters=5, patience=2)
+    assert dc_stages(10, 2, 3) == [None] * 3 + ["pixel", None] * 2 + ["latent"] + [None] * 2
     solver = ReSample(
-        num_steps=12,
+        num_steps=10,
         dc_every=2,
         time_travel_steps=2,
         pixel_iters=6,
@@ -230,7 +232,7 @@ def test_matches_official_transcription(tiny64, prior_name: str, variant: str, i
     assert diff < 1e-6, diff
     assert ref.std() > 1e-3
     # every stage ran
-    assert len(log["dc/pixel"]) == 3 and len(log["dc/latent"]) == 1 and len(log["final/iterations"]) == 1
+    assert len(log["dc/pixel"]) == 2 and len(log["dc/latent"]) == 1 and len(log["final/iterations"]) == 1
 
 
 def _log(log: dict, step: int, values: dict) -> None:
@@ -303,7 +305,7 @@ def _official_fit(start, loss_fn, lr, max_iters, eps, patience=None):
     return z.detach(), max_iters
 
 
-@pytest.mark.parametrize("patience", [None, 3], ids=["tolerance", "window"])
+@pytest.mark.parametrize("patience", [None, 10], ids=["tolerance", "window"])
 def test_adamw_fit_is_the_official_loop_per_image(patience) -> None:
     """A batch of 2 with different stopping iterations equals the official loop run on each image alone: the
     tolerance rule (image 0, noiseless, stops at ``loss < tol²``), the loss window (image 1, noisy), or the cap.
@@ -327,11 +329,12 @@ def test_adamw_fit_is_the_official_loop_per_image(patience) -> None:
         )
         assert int(fit.iterations[b]) == its
         assert torch.allclose(fit.value[b : b + 1], ref, atol=1e-12, rtol=0)
-    assert fit.iterations[0] < fit.iterations[1]  # per-image stops: image 0 stopped first
+    # per-image stops: image 0 by the tolerance; image 1 by the cap (no window) or, earlier, by the window
+    assert fit.loss_end[0] < tol**2 and fit.iterations[0] < 300
     if patience is None:
-        assert fit.loss_end[0] < tol**2 and fit.iterations[1] == 300
+        assert fit.iterations[1] == 300
     else:
-        assert fit.iterations[1] < 300  # the window stopped the noisy image
+        assert fit.iterations[1] < fit.iterations[0] and fit.loss_end[1] > tol**2
 
 
 # --- hard data consistency -------------------------------------------------------------------------------------
