@@ -12,7 +12,7 @@ Algorithm (DDIM η = 0, from ``z_T`` = the prior's ``initial_noise``), for each 
 1. ``ε̂ = ε(z_t, t)``; DDIM ``z′ = √ᾱ_prev·ẑ0 + √(1−ᾱ_prev)·ε̂`` with Tweedie ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t``
    (ddim.py 530–538).
 2. Latent DPS step, every step: ``z′ ← z′ − ζ·ᾱ_t·∇_{z_t}‖y − A(D(ẑ0′(z_t)))‖₂`` with ``ζ = dps_scale`` = 0.5
-   (ddim.py 255–261: ``scale=a_t*.5``, ``a_t`` the *current* ᾱ_t; condition_methods.py 33–35 and 64–65: the norm
+   (ddim.py 255–261: ``scale=a_t*.5``, ``a_t`` the *current* ᾱ_t; condition_methods.py 31–33 and 62–63: the norm
    over the whole tensor, **not squared**, gradient w.r.t. ``z_t`` through the UNet, ẑ0′ and the decoder).
    ``ẑ0′`` is the official "pseudo x0" ``(z_t − (1−ᾱ_t)·ε̂)/√ᾱ_t`` (ddim.py 541: ``sqrt_one_minus_at**2``, i.e.
    ``1−ᾱ_t`` where Tweedie has ``√(1−ᾱ_t)``) with ``tweedie_variant=one_minus_alpha_bar`` (default: what the official
@@ -35,7 +35,7 @@ Algorithm (DDIM η = 0, from ``z_T`` = the prior's ``initial_noise``), for each 
       ``ẑ0(y) = argmin_z MSE(y, A(D(z)))`` from ``ẑ0′`` by AdamW (lr ``latent_lr`` 5e-3, weight decay 0.01), at most
       ``latent_iters`` 500 iterations, stopping after the update of an iteration whose loss exceeds the loss
       ``latent_patience`` (200) iterations earlier, or is below ``latent_tol²`` = 1e-6.
-   d. Stochastic resampling (ddim.py 287–288, 318–320, 435–441):
+   d. Stochastic resampling (ddim.py 288–289, 318–320, 435–441):
       ``z_prev ~ N((σ²√ᾱ_prev·ẑ0(y) + (1−ᾱ_prev)·z′)/(σ² + 1−ᾱ_prev), σ²(1−ᾱ_prev)/(σ² + 1−ᾱ_prev)·I)`` with
       ``σ² = γ·(1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)``, ``γ = resample_gamma`` = 40 (the official variable ``sigma``
       is this variance). It is the product of ``N(√ᾱ_prev·ẑ0(y), (1−ᾱ_prev)·I)`` and ``N(z′, σ²·I)``.
@@ -63,6 +63,9 @@ Departures from the official code, and why:
   explicitly, so every published task ran with ``0.5·ᾱ_t``; no per-task file is needed. ``γ = 40`` is commented
   "change the 40 value for each task" and ``latent_optimization`` "200 steps for inpainting", but neither is
   changed anywhere in the code: both stay at their defaults here for every task.
+- Grid: ``core.ddim_plan`` (diffusers' "leading" spacing, ``t = k·⌊T/N⌋ + offset``, ᾱ_prev = ᾱ_0 after the last
+  step) is ldm's ``make_ddim_timesteps``/``make_ddim_sampling_parameters`` grid whenever N divides T = 1000
+  (500: t = 999, 997, …, 1); for other N ldm's grid has N + 1 steps (its length assert is commented out), here N.
 - Randomness: the official code draws from the global torch RNG; here ``z_T``, any DDIM η noise, the encoder sample
   (``encode_mode=sample``) and the resampling noise come from each image's solver generator (in that order).
 - Precision: the networks run in ``prior.dtype``; latents, optimisations and operators in float32 (float64 for a
@@ -134,7 +137,7 @@ def dc_stages(num_steps: int, dc_every: int = 10, splits: int = 3) -> list[str |
 
 # --- stochastic resampling ------------------------------------------------------------------------------------
 def resample_variance(alpha_bar: float, alpha_bar_prev: float, gamma: float) -> float:
-    """``σ² = γ·(1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)`` (ddim.py 288 and 318; 0 when ᾱ_t = ᾱ_prev)."""
+    """``σ² = γ·(1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)`` (ddim.py 289 and 318; 0 when ᾱ_t = ᾱ_prev)."""
     return max(gamma * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev), 0.0)
 
 
