@@ -58,6 +58,8 @@ Departures from the official code, and why:
   the unconditional (empty-prompt) branch only, as the official unconditional model; 1 the prompt; > 1 CFG.
 - On a pixel prior (``model=gaussian``, ``adm_*``: ``E``/``D`` identities) the pixel and latent optimisations
   minimise the same loss; they still differ in learning rate, iteration cap and stopping rule, as officially.
+  ``conf/solver_model/resample_gaussian.yaml`` stops both at the noise level (``pixel_tol = latent_tol = σ_y``):
+  the official 1e-3 is never reached at σ_y = 0.01, so the fits run to their caps and fit the noise.
 - Per-task values: the official task configs carry ``conditioning.params.scale`` (0.5 deblur/inpaint, 1.0 motion
   blur, 0.1 SR ×4), but ``PosteriorSampling.__init__`` drops it and the sampler passes ``scale=a_t*.5``
   explicitly, so every published task ran with ``0.5·ᾱ_t``; no per-task file is needed. ``γ = 40`` is commented
