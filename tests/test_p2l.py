@@ -59,10 +59,11 @@ def tiny64() -> TinyStableDiffusionPrior:
 
 
 # --- the tiny SD model: batching, determinism, finiteness -----------------------------------------------------
-#: the per-task paper values with 2 steps, one prompt iteration, a projection on step 0 (not on the last step, so
-#: the output reuses that step's decode), DDIM noise and the encoder's posterior sample: every random draw a batch
-#: could mix up is exercised.
-SMALL = dict(num_steps=2, prompt_iters=1, prompt_lr=1e-2, project_every=2, eta=0.5, encode_mode="sample")
+#: the per-task paper values with one step, one prompt iteration, a projection (so the output re-decodes
+#: E(x̄)), DDIM noise and the encoder's posterior sample: every random draw a batch could mix up is exercised.
+#: sr8 runs 2 steps: the second is warm-started from the first's C and does not project (the output reuses its
+#: decode).
+SMALL = dict(num_steps=1, prompt_iters=1, prompt_lr=1e-2, project_every=2, eta=0.5, encode_mode="sample")
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -70,10 +71,11 @@ def test_tiny_batch_of_two_is_two_runs(tiny64, task: str) -> None:
     """Image b of a batch of 2 equals a run of image b alone (own prompt, C under Adam, CG, mask, generator).
 
     Catches any per-batch reduction where a per-image one belongs (a norm over the batch, a shared Adam scale, the
-    first image's mask or prompt used for all); sr8 also runs with gradient checkpointing (the default), checking it
-    is switched on the prior and leaves the result unchanged up to float64 rounding."""
-    checkpointing = task == "sr8"
-    solver = instantiate(_config(task, **SMALL, gradient_checkpointing=checkpointing))
+    first image's mask or prompt used for all); inpaint_freeform also runs with gradient checkpointing (the
+    default), checking it is switched on the prior."""
+    checkpointing = task == "inpaint_freeform"
+    steps = 2 if task == "sr8" else 1
+    solver = instantiate(_config(task, **{**SMALL, "num_steps": steps}, gradient_checkpointing=checkpointing))
     operator = instantiate(OmegaConf.load(ROOT / f"conf/task/{task}.yaml"))
     x = _truth(2, torch.float64)
     batched_op = operator.draw(_gens(2, seed=7), x.shape)
@@ -93,12 +95,12 @@ def test_tiny_batch_of_two_is_two_runs(tiny64, task: str) -> None:
     assert not torch.allclose(batched[0], batched[1])
 
 
-def test_tiny_same_seed_same_bits() -> None:
-    """float32: the same seed gives the same bits, another seed another result (ξ and the encoder sample differ)."""
-    prior = TinyStableDiffusionPrior(dtype="float32").load("cpu")
+def test_tiny_same_seed_same_bits(tiny64) -> None:
+    """The same seed gives the same bits, another seed another result (z_T, ξ and the encoder sample differ)."""
+    prior = tiny64
     solver = instantiate(_config("sr8", **SMALL, gradient_checkpointing=False))
     operator = instantiate(OmegaConf.load(ROOT / "conf/task/sr8.yaml"))
-    x = _truth(1, torch.float32)
+    x = _truth(1, torch.float64)
     y = operator.measure(x, _gens(1, seed=7))
     first = solver.solve(y, operator, prior, ["a photo"], _gens(1, seed=3), x.shape)
     second = solver.solve(y, operator, prior, ["a photo"], _gens(1, seed=3), x.shape)
@@ -218,9 +220,11 @@ def _calibration_operator(task: str):
     return Inpainting(mask_type="random", drop_ratio=[0.3, 0.7])
 
 
-#: Calibration of conf/solver_model/p2l_gaussian.yaml at 100 steps on the test problems (2 prior draws at 32 px,
-#: 3 seeds), and of the mistakes the bounds below are meant to catch (measured with these settings; each changes
-#: one thing): (mse ratio, spread ratio, bias2); Aᵀy's bias2 is 0.82 (deblur) and 1.48 (inpainting).
+#: Calibration of conf/solver_model/p2l_gaussian.yaml at 100 steps with ρ = 1 (its ρ = 0.3 suits its 1000
+#: steps; with 10× fewer likelihood steps a larger one does, and at 0.3 the step is too weak for its mistakes to
+#: show) on the test problems (2 prior draws at 32 px, 3 seeds), and of the mistakes the bounds below are meant to
+#: catch (measured with these settings, each changing one thing): (mse ratio, spread ratio, bias2). Aᵀy's bias2 is
+#: 0.82 (deblur) and 1.48 (inpainting).
 #:
 #: ========================  ===================  ===================
 #: variant                   gauss_deblur         inpaint_random
@@ -236,8 +240,9 @@ CALIBRATION_BOUNDS = {"bias2": 0.15, "mse_ratio": 1.1, "spread_ratio": (0.5, 1.0
 
 @pytest.mark.parametrize("task", ["gauss_deblur", "inpaint_random"])
 def test_calibration_on_the_gaussian_prior(task: str) -> None:
-    """conf/solver_model/p2l_gaussian.yaml (100 steps here) against the exact posterior (:mod:`treg_exp.calibration`)
-    on 2 prior draws × 3 seeds at 32 px. Bounds, and the mistakes (table above) that break them:
+    """conf/solver_model/p2l_gaussian.yaml (100 steps and ρ = 1 here, see above) against the exact posterior
+    (:mod:`treg_exp.calibration`) on 2 prior draws × 3 seeds at 32 px. Bounds, and the mistakes (table above)
+    that break them:
 
     - ``bias2 < 0.15`` (and below ``Aᵀy``'s): a sign error in the likelihood step, the projection's damping
       inverted, the projection skipped (0.17 … 1.2);
@@ -247,7 +252,7 @@ def test_calibration_on_the_gaussian_prior(task: str) -> None:
       collapse to one answer per measurement (spread 0).
     """
     problem = calibration.make_problem(_calibration_operator(task), num_images=2, resolution=32, seeds=3)
-    solver = instantiate(_config(task if task != "inpaint_random" else None, "gaussian", num_steps=100))
+    solver = instantiate(_config(task if task != "inpaint_random" else None, "gaussian", num_steps=100, step_size=1.0))
     result = calibration.calibrate(solver, problem)
     print(task, result)
     assert result.bias2 < min(CALIBRATION_BOUNDS["bias2"], result.adjoint_bias2)

@@ -156,7 +156,9 @@ class P2L(Solver):
         if eta < 0:
             raise UserError(f"solver.eta must be >= 0, got {eta}")
         if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
-            raise UserError(f"solver.timestep_spacing must be one of {TIMESTEP_SPACINGS} or null, got {timestep_spacing!r}")
+            raise UserError(
+                f"solver.timestep_spacing must be one of {TIMESTEP_SPACINGS} or null, got {timestep_spacing!r}"
+            )
         if int(prompt_iters) < 0 or prompt_lr < 0:
             raise UserError("solver.prompt_iters and solver.prompt_lr must be >= 0")
         if gradient_type not in GRADIENT_TYPES:
@@ -287,11 +289,12 @@ class P2L(Solver):
             # 1. prompt tuning with z_t fixed, warm-started from the previous step's C
             cond, loss_before = self._tune_prompt(prior, z, step, y, operator, cond, carried)
             # 2. ε̂, ẑ0, D(ẑ0) and ∇_{z_t} r with the tuned C, in one pass
+            tuned, t = cond.detach(), step.t
             result = denoiser_gradient(
                 prior,
                 z,
                 step.alpha_bar,
-                eps_fn=lambda z_in, c=cond.detach(): prior.eps(z_in, step.t, c),
+                eps_fn=lambda z_in: prior.eps(z_in, t, tuned),  # noqa: B023 - called before the next iteration
                 loss_fn=lambda _z0, x: self._residual(y, operator, x),
             )
             z0, x0 = result.z0, result.x0
