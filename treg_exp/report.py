@@ -92,33 +92,45 @@ def table_html(table: Table) -> str:
                 f'<tr class="skipped"><td>{html.escape(row)}</td><td colspan="{span}">not run: '
                 f"{html.escape(reason)}</td></tr>"
             )
-            continue
-        tds = []
-        for column in table.columns:
-            cell = table.cells.get((row, column))
-            for metric in metrics:
-                mean, std = value_of(cell, metric)
-                text = fmt(mean, metric)
-                if mean is not None and std is not None and cell is not None and len(cell.rows) > 1:
-                    text += f" ± {fmt(std, metric)}"
-                if row in best[(column, metric)] and mean is not None:
-                    text = f"<b>{text}</b>"
-                tds.append(f"<td>{text}</td>")
-        body.append(f"<tr><td>{html.escape(row)}</td>{''.join(tds)}</tr>")
-        papers, deltas, found = [], [], False
-        for column in table.columns:
-            ref = reference_of(table, row, column) or {}
-            found = found or bool(ref)
-            for metric in metrics:
-                value = ref.get(metric)
-                mean, _ = value_of(table.cells.get((row, column)), metric)
-                papers.append(f"<td>{fmt(value, metric) if value is not None else ''}</td>")
-                delta = fmt_delta(mean - value, metric) if value is not None and mean is not None else ""
-                deltas.append(f"<td>{delta}</td>")
-        if found:
-            body.append(f'<tr class="paper"><td>paper</td>{"".join(papers)}</tr>')
-            body.append(f'<tr class="delta"><td>Δ</td>{"".join(deltas)}</tr>')
+        else:
+            body.append(_row_html(table, row, metrics, best))
+        body += _paper_html(table, row, metrics)
     return f'<table class="results">{head1}{head2}{"".join(body)}</table>'
+
+
+def _row_html(table: Table, row: str, metrics: list[str], best: dict) -> str:
+    tds = []
+    for column in table.columns:
+        cell = table.cells.get((row, column))
+        for metric in metrics:
+            mean, std = value_of(cell, metric)
+            text = fmt(mean, metric)
+            if mean is not None and std is not None and cell is not None and len(cell.rows) > 1:
+                text += f" ± {fmt(std, metric)}"
+            if row in best[(column, metric)] and mean is not None:
+                text = f"<b>{text}</b>"
+            tds.append(f"<td>{text}</td>")
+    return f"<tr><td>{html.escape(row)}</td>{''.join(tds)}</tr>"
+
+
+def _paper_html(table: Table, row: str, metrics: list[str]) -> list[str]:
+    """The paper's numbers under ``row`` and the difference, or nothing when the reference has none."""
+    papers, deltas, found = [], [], False
+    for column in table.columns:
+        ref = reference_of(table, row, column) or {}
+        found = found or bool(ref)
+        for metric in metrics:
+            value = ref.get(metric)
+            mean, _ = value_of(table.cells.get((row, column)), metric)
+            papers.append(f"<td>{fmt(value, metric) if value is not None else ''}</td>")
+            delta = fmt_delta(mean - value, metric) if value is not None and mean is not None else ""
+            deltas.append(f"<td>{delta}</td>")
+    if not found:
+        return []
+    lines = [f'<tr class="paper"><td>paper</td>{"".join(papers)}</tr>']
+    if any(d != "<td></td>" for d in deltas):
+        lines.append(f'<tr class="delta"><td>Δ</td>{"".join(deltas)}</tr>')
+    return lines
 
 
 def grids_html(table: Table, grid_images: int) -> str:
