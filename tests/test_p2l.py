@@ -213,6 +213,25 @@ def test_prompt_override_replaces_the_image_prompts(monkeypatch) -> None:
     assert len(seen) == 3 and all(torch.equal(c, prior.embed_text(["blue", "blue"])) for c in seen)
 
 
+def test_carried_prompt_adam(monkeypatch) -> None:
+    """``carry_prompt_adam``: step 0 is the fresh-Adam step (same first Adam step); later steps differ, because the
+    carried moments remember earlier gradients (a fresh Adam's first step is ``lr·g/|g|`` every time)."""
+    prior = GaussianPrior(dtype="float64")
+    eps_fn = prior.eps
+    operator = gaussian_deblur(kernel_size=9, kernel_sigma=2.0, padding="circular")
+    x = prior.sample(prior.embed_text(["blue"]), _gens(1, seed=2), 16, 16)
+    y = operator.measure(x, _gens(1, seed=5))
+    used = {}
+    for carry in (False, True):
+        seen: list[torch.Tensor] = []
+        monkeypatch.setattr(prior, "eps", lambda z, t, c, seen=seen: seen.append(c.detach().clone()) or eps_fn(z, t, c))
+        solver = P2L(num_steps=4, prompt_iters=2, prompt_lr=1e-2, carry_prompt_adam=carry)
+        solver.solve(y, operator, prior, ["red"], _gens(1), x.shape)
+        used[carry] = torch.stack(seen[2::3])  # the C of each step's likelihood pass
+    assert torch.equal(used[False][0], used[True][0])
+    assert not torch.allclose(used[False][-1], used[True][-1])
+
+
 # --- calibration against the exact posterior ------------------------------------------------------------------
 def _calibration_operator(task: str):
     if task == "gauss_deblur":  # circular boundary: the exact posterior's circulant solve is instant

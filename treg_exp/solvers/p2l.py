@@ -68,7 +68,8 @@ Cost per image, with ``N = num_steps``, ``K = prompt_iters``, ``P = ⌈N / proje
 ``N·(K+1)`` UNet calls of 1 row and ``N·(K+1)`` decodes, each with a backward pass (the K prompt iterations and
 the likelihood gradient); ``P`` encodes; one more decode for the output when the last step projects (otherwise
 the last step's ``D(ẑ0)`` is reused); one text-encoder pass per distinct prompt. CG costs ``cg_iters + 1``
-operator normal-equation applications per projection (no network passes). Gradient checkpointing of UNet and VAE
+operator normal-equation applications per projection (no network passes), the projection diagnostics two more
+operator applications. Gradient checkpointing of UNet and VAE
 is on by default (``gradient_checkpointing``), trading a recomputed forward for activation memory.
 
 Diagnostics via ``callback(step_index, values)``, each value ``[B]``: ``prompt/loss_before`` (``r`` at the
