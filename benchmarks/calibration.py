@@ -42,6 +42,17 @@ SOLVERS: list[tuple[str, list[str]]] = [
     ("posterior_mean", []),
     ("posterior_sample", []),
     ("treg", []),
+    ("ldps", []),
+    ("gml_dps", []),
+    ("psld", []),
+    ("ldir", []),
+    ("dps", []),
+    ("p2l", []),
+    ("dds", []),
+    ("diffpir", []),
+    ("red", []),  # the Gaussian settings: ADMM, σ annealed 0.5 → 0.03
+    ("red", ["solver.method=gd", "solver.sigma_schedule=fixed", "solver.sigma=0.05"]),
+    ("resample", ["solver.num_steps=100"]),  # 500 official steps cost minutes per image even here
     ("ddim", []),
 ]
 
