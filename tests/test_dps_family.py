@@ -37,16 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLVERS = {"ldps": LDPS, "gml_dps": GMLDPS, "psld": PSLD, "ldir": LDIR, "dps": DPS}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and on a loaded CPU two threads spin-wait for
-    each other (measured 0.2 s vs 2–13 s per tiny run); restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gens(batch: int, seed: int = 0) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
 

@@ -35,16 +35,6 @@ RES = 32
 SHAPE1 = (1, 3, RES, RES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests run many tiny tensor operations; on the shared 2-core machine one intra-op thread is 5–15×
-    faster than two under load (measured: a 32 px separable solve 1 ms vs 8–16 ms at load average 14)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def prior() -> GaussianPrior:
     return GaussianPrior(pixel_std=CALIBRATION_PIXEL_STD, dtype="float64").load("cpu")

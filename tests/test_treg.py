@@ -408,18 +408,8 @@ def test_gradient_checkpointing_is_delegated(prior64) -> None:
 
 
 # --- the exact Gaussian prior ---------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    """One torch intra-op thread for the test: many small FFTs and CG steps, where on a shared 2-core CPU a second
-    thread spins against other processes (the Gaussian prior's ε measured 10× slower with 2 threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("task", ["gauss_deblur", "inpaint_random"])
-def test_gaussian_prior_calibration(task: str, one_thread) -> None:
+def test_gaussian_prior_calibration(task: str) -> None:
     """TReg at its defaults for this prior (200 steps, 57 DC steps, AN off, null prompt "", ω = 1) scored against the
     exact posterior by treg_exp.calibration (4 prior draws at 32 px, 3 seeds; 15×15 σ = 2 circular blur, or 30–70 %
     random inpainting). Each bound catches a mistake:
