@@ -69,6 +69,7 @@ def _closed_form_cases():
         "inpaint_random": Inpainting(mask_type="random").draw(_gens(2, 1), shape),
         "sr4_bicubic": SeparableDownsample(4),
         "svd_blur": svd_gaussian_blur(kernel_size=15, kernel_sigma=2.0),
+        "svd_blur_consistent": svd_gaussian_blur(kernel_size=15, kernel_sigma=2.0, svd_pairing="consistent"),
         "svd_sr4": svd_downsample(4),
     }
 
@@ -302,9 +303,11 @@ def test_bad_options_are_one_line_user_errors() -> None:
 # --- calibration against the exact posterior ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def problems():
-    """gauss_deblur (TReg's SVD blur, 15×15 σ = 2) and inpaint_random at 32 px: 2 prior draws, 3 exact samples."""
+    """gauss_deblur (TReg's SVD blur, 15×15 σ = 2, consistent pairing) and inpaint_random at 32 px: 2 prior draws, 3 exact samples."""
     return {
-        "gauss_deblur": make_problem(gaussian_deblur(kernel_size=15, kernel_sigma=2.0, impl="svd"), 2, RES, 3),
+        "gauss_deblur": make_problem(
+            gaussian_deblur(kernel_size=15, kernel_sigma=2.0, impl="svd", svd_pairing="consistent"), 2, RES, 3
+        ),
         "inpaint_random": make_problem(Inpainting(mask_type="random", drop_ratio=(0.3, 0.7)), 2, RES, 3),
     }
 

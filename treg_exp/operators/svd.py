@@ -238,7 +238,8 @@ class SeparableSVD(LinearOperator):
 
     # --- closed-form (AᵀA + λI)⁻¹ (treg_exp.operators.prox) -------------------------------------------------
     def has_closed_form_prox(self) -> bool:
-        """True: ``AᵀA = (M'_hᵀM'_h) ⊗ (M'_wᵀM'_w)`` is diagonalised by the 1-D Gram eigenvectors."""
+        """True: ``AᵀA = (M'_hᵀM'_h) ⊗ (M'_wᵀM'_w)`` is diagonalised by the 1-D Gram eigenvectors (consistent
+        pairing), or ``AᵀA = V diag(D²) Vᵀ`` with ``V = V_h ⊗ V_w`` square and orthogonal (official pairing)."""
         return True
 
     def gram_eig(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,6 +256,11 @@ class SeparableSVD(LinearOperator):
         from treg_exp.operators.prox import separable_normal_inverse
 
         rhs = compute_dtype(rhs)
+        if self.pairing == "official":  # V (Vᵀ r / (D² + λ)); the official pairing has factor 1, so V is square
+            h, w = rhs.shape[-2:]
+            scale = self._scale(h, w, rhs.shape[-3], False, rhs)
+            coeffs = self._mat(h, "Vt", rhs) @ rhs @ self._mat(w, "Vt", rhs).T
+            return self._mat(h, "Vt", rhs).T @ (coeffs / (scale * scale + lam)) @ self._mat(w, "Vt", rhs)
         return separable_normal_inverse(rhs, self.gram_eig(rhs.shape[-2]), self.gram_eig(rhs.shape[-1]), lam)
 
 
