@@ -542,8 +542,8 @@ def test_multirun_goes_on_past_a_refused_job_and_lists_it(images, tmp_path):
     assert code == 2, output[-3000:]
     assert "1 of 2 jobs did not finish" in output
     assert "task.sigma_y=-1): refused: task.sigma_y must be at least 0, got -1" in output
-    (done,) = [d for d in sweep.iterdir() if (d / "summary.json").is_file()]
-    assert json.loads((done / "summary.json").read_text())["counts"]["ok"] == 3
+    (done,) = sweep.rglob("summary.json")  # job folders are <task>/<solver>/<settings> (the table sweeper)
+    assert json.loads(done.read_text())["counts"]["ok"] == 3
 
     stopped, log = tmp_path / "stopped", tmp_path / "stopped.log"
     args = ["-m", *folder_args(images), "task.sigma_y=-1,0.01", "fail_fast=true", f"hydra.sweep.dir={stopped}"]

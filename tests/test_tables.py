@@ -164,6 +164,24 @@ def test_every_cell_of_a_table_preset_composes_or_is_skipped_with_its_reason(exp
     assert {j.solver for j in plan.to_run} <= {"treg", "ddim"} | {p.stem for p in (CONF / "solver").glob("*.yaml")}
 
 
+def test_a_row_whose_solver_or_model_is_missing_is_skipped_with_its_reason(tmp_path):
+    """A preset row naming a solver (or model) this checkout lacks is skipped with one line naming the missing file,
+    and the present rows still run: catches a missing method turning a whole table into an error."""
+    cfg, _ = sweep_plan("experiment=p2l_table2_ffhq", tmp_path=tmp_path)
+    rows = [{"Missing": "solver=not_a_solver"}, {"Gone": "solver=treg model=not_a_model"}, {"TReg": "solver=treg"}]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        s = cfg.hydra.sweeper
+        plan = sweep.plan_sweep(cfg, loader, ["experiment=p2l_table2_ffhq"], s.params, rows, s.columns, s.cells)
+    reasons = {j.row: j.reason for j in plan.jobs if j.status == "skipped"}
+    assert reasons == {
+        "Missing": "solver=not_a_solver: conf/solver/not_a_solver.yaml is not in this checkout",
+        "Gone": "model=not_a_model: conf/model/not_a_model.yaml is not in this checkout",
+    }
+    assert {j.row for j in plan.to_run} == {"TReg"} and len(plan.to_run) == len(plan.columns)
+
+
 def test_sweep_plan_merges_layers_and_names_folders(tmp_path):
     """The command line beats rows (model=tiny replaces a row's ADM), cells add to their one cell only, and folders
     are fixed by a job's settings (so a relaunch finds them), shards in their own subfolder."""
@@ -327,21 +345,20 @@ def test_two_shards_pool_to_the_unsharded_run(tmp_path):
 
 
 def test_p2l_table_sweep_runs_the_grid_and_make_table_writes_both_tables(tmp_path):
-    """`run.py -m experiment=p2l_table2_ffhq ...` runs every present row × column (missing solvers skipped with a
-    notice) and make_table lays it out as the paper, with the paper's numbers and the report.
+    """`run.py -m experiment=p2l_table2_ffhq ...` runs every row × column (every method of the table exists) and
+    make_table lays it out as the paper, with the paper's numbers and the report.
     Hydra's basic launcher: submitit's local one starts every job as its own Python process at once (8 torch imports
     on this 2-core machine); the job function is the same."""
     result = run_cli("-m", "experiment=p2l_table2_ffhq", *FAST, f"paths.output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "skipped: DPS (solver=dps: conf/solver/dps.yaml is not in this checkout)" in result.stdout
-    assert "cost: 8 jobs, 16 images" in result.stdout
+    assert "40 jobs, 40 to run, 0 skipped" in result.stdout
     sweep_dir = tmp_path / "p2l_table2_ffhq"
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     ran = [j for j in plan["jobs"] if j["status"] == "run"]
-    assert len(ran) == 8 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in ran)
+    assert len(ran) == 40 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in ran)
     assert tables.main([str(sweep_dir)]) == 0
     markdown = (sweep_dir / "table.md").read_text()
-    assert "| DPS | not run: solver=dps" in markdown
+    assert "not run" not in markdown
     lines = markdown.splitlines()
     psld = lines.index(next(line for line in lines if line.startswith("| PSLD |")))
     assert lines[psld + 1].startswith("| *paper* |") and "26.62" in lines[psld + 1]  # SR×8 PSNR of PSLD, Table 2
@@ -349,7 +366,8 @@ def test_p2l_table_sweep_runs_the_grid_and_make_table_writes_both_tables(tmp_pat
     latex = (sweep_dir / "table.tex").read_text()
     assert "\\textit{paper}" in latex and "SR (×8)" in latex and "\\textbf{" in latex
     page = (sweep_dir / "report.html").read_text()
-    assert page.count('<img src="data:image/png;base64,') == 4 * 2 * 4  # 4 tasks × 2 images × (y, 2 methods, gt)
+    methods = len({j["row"] for j in ran})
+    assert page.count('<img src="data:image/png;base64,') == 4 * 2 * (methods + 2)  # tasks × images × (y, methods, gt)
 
 
 def test_killed_sweep_resumes_and_treg_table(tmp_path):
@@ -379,7 +397,7 @@ def test_killed_sweep_resumes_and_treg_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not redone
     jobs = [j for j in json.loads((sweep_dir / "sweep.json").read_text())["jobs"] if j["status"] == "run"]
-    assert len(jobs) == 3 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in jobs)
+    assert len(jobs) == 7 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in jobs)
     assert tables.main([str(sweep_dir)]) == 0
     markdown = (sweep_dir / "table.md").read_text()
     assert "| TReg w/o AN |" in markdown and "could not be retrieved" in markdown
