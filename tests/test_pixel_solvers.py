@@ -303,7 +303,8 @@ def test_bad_options_are_one_line_user_errors() -> None:
 # --- calibration against the exact posterior ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def problems():
-    """gauss_deblur (TReg's SVD blur, 15×15 σ = 2, consistent pairing) and inpaint_random at 32 px: 2 prior draws, 3 exact samples."""
+    """gauss_deblur (TReg's SVD blur, 15×15 σ = 2, consistent pairing) and inpaint_random at 32 px: 2 prior draws,
+    3 exact samples."""
     return {
         "gauss_deblur": make_problem(
             gaussian_deblur(kernel_size=15, kernel_sigma=2.0, impl="svd", svd_pairing="consistent"), 2, RES, 3
