@@ -1,37 +1,47 @@
-"""Speed, memory and network-evaluation counts; writes benchmarks/RESULTS.md and benchmarks/results.json.
+"""Speed, memory and network evaluations of every solver; writes benchmarks/RESULTS.md and benchmarks/results.json.
 
-    python benchmarks/run_benchmarks.py            # everything (about 10 min on a 2-core CPU)
-    python benchmarks/run_benchmarks.py --skip-full-size
+    python benchmarks/run_benchmarks.py            # everything (make bench: under 20 min on this 2-core CPU)
+    python benchmarks/run_benchmarks.py --skip-full-size --skip-memory     # the small-model parts only
 
-Three parts:
-1. **Unit costs of the full-size SD 1.5 architecture** (``model=sd15_random``: the real shapes, random weights) at
-   512 px: one UNet call of 1 and 2 rows (a CFG pair), a VAE decode, a VAE encode, a CLIP ViT-L/14 image pass,
-   in the networks' dtype (``--dtype``, bfloat16 by default on CPU, float16 on CUDA), plus peak memory.
-2. **Operators at 512 px**: ``A``, ``Aᵀ`` and TReg's CG solve (5 iterations) for each task.
-3. **Solvers**: each solver config run through the real runner on one 64-px sample photo with its default
-   hyperparameters (``model=tiny``; ``model=gaussian`` for the exact oracles); the network evaluations per image are
-   counted by the prior, and are the same with the full-size model, so *estimated full-size seconds per image* =
-   Σ evaluations × part 1's unit costs (network time only; CG, Adam and I/O are extra, part 2 gives their scale).
-   Every solver of ``conf/solver/`` is run at its defaults (on ``model=tiny``) besides the named variants.
+Parts (each a section of RESULTS.md):
 
-``benchmarks/results.json`` holds the same figures for programs (``treg_exp.cost`` reads them for the estimate a
-run or sweep prints at start). Schema (``"schema": 1``)::
+1. **Full-size passes** (``benchmarks/full_size.py``, its own process): SD 1.5's architecture with random weights
+   (``model=sd15_random``) at 512 px in the networks' dtype (``--dtype``: bfloat16 on CPU, float16 on CUDA): forward
+   seconds of each pass, backward seconds of UNet/decoder/encoder with checkpointing, ``channels_last`` on/off, and
+   the full-size FFHQ ADM UNet at 256 px (the pixel solvers' prior).
+2. **Full-size solvers on a few steps**: TReg, DDIM, LDPS and PSLD through the runner at 512 px, under the
+   profiler: seconds per step *extrapolated* to the default steps, and where TReg's time goes (per network and
+   outside the networks).
+3. **Activation memory** (``benchmarks/memory.py``, its own process): one LDPS and one PSLD step at 512 px in
+   float32, with and without gradient checkpointing.
+4. **Every solver on the small model** (``model=tiny``, 64 px, one photo, through the runner): seconds per image,
+   peak RSS and network evaluations per image at the solver's defaults. Solvers whose default is more than
+   :data:`MAX_SMALL_STEPS` steps run :data:`FIT_STEPS` steps and are *extrapolated* along the line through the two
+   (labelled). Their full-size cost per image = the counts × part 1's seconds (``treg_exp.cost``).
+5. **Batching**: each solver on 4 photos, batch 1 and batch 4, :data:`BATCH_STEPS` steps (``model=tiny``): seconds
+   per image of the solve and of the whole pipeline.
+6. **Options**: TReg on ``model=tiny`` eager, with ``channels_last`` and with ``torch.compile``.
+7. **Operators at 512 px**: ``A``, ``Aᵀ`` and TReg's 5-iteration CG for each task.
 
-    {"schema": 1,
+``benchmarks/results.json`` holds the figures for programs (``treg_exp.cost`` reads it for the estimate a run or a
+sweep prints at start). Schema (``"schema": 2``)::
+
+    {"schema": 2,
      "machines": {                       # one entry per machine and device; a run replaces only its own entry
        "<device>:<name>": {              # e.g. "cpu:x86_64 (2 cores)", "cuda:NVIDIA H200"
          "device": "cpu" | "cuda", "name": str, "torch": str, "date": "YYYY-MM-DD", "command": str,
          "networks": {                   # per architecture (treg_exp.cost.architecture maps model names to these)
            "sd15": {"resolution": 512, "dtype": str, "peak_memory_gib": float,
-                    "seconds": {"unet_1row": s, "unet_2rows": s, "decode": s, "encode": s, "clip_image": s}}},
+                    "seconds": {"unet_1row", "unet_2rows", "decode", "encode", "clip_image",
+                                "unet_backward", "decode_backward", "encode_backward": s}},
+           "adm_ffhq256": {"resolution": 256, "dtype": str, "seconds": {...the same keys where they apply}}},
+         "full_size_solvers": {"<name>": {"steps": k, "default_steps": n, "seconds": s, "seconds_per_step": s,
+                                          "extrapolated_seconds_per_image": s, "split": {...}, "peak_gib": g}},
          "operators": {"<task [overrides]>": {"forward": s, "adjoint": s, "cg5": s}}}},
-     "solvers": {                        # network evaluations per image at the solver's defaults (any machine)
+     "solvers": {                        # network evaluations per image (any machine), measured on model=tiny
        "<solver>": {"overrides": [...], "num_steps": int | null, "resolution": 64,
-                    "counts": {"unet_calls": n, "unet_rows": n, "decode_rows": n, "encode_rows": n,
-                               "clip_image_rows": n}, "seconds_small_model": s}}}
-
-A GPU run adds its ``cuda:<name>`` machine beside the CPU one; other architectures (a pixel ADM prior) add their own
-``networks`` key with the same five pass names where they apply (``decode``/``encode`` are identity for pixel priors).
+                    "counts": {"unet_calls": n, "unet_rows": n, "unet_grad_rows": n, "decode_rows": n, ...},
+                    "seconds_small_model": s, "peak_rss_gib_small_model": g}}}
 """
 
 from __future__ import annotations
@@ -40,7 +50,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,97 +57,143 @@ import time
 from pathlib import Path
 
 import torch
+from common import ROOT, compose, peak_gib, reset_peak, timed
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from treg_exp import cost
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
-UNIT_KEYS = ("unet_1row", "unet_2rows", "decode", "encode", "clip_image")
 TASKS = ["gauss_deblur", "motion_deblur", "sr4", "sr8", "sr16", "inpaint_box", "inpaint_random", "inpaint_freeform"]
-#: (name, overrides) of the solver runs in part 3; a name that is a solver's config name is its defaults run
-SOLVER_RUNS = [
-    ("treg", ["model=tiny", "solver=treg"]),
-    ("treg cfg 0, no AN", ["model=tiny", "solver=treg", "solver.cfg_scale=0", "solver.adaptive_negation=false"]),
-    ("treg + DPS", ["model=tiny", "solver=treg", "solver.use_dps=true"]),
-    ("ddim", ["model=tiny", "solver=ddim"]),
-    ("posterior_mean", ["model=gaussian", "solver=posterior_mean", "task.padding=circular"]),
-    ("posterior_sample", ["model=gaussian", "solver=posterior_sample", "task.padding=circular"]),
+#: solvers with more default steps than this run :data:`FIT_STEPS` steps on the small model; seconds and counts are
+#: the straight line through the two runs at the default steps (exact for counts of a loop with one kind of step)
+MAX_SMALL_STEPS = 200
+FIT_STEPS = (20, 40)
+#: steps of the batch-1-versus-4 runs (the ratio is per step)
+BATCH_STEPS = 10
+BATCH_IMAGES = 4
+#: batch runs with fewer inner iterations (the same for both batch sizes): ReSample's optimisations do not shrink
+#: with the steps, and would take most of the benchmark's time
+BATCH_EXTRA = {"resample": ["solver.pixel_iters=200", "solver.latent_iters=50"]}
+#: targets of the performance issue, checked in RESULTS.md
+ACTIVATION_TARGET_GIB = 3.0
+BATCH_TARGET = 0.6
+OVERHEAD_TARGET = 0.05
+#: (name, overrides) of the small-model runs besides every conf/solver/<name>.yaml at its defaults
+VARIANTS = [
+    ("treg cfg 0, no AN", ["solver=treg", "solver.cfg_scale=0", "solver.adaptive_negation=false"]),
+    ("treg + DPS", ["solver=treg", "solver.use_dps=true"]),
 ]
+EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the exact Gaussian prior
+COUNT_KEYS = cost.COUNT_NAMES
 
 
-def solver_run_list() -> list[tuple[str, list[str]]]:
-    """:data:`SOLVER_RUNS` plus every other ``conf/solver/<name>.yaml`` at its defaults on ``model=tiny``."""
-    named = {name for name, _ in SOLVER_RUNS}
-    extra = [
-        (path.stem, ["model=tiny", f"solver={path.stem}"])
-        for path in sorted((ROOT / "conf" / "solver").glob("*.yaml"))
-        if path.stem not in named
-    ]
-    return SOLVER_RUNS + extra
+def solver_names() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / "solver").glob("*.yaml"))
 
 
-def compose(overrides: list[str]):
-    """The run config for ``overrides`` (as ``python run.py <overrides>`` would compose it)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides)
-    OmegaConf.set_struct(cfg, False)
-    cfg.paths.run_dir = "unused"
-    return cfg
+def small_model_overrides(name: str) -> list[str]:
+    if name in EXACT_PRIOR:
+        return ["model=gaussian", f"solver={name}", "task.padding=circular"]
+    return ["model=tiny", f"solver={name}"]
 
 
-def best_time(fn, repeats: int = 2) -> float:
-    """Minimum wall time of ``repeats`` calls (after one warm-up call), synchronising CUDA."""
-    times = []
-    for i in range(repeats + 1):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+def run_once(overrides: list[str], images: int = 1, batch_size: int = 1, resolution: int = 64) -> dict:
+    """One run through the real runner: wall seconds per image (prior loaded beforehand), its rows, peak RSS."""
+    from treg_exp.app import build_runner
+
+    cfg = compose([*overrides, f"data.limit={images}", f"data.resolution={resolution}", "metrics=fast"])
+    cfg.batch_size = batch_size
+    with tempfile.TemporaryDirectory() as run_dir:
+        runner = build_runner(cfg, Path(run_dir))
+        runner.progress = False
+        runner.prior.load("cpu")
+        reset_peak()
         start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i > 0:
-            times.append(time.perf_counter() - start)
-    return min(times)
+        runner.run()
+        wall = time.perf_counter() - start
+        rows = [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "rows").glob("*.json"))]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed or len(rows) != images:
+        raise RuntimeError(f"{overrides}: {failed[0].get('error') if failed else 'rows missing'}")
+    return {"wall_per_image": wall / images, "rows": rows, "peak_rss_gib": peak_gib(), "cfg": cfg}
 
 
-def peak_memory_gib() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+def small_model_runs() -> list[dict]:
+    """Part 4: every solver (and :data:`VARIANTS`) on one 64-px photo at its defaults, steps capped."""
+    runs = [(name, small_model_overrides(name)) for name in solver_names()] + [
+        (name, ["model=tiny", *overrides]) for name, overrides in VARIANTS
+    ]
+    run_once(["model=tiny", "solver=treg", "solver.num_steps=2", "solver.use_dps=true"])  # warm-up, not timed
+    results = []
+    for name, overrides in runs:
+        default_steps = compose(overrides).solver.get("num_steps")
+        fitted = bool(default_steps and default_steps > MAX_SMALL_STEPS)
+        steps_run = FIT_STEPS if fitted else (default_steps,)
+        measured = []
+        for steps in steps_run:
+            run = run_once([*overrides, *([f"solver.num_steps={steps}"] if fitted else [])])
+            values = {k: float(run["rows"][0].get(k, 0.0)) for k in COUNT_KEYS}
+            measured.append({"seconds": run["wall_per_image"], **values, "peak": run["peak_rss_gib"]})
+        at_defaults = measured[-1]
+        if fitted:  # the line through the two runs, at the default steps
+            (a, b), (first, second) = FIT_STEPS, measured
+            at_defaults = {k: first[k] + (second[k] - first[k]) / (b - a) * (default_steps - a) for k in first}
+        counts = {k: v for k, v in at_defaults.items() if k in COUNT_KEYS}
+        results.append(
+            {
+                "name": name,
+                "overrides": overrides,
+                "default_steps": default_steps,
+                "steps": steps_run[-1],
+                "extrapolated": fitted,
+                "seconds": measured[-1]["seconds"],
+                "seconds_at_defaults": at_defaults["seconds"],
+                "peak_rss_gib": max(m["peak"] for m in measured),
+                "counts": {k: v for k, v in measured[-1].items() if k in COUNT_KEYS},
+                "counts_at_defaults": counts,
+            }
+        )
+        print(f"small model: {name} {at_defaults['seconds']:.1f} s at the defaults", file=sys.stderr, flush=True)
+    return results
 
 
-def full_size_unit_costs(dtype: str, repeats: int) -> dict:
-    """Part 1, run in its own process so that its peak memory is its own."""
-    from treg_exp.models.tiny import TinyStableDiffusionPrior
+def batch_runs() -> list[dict]:
+    """Part 5: seconds per image of :data:`BATCH_IMAGES` photos at batch 1 and at batch 4, :data:`BATCH_STEPS`
+    steps (the exact oracles at their own iterations)."""
+    results = []
+    for name in solver_names():
+        overrides = small_model_overrides(name) + BATCH_EXTRA.get(name, [])
+        if name not in EXACT_PRIOR:
+            overrides.append(f"solver.num_steps={BATCH_STEPS}")
+        row = {"name": name, "extra": BATCH_EXTRA.get(name, [])}
+        for batch in (1, BATCH_IMAGES):
+            run = run_once(overrides, BATCH_IMAGES, batch)
+            row[f"wall_{batch}"] = run["wall_per_image"]
+            row[f"solve_{batch}"] = sum(r["seconds"] for r in run["rows"]) / BATCH_IMAGES
+        row["ratio"] = row[f"wall_{BATCH_IMAGES}"] / row["wall_1"]
+        row["solve_ratio"] = row[f"solve_{BATCH_IMAGES}"] / row["solve_1"]
+        results.append(row)
+        print(f"batch: {name} {row['wall_1']:.2f} → {row[f'wall_{BATCH_IMAGES}']:.2f} s/image", file=sys.stderr)
+    return results
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    prior = TinyStableDiffusionPrior(architecture="sd15", dtype=dtype).load(device)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(1, 3, 512, 512, generator=g) * 2 - 1).to(device)
-    z = torch.randn(1, 4, 64, 64, generator=g).to(device)
-    cond = prior.embed_text(["a photo"])
-    costs = {}
-    with torch.no_grad():
-        costs["unet_1row"] = best_time(lambda: prior.eps(z, 500, cond), repeats)
-        costs["unet_2rows"] = best_time(lambda: prior.eps(torch.cat([z, z]), 500, torch.cat([cond, cond])), repeats)
-        costs["decode"] = best_time(lambda: prior.decode(z), repeats)
-        costs["encode"] = best_time(lambda: prior.encode(x, mode="mean"), repeats)
-        costs["clip_image"] = best_time(lambda: prior.embed_image(x), repeats)
-    costs["peak_memory_gib"] = peak_memory_gib()
-    costs["device"] = device
-    costs["dtype"] = dtype
-    return costs
+
+def option_runs() -> list[dict]:
+    """Part 6: TReg on model=tiny with the prior's options; 2 photos, the first one's extra seconds = compile."""
+    results = []
+    for label, extra in [
+        ("eager", []),
+        ("channels_last", ["model.channels_last=true"]),
+        ("torch.compile (default)", ["model.compile_mode=default"]),
+    ]:
+        run = run_once(["model=tiny", "solver=treg", *extra], images=2)
+        first, second = (r["seconds"] for r in run["rows"])
+        results.append({"option": label, "seconds_per_image": second, "first_image_extra": first - second})
+        print(f"option: {label} {second:.2f} s/image", file=sys.stderr, flush=True)
+    return results
 
 
 def operator_costs(repeats: int) -> list[dict]:
-    """Part 2: per-call seconds of A, Aᵀ and a 5-iteration damped CG solve at 512 px, batch 1."""
+    """Part 7: per-call seconds of A, Aᵀ and a 5-iteration damped CG solve at 512 px, batch 1."""
     from hydra.utils import instantiate
 
     from treg_exp import seeding
@@ -158,39 +213,31 @@ def operator_costs(repeats: int) -> list[dict]:
         rows.append(
             {
                 "task": " ".join([task, *extra]),
-                "forward": best_time(lambda op=op: op(x), repeats),
-                "adjoint": best_time(lambda op=op, y=y: op.adjoint(y), repeats),
-                "cg5": best_time(lambda op=op, y=y: op.solve_damped(y, x, 1e-4, 5, 0.0), repeats),
+                "forward": timed(lambda op=op: op(x), repeats),
+                "adjoint": timed(lambda op=op, y=y: op.adjoint(y), repeats),
+                "cg5": timed(lambda op=op, y=y: op.solve_damped(y, x, 1e-4, 5, 0.0), repeats),
             }
         )
     return rows
 
 
-def solver_runs() -> list[dict]:
-    """Part 3: each solver through the real runner on one 64-px photo; seconds and evaluations per image."""
-    from treg_exp.app import build_runner
-
-    rows = []
-    for name, overrides in solver_run_list():
-        with tempfile.TemporaryDirectory() as run_dir:
-            cfg = compose([*overrides, "data.limit=1", "data.resolution=64", "data.prompt=''", "metrics=fast"])
-            try:
-                runner = build_runner(cfg, Path(run_dir))
-                runner.progress = False
-                runner.run()
-                row = json.loads(next((Path(run_dir) / "rows").glob("*.json")).read_text())
-            except Exception as error:  # noqa: BLE001 - a solver that cannot run here is reported, not fatal
-                print(f"solver run {name} failed: {type(error).__name__}: {error}", file=sys.stderr)
-                continue
-            if row.get("status") != "ok":
-                print(f"solver run {name} failed: {row.get('error')}", file=sys.stderr)
-                continue
-        counts = {k: v for k, v in row.items() if k == "seconds" or k.endswith(("_rows", "_calls"))}
-        steps = cfg.solver.get("num_steps")
-        rows.append({"name": name, "overrides": overrides, "num_steps": steps, **counts})
-    return rows
+def child(script: str, *args: str) -> list[dict]:
+    """Run ``benchmarks/<script>`` in its own process (its peak memory is its own); its JSON lines."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode:
+        raise RuntimeError(f"{script} failed:\n{out.stderr[-3000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
+def full_size_estimate(counts: dict, seconds: dict, resolution: int, measured_at: int) -> float:
+    """Network seconds per image from counts and pass seconds (``treg_exp.cost``, backward passes included)."""
+    passes = cost.Passes(**{k: float(counts.get(k, 0.0)) for k in COUNT_KEYS})
+    return cost.seconds_per_image(passes, seconds, resolution, measured_at)
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
 def machine_key(device: str) -> tuple[str, str]:
     """``(key, name)`` of this machine in results.json: the GPU's name, or the CPU's with its core count."""
     if device == "cuda":
@@ -200,202 +247,320 @@ def machine_key(device: str) -> tuple[str, str]:
     return f"{device}:{name}", name
 
 
-def write_results_json(unit: dict | None, operators: list[dict], solvers: list[dict], argv: list[str]) -> dict:
+def write_results_json(parts: dict, command: str) -> None:
     """Merge this run's figures into benchmarks/results.json (see the module docstring for the schema)."""
     data = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
-    data["schema"] = 1
-    device = unit["device"] if unit else ("cuda" if torch.cuda.is_available() else "cpu")
+    data["schema"] = 2
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     key, name = machine_key(device)
-    machines = data.setdefault("machines", {})
-    entry = machines.get(key, {})
-    entry.update(
-        {
-            "device": device,
-            "name": name,
-            "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["python benchmarks/run_benchmarks.py", *argv]),
-        }
-    )
-    if unit:
-        entry.setdefault("networks", {})["sd15"] = {
+    entry = data.setdefault("machines", {}).get(key, {})
+    entry.update(device=device, name=name, torch=torch.__version__, date=time.strftime("%Y-%m-%d"), command=command)
+    full = parts.get("full_size")
+    if full:
+        networks = entry.setdefault("networks", {})
+        networks["sd15"] = {
             "resolution": 512,
-            "dtype": unit["dtype"],
-            "peak_memory_gib": unit["peak_memory_gib"],
-            "seconds": {k: unit[k] for k in UNIT_KEYS},
+            "dtype": full["dtype"],
+            "peak_memory_gib": full["peak_memory_gib"],
+            "seconds": full["seconds"],
         }
-    entry["operators"] = {r["task"]: {k: r[k] for k in ("forward", "adjoint", "cg5")} for r in operators}
-    machines[key] = entry
+        if "adm_ffhq256" in full:
+            networks["adm_ffhq256"] = full["adm_ffhq256"]
+        entry["full_size_solvers"] = {
+            r["name"]: {
+                "steps": r["steps"],
+                "default_steps": r["default_steps"],
+                "seconds": r["wall"],
+                "seconds_per_step": r["wall"] / r["steps"],
+                "extrapolated_seconds_per_image": r["wall"] / r["steps"] * r["default_steps"],
+                "split": r["split"],
+                "peak_gib": r["peak_rss_gib"],
+            }
+            for r in full.get("solvers", [])
+        }
+    if parts.get("operators"):
+        entry["operators"] = {r["task"]: {k: r[k] for k in ("forward", "adjoint", "cg5")} for r in parts["operators"]}
+    data["machines"][key] = entry
     known = data.setdefault("solvers", {})
-    solver_names = {p.stem for p in (ROOT / "conf" / "solver").glob("*.yaml")}
-    for r in solvers:
-        if r["name"] not in solver_names:
-            continue  # a named variant (cfg 0, + DPS): RESULTS.md only
-        counts = {k: v for k, v in r.items() if k.endswith(("_rows", "_calls"))}
-        known[r["name"]] = {
-            "overrides": r["overrides"],
-            "num_steps": r["num_steps"],
-            "resolution": 64,
-            "counts": counts,
-            "seconds_small_model": r["seconds"],
-        }
+    names = set(solver_names())
+    for r in parts.get("small", []):
+        if r["name"] in names:
+            known[r["name"]] = {
+                "overrides": r["overrides"],
+                "num_steps": r["default_steps"],
+                "resolution": 64,
+                "counts": r["counts_at_defaults"],
+                "seconds_small_model": r["seconds"],
+                "peak_rss_gib_small_model": r["peak_rss_gib"],
+            }
     RESULTS_JSON.write_text(json.dumps(data, indent=2) + "\n")
-    return data
 
 
-def write_results(unit: dict | None, operators: list[dict], solvers: list[dict], argv: list[str]) -> None:
-    cpu = platform.processor() or platform.machine()
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def markdown(parts: dict, command: str, minutes: float) -> list[str]:
     cuda = f"yes: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no"
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `{' '.join(['python benchmarks/run_benchmarks.py', *argv])}` on "
-        f"{time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CUDA {cuda}.",
-        "Random weights: the figures are costs, never quality.",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d')} in {minutes:.1f} min: {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, CUDA {cuda}. Random weights everywhere: the figures are costs, never quality. Timings on this "
+        "shared machine vary by ±30 % from run to run.",
+        "",
+        "Minutes per part: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts["minutes"].items()) + ".",
         "",
     ]
-    if unit:
+    full, memory, small = parts.get("full_size"), parts.get("memory"), parts.get("small", [])
+    seconds = full["seconds"] if full else None
+    if full:
+        s, cl = full["seconds"], full["channels_last"]
         lines += [
-            f"## Full-size SD 1.5 architecture at 512 px ({unit['device']}, {unit['dtype']})",
+            f"## Full-size SD 1.5 architecture at 512 px ({full['device']}, {full['dtype']})",
             "",
-            "| network pass | seconds |",
-            "|---|---|",
-            *[f"| {k} | {unit[k]:.3f} |" for k in ("unet_1row", "unet_2rows", "decode", "encode", "clip_image")],
+            "| pass | forward s | backward s (checkpointing on) | forward s, channels_last |",
+            "|---|---|---|---|",
+            f"| UNet, 1 row | {s['unet_1row']:.2f} | {s['unet_backward']:.2f} | |",
+            f"| UNet, CFG pair (2 rows) | {s['unet_2rows']:.2f} | | {cl['unet_2rows']:.2f} |",
+            f"| VAE decode | {s['decode']:.2f} | {s['decode_backward']:.2f} | {cl['decode']:.2f} |",
+            f"| VAE encode | {s['encode']:.2f} | {s['encode_backward']:.2f} | |",
+            f"| CLIP ViT-L/14 image | {s['clip_image']:.2f} | | |",
             "",
-            f"Peak memory of that process: {unit['peak_memory_gib']:.1f} GiB "
-            f"({'CUDA allocated' if unit['device'] == 'cuda' else 'max RSS'}).",
+            f"Weights in RAM: {full['weights_rss_gib']:.1f} GiB; peak of these passes {full['peak_memory_gib']:.1f} "
+            f"GiB (max RSS); building the random weights took {full['build_seconds']:.0f} s. Backward = (forward + "
+            "backward, one call without warm-up) − forward: the checkpoints' recomputation is in it.",
+        ]
+        if "adm_ffhq256" in full:
+            a = full["adm_ffhq256"]
+            lines += [
+                f"FFHQ ADM UNet (the pixel solvers' prior) at {a['resolution']} px, {a['dtype']}: "
+                f"{a['seconds']['unet_1row']:.2f} s forward (1 row), "
+                f"{a['seconds']['unet_backward']:.2f} s backward.",
+            ]
+        lines.append("")
+    if memory:
+        lines += [
+            "## Activation memory of one backpropagating step (512 px, float32, CPU, batch 1)",
+            "",
+            "`benchmarks/memory.py`: one step of the latent-DPS gradient ∇_{z_t}‖y − A(D(ẑ0(z_t)))‖ (`ldps`: "
+            "UNet + decoder + backward, as LDPS, LDIR, DPS on SD, TReg's DPS steps, P2L) and PSLD's (`psld`: "
+            "the encoder of the gluing term too, as PSLD and GML-DPS), through `core.denoiser_gradient`. "
+            "Activation = peak RSS during the step − RSS before it (weights loaded, a no-grad pass done).",
+            "",
+            "| case | checkpointing | activation GiB | peak RSS GiB | seconds | target ≤ 3 GiB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in memory:
+            target = verdict(r["activation_gib"] <= ACTIVATION_TARGET_GIB) if r["checkpointing"] == "on" else ""
+            lines.append(
+                f"| {r['case']} | {r['checkpointing']} | **{r['activation_gib']:.2f}** | {r['peak_gib']:.2f} | "
+                f"{r['seconds']:.0f} | {target} |"
+            )
+        lines.append("")
+    if full and full.get("solvers"):
+        lines += [
+            "## Full-size solvers on a few steps (512 px, one photo, through the runner)",
+            "",
+            "Measured on the steps shown, **extrapolated per step** to the default steps (labelled: not a full "
+            "run). TReg's 7 steps have 2 DC steps (its default: 57 of 200).",
+            "",
+            "| solver | steps run | seconds | s / step | default steps | extrapolated s / image | peak RSS GiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in full["solvers"]:
+            per_step = r["wall"] / r["steps"]
+            lines.append(
+                f"| {r['name']} | {r['steps']} | {r['wall']:.0f} | {per_step:.1f} | {r['default_steps']} | "
+                f"{per_step * r['default_steps']:.0f} (extrapolated) | {r['peak_rss_gib']:.1f} |"
+            )
+        lines += ["", *treg_split(full, small), ""]
+    if small:
+        lines += [
+            "## Every solver: network evaluations per image and cost",
+            "",
+            f"`model=tiny` (64 px) end to end through the runner, one photo, at the solver's defaults; solvers "
+            f"with more than {MAX_SMALL_STEPS} default steps ran {FIT_STEPS[0]} and {FIT_STEPS[1]} steps and their "
+            "seconds and counts are **extrapolated** along the line through the two to the default steps (marked "
+            "*; exact for counts of a loop whose steps are alike, approximate for ReSample's phases). "
+            "Counts are per image at the defaults; "
+            "`grad` = rows whose pass is then differentiated. *Full-size s* = those counts × the full-size pass "
+            "seconds above (forward and backward), network time only: the price `treg_exp.cost` quotes before "
+            "a run. Pixel solvers on the FFHQ ADM prior: its UNet seconds, no VAE.",
+            "",
+            "| solver | steps | tiny s / image | tiny peak RSS GiB | UNet rows | UNet grad | decodes | decode grad "
+            "| encodes | encode grad | CLIP | full-size s (SD, 512) | full-size s (ADM, 256) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in small:
+            c = r["counts_at_defaults"]
+            star = "*" if r["extrapolated"] else ""
+            sd = adm = "—"
+            if seconds and any(c.get(k) for k in ("unet_rows", "decode_rows")):
+                sd = f"{full_size_estimate(c, seconds, 512, 512):.0f}"
+                if "adm_ffhq256" in full and r["name"] in ("dps", "dds", "diffpir", "red"):
+                    a = full["adm_ffhq256"]
+                    adm = f"{full_size_estimate(c, a['seconds'], a['resolution'], a['resolution']):.0f}"
+            lines.append(
+                f"| {r['name']} | {r['default_steps'] or '—'}{star} | {r['seconds_at_defaults']:.1f}{star} | "
+                f"{r['peak_rss_gib']:.2f} | {c.get('unet_rows', 0):.0f} | {c.get('unet_grad_rows', 0):.0f} | "
+                f"{c.get('decode_rows', 0):.0f} | {c.get('decode_grad_rows', 0):.0f} | {c.get('encode_rows', 0):.0f} "
+                f"| {c.get('encode_grad_rows', 0):.0f} | {c.get('clip_image_rows', 0):.0f} | {sd} | {adm} |"
+            )
+        lines.append("")
+    if parts.get("batch"):
+        lines += [
+            f"## Batching: {BATCH_IMAGES} photos at batch 1 and at batch {BATCH_IMAGES} (`model=tiny`, 64 px, "
+            f"{BATCH_STEPS} steps)",
+            "",
+            f"Seconds per image of the whole pipeline (loading, measuring, solving, metrics, writing) and of the "
+            f"solver call alone. Target: batch {BATCH_IMAGES} ≤ {BATCH_TARGET}× batch 1 for the pipeline. "
+            "`model=tiny` runs its VAE on the whole batch (`vae_slicing: false`: at 64 px there is no memory to "
+            "save); the full-size models slice it by default, one image per VAE pass, which caps a 512-px batch's "
+            "VAE memory at one image's while the UNet still runs the whole batch.",
+            "",
+            f"| solver | pipeline batch 1 | pipeline batch {BATCH_IMAGES} | ratio | solve batch 1 | "
+            f"solve batch {BATCH_IMAGES} | ratio | target (pipeline) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in parts["batch"]:
+            extra = f" ({' '.join(r['extra'])})" if r["extra"] else ""
+            target = "n/a (no network)" if r["name"] in EXACT_PRIOR else verdict(r["ratio"] <= BATCH_TARGET)
+            lines.append(
+                f"| {r['name']}{extra} | {r['wall_1']:.3f} | {r[f'wall_{BATCH_IMAGES}']:.3f} | {r['ratio']:.2f} | "
+                f"{r['solve_1']:.3f} | {r[f'solve_{BATCH_IMAGES}']:.3f} | {r['solve_ratio']:.2f} | {target} |"
+            )
+        lines.append("")
+    if parts.get("options"):
+        lines += [
+            "## Options: TReg on `model=tiny` (64 px, 200 steps)",
+            "",
+            "| option | solve s / image | extra s on the first image |",
+            "|---|---|---|",
+            *[
+                f"| {r['option']} | {r['seconds_per_image']:.2f} | {r['first_image_extra']:.1f} |"
+                for r in parts["options"]
+            ],
+            "",
+            "The first image's extra seconds are `torch.compile`'s compilation (once per process and shape). "
+            "`channels_last` on the full-size networks: the first table.",
             "",
         ]
-    lines += [
-        "## Operators at 512 px (batch 1, seconds per call)",
+    if parts.get("operators"):
+        lines += [
+            "## Operators at 512 px (batch 1, seconds per call)",
+            "",
+            "| task | A | Aᵀ | CG, 5 iterations |",
+            "|---|---|---|---|",
+            *[
+                f"| {r['task']} | {r['forward']:.4f} | {r['adjoint']:.4f} | {r['cg5']:.4f} |"
+                for r in parts["operators"]
+            ],
+            "",
+        ]
+    if not torch.cuda.is_available():
+        lines += [
+            "## GPU",
+            "",
+            "No GPU on this machine: the GPU rows (SD 1.5 at 512 in bfloat16 and float16: TReg seconds per image and "
+            "peak memory, PSLD/LDPS peak memory with checkpointing, images per hour at batch 1 and 4) come from "
+            "`make bench` run on one; it adds its own `cuda:<name>` entry to results.json.",
+        ]
+    return lines
+
+
+def treg_split(full: dict, small: list[dict]) -> list[str]:
+    """Where a TReg image's time goes on the full-size architecture: the profiled few-step run, and the default
+    200-step run priced from its counts (small-model run) with the per-call seconds of that profile, the solver's
+    own work outside the networks per step, and the runner's work once."""
+    run = next((r for r in full["solvers"] if r["name"] == "treg"), None)
+    defaults = next((r["counts_at_defaults"] for r in small if r["name"] == "treg"), None)
+    if run is None or defaults is None:
+        return []
+    split, wall, counts, steps = run["split"], run["wall"], run["counts"], run["steps"]
+    default_steps = run["default_steps"]
+    parts = {"unet": "unet_calls", "decode": "decode_rows", "encode": "encode_rows", "clip_image": "clip_image_rows"}
+    rows = []  # (part, profiled s, per call, default calls, default s)
+    for part, key in parts.items():
+        calls = counts.get(key.replace("_rows", "_calls"), 0) or 0
+        per_call = split[part] / calls if calls else 0.0
+        default_calls = defaults.get(key, 0.0)
+        rows.append((part, split[part], per_call, default_calls, per_call * default_calls))
+    networks = sum(r[1] for r in rows)
+    solver_outside = max(run["solve_seconds"] - networks, 0.0)  # CG, AN's Adam, text encoding, arithmetic
+    runner_outside = max(wall - run["solve_seconds"], 0.0)  # loading, measuring, metrics, writing
+    default_solver_outside = solver_outside / steps * default_steps
+    total_default = sum(r[4] for r in rows) + default_solver_outside + runner_outside
+    lines = [
+        f"### TReg: where the time goes ({steps} profiled steps at 512 px, `torch.profiler`)",
         "",
-        "| task | A | Aᵀ | CG, 5 iterations |",
-        "|---|---|---|---|",
-        *[f"| {r['task']} | {r['forward']:.4f} | {r['adjoint']:.4f} | {r['cg5']:.4f} |" for r in operators],
-        "",
-        "## Solvers at their defaults (one 64-px photo, gauss_deblur)",
-        "",
-        "| solver | seconds (small model) | UNet calls | UNet rows | decodes | encodes | CLIP image "
-        "| est. full-size s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| part | profiled s | share | per call s | default run: calls | default run s (extrapolated) | share |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in solvers:
-        estimate = "—"
-        if unit and r.get("unet_calls"):
-            # every call has 1 row (one branch) or 2 (the CFG pair) per image
-            pair_calls = r["unet_rows"] - r["unet_calls"]
-            single_calls = r["unet_calls"] - pair_calls
-            estimate = (
-                pair_calls * unit["unet_2rows"]
-                + single_calls * unit["unet_1row"]
-                + r.get("decode_rows", 0) * unit["decode"]
-                + r.get("encode_rows", 0) * unit["encode"]
-                + r.get("clip_image_rows", 0) * unit["clip_image"]
-            )
-            estimate = f"{estimate:.0f}"
+    for part, secs, per_call, default_calls, default_secs in rows:
         lines.append(
-            f"| {r['name']} | {r['seconds']:.2f} | {r.get('unet_calls', 0):.0f} | {r.get('unet_rows', 0):.0f} | "
-            f"{r.get('decode_rows', 0):.0f} | {r.get('encode_rows', 0):.0f} | {r.get('clip_image_rows', 0):.0f} | "
-            f"{estimate} |"
+            f"| {part} | {secs:.1f} | {secs / wall:.1%} | {per_call:.2f} | {default_calls:.0f} | "
+            f"{default_secs:.0f} | {default_secs / total_default:.1%} |"
         )
     lines += [
+        f"| solver outside the networks (CG, AN's Adam, text, arithmetic) | {solver_outside:.1f} | "
+        f"{solver_outside / wall:.1%} | | {default_steps} steps | {default_solver_outside:.0f} | "
+        f"{default_solver_outside / total_default:.1%} |",
+        f"| runner (load, measure, metrics, write) | {runner_outside:.1f} | {runner_outside / wall:.1%} | | once | "
+        f"{runner_outside:.0f} | {runner_outside / total_default:.1%} |",
+        f"| total | {wall:.1f} | | | | {total_default:.0f} | |",
         "",
-        "Small model: `model=tiny` (toy widths) or `model=gaussian` (exact prior, pixel space, no networks).",
-        "Estimated full-size seconds = UNet calls × the per-call cost of their row count + decodes, encodes and CLIP",
-        "passes × their unit cost, from the first table: forward passes only (DPS's backward passes through the UNet",
-        "and decoder, CG, Adam and I/O come on top).",
     ]
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def import_results_md(path: Path = RESULTS) -> dict:
-    """results.json from a RESULTS.md this script wrote earlier (its tables parsed back): for a machine whose
-    figures were measured before results.json existed. The machine entry's ``command`` says where they came from."""
-    import re
-
-    text = path.read_text()
-    header = re.search(
-        r"on (\d{4}-\d{2}-\d{2}): (\d+) CPU cores \(([^)]*)\), torch (\S+), .*CUDA (no|yes: ([^.]*))", text
+    overhead = (default_solver_outside + runner_outside) / total_default
+    lines.append(
+        f"Outside the networks: {overhead:.1%} of a default TReg image (target ≤ {OVERHEAD_TARGET:.0%}: "
+        f"{verdict(overhead <= OVERHEAD_TARGET)}); {(solver_outside + runner_outside) / wall:.1%} of the "
+        f"{steps}-step run, whose runner part is not yet spread over 200 steps. The default run's column prices "
+        "the default calls at the profile's per-call seconds, the solver's own work per step and the runner's once "
+        "(extrapolated)."
     )
-    unit_section = re.search(r"## Full-size SD 1.5 architecture at 512 px \((\w+), (\w+)\)(.*?)\n## ", text, re.S)
-    unit = None
-    if unit_section:
-        rows = dict(re.findall(r"\| (\w+) \| ([\d.]+) \|", unit_section.group(3)))
-        memory = re.search(r"Peak memory of that process: ([\d.]+) GiB", unit_section.group(3))
-        unit = {k: float(rows[k]) for k in UNIT_KEYS}
-        unit.update(
-            device=unit_section.group(1),
-            dtype=unit_section.group(2),
-            peak_memory_gib=float(memory.group(1)) if memory else float("nan"),
-        )
-    operators = [
-        {"task": m[0], "forward": float(m[1]), "adjoint": float(m[2]), "cg5": float(m[3])}
-        for m in re.findall(r"^\| ([a-z_0-9]+(?: task\.\S+)?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
-    ]
-    solvers = []
-    for m in re.findall(
-        r"^\| ([^|]+) \| ([\d.]+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| [^|]+ \|$", text, re.M
-    ):
-        name = m[0].strip().replace(" (defaults)", "")
-        overrides = next((o for n, o in SOLVER_RUNS if n == name), [])
-        solvers.append(
-            {
-                "name": name,
-                "overrides": overrides,
-                "num_steps": None,
-                "seconds": float(m[1]),
-                "unet_calls": float(m[2]),
-                "unet_rows": float(m[3]),
-                "decode_rows": float(m[4]),
-                "encode_rows": float(m[5]),
-                "clip_image_rows": float(m[6]),
-            }
-        )
-    defaults = {"treg": 200, "ddim": 50}
-    for r in solvers:
-        r["num_steps"] = defaults.get(r["name"])
-    date = header.group(1) if header else "?"
-    data = write_results_json(unit, operators, solvers, [f"--import-md (figures of {path.name}, {date})"])
-    if header:
-        key = next(iter(k for k in data["machines"] if k.startswith("cpu:")), None)
-        if key:
-            data["machines"][key]["date"] = date
-            data["machines"][key]["torch"] = header.group(4)
-            RESULTS_JSON.write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    vae = sum(r[4] for r in rows if r[0] in ("decode", "encode"))
+    unet = next(r[4] for r in rows if r[0] == "unet")
+    lines.append(
+        f"VAE passes {vae:.0f} s against the UNet's {unet:.0f} s per default image on this machine"
+        + (": the VAE costs more than the 200 UNet calls." if vae > unet else ".")
+    )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-full-size", action="store_true", help="skip part 1 (loads 1.3 B random parameters)")
-    parser.add_argument("--dtype", default=None, help="network dtype for part 1 (default: bfloat16 CPU, float16 CUDA)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--unit-costs-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-full-size", action="store_true", help="skip parts 1–2 (1.3 B random parameters)")
+    parser.add_argument("--skip-memory", action="store_true", help="skip part 3 (≈ 17 GiB of RAM)")
     parser.add_argument(
-        "--import-md", action="store_true", help="write results.json from the figures already in RESULTS.md, no timing"
+        "--dtype", default=None, help="network dtype of parts 1–2 (default: bfloat16 CPU, float16 CUDA)"
     )
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    if args.import_md:
-        print(json.dumps(import_results_md(), indent=2))
-        return
+    started = time.perf_counter()
+    command = " ".join(["python benchmarks/run_benchmarks.py", *sys.argv[1:]])
     dtype = args.dtype or ("float16" if torch.cuda.is_available() else "bfloat16")
-    if args.unit_costs_only:
-        print(json.dumps(full_size_unit_costs(dtype, args.repeats)))
-        return
-    unit = None
-    if not args.skip_full_size:
-        out = subprocess.run(
-            [sys.executable, __file__, "--unit-costs-only", "--dtype", dtype, "--repeats", str(args.repeats)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        unit = json.loads(out.stdout.strip().splitlines()[-1])
-    operators, solvers = operator_costs(args.repeats), solver_runs()
-    write_results(unit, operators, solvers, sys.argv[1:])
-    write_results_json(unit, operators, solvers, sys.argv[1:])
+    steps = {
+        "full_size": None if args.skip_full_size else lambda: child("full_size.py", "--dtype", dtype)[-1],
+        "memory": None if args.skip_memory else lambda: child("memory.py"),
+        "small": small_model_runs,
+        "batch": batch_runs,
+        "options": option_runs,
+        "operators": lambda: operator_costs(args.repeats),
+    }
+    parts: dict = {"minutes": {}}
+    for name, step in steps.items():
+        if step is None:
+            continue
+        begun = time.perf_counter()
+        parts[name] = step()
+        parts["minutes"][name] = (time.perf_counter() - begun) / 60
+        print(f"part {name}: {parts['minutes'][name]:.1f} min", file=sys.stderr, flush=True)
+    lines = markdown(parts, command, (time.perf_counter() - started) / 60)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    write_results_json(parts, command)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,9 @@ def _count_backward(prior, monkeypatch) -> dict[str, int]:
 def test_tiny_network_passes_per_image(tiny, name: str, monkeypatch) -> None:
     """Per image and step: one UNet row and one decode, each with a backward pass; GML-DPS and PSLD an encode with a
     backward pass too; plus one decode of the final latent. Catches a missing backward path (e.g. the gluing term
-    detached from the encoder) or an extra network pass."""
+    detached from the encoder) or an extra network pass; and the counter's ``<network>_grad_rows`` (what the cost
+    estimate prices backward passes by) must be exactly the differentiated rows: a graph kept on a pass nobody
+    differentiates (the final decode) would hold its activations and be priced as a backward pass."""
     steps = 3
     x, operator, y = _tiny_problem("gauss_deblur")
     backward = _count_backward(tiny, monkeypatch)
@@ -184,6 +186,7 @@ def test_tiny_network_passes_per_image(tiny, name: str, monkeypatch) -> None:
     assert counts["decode_calls"] == steps + 1 and counts["decode_rows"] == 2 * (steps + 1)
     assert counts["encode_rows"] == (2 * steps if glues else 0)
     assert backward == {"unet": steps, "decode": steps, "encode": steps if glues else 0}
+    assert {k: counts.get(f"{k}_grad_rows", 0) for k in backward} == {k: 2 * n for k, n in backward.items()}
 
 
 def test_tiny_checkpointing_on_by_default(tiny) -> None:

@@ -189,8 +189,9 @@ def test_gradient_checkpointing_keeps_gradients(prior):
     prior.set_gradient_checkpointing(True)
     try:
         assert prior.unet.is_gradient_checkpointing and prior.vae.is_gradient_checkpointing
-        resnets = [m for m in prior.vae.modules() if type(m).__name__ == "ResnetBlock2D"]
-        assert resnets and all("forward" in m.__dict__ for m in resnets)  # the per-ResNet checkpoints are on
+        for kind in ("ResnetBlock2D", "Upsample2D", "Downsample2D"):  # the per-block checkpoints are on
+            blocks = [m for m in prior.vae.modules() if type(m).__name__ == kind]
+            assert blocks and all("forward" in m.__dict__ for m in blocks), kind
         assert torch.allclose(grad(), plain, atol=1e-5)
     finally:
         prior.set_gradient_checkpointing(False)
@@ -210,6 +211,50 @@ def test_vae_slicing_and_performance_options(prior):
     with pytest.raises(UserError) as error:
         TinyStableDiffusionPrior(compile_mode="fastest")
     assert one_line(error.value) and "compile_mode" in str(error.value)
+
+
+def test_attention_is_sdpa_and_networks_run_in_the_model_dtype_while_treg_keeps_float32(monkeypatch):
+    """Every attention of UNet, VAE and both CLIP towers is torch's fused SDPA (catches the classic processor,
+    which keeps a [tokens × tokens] score matrix: 1 GiB per head at 512 px in the VAE); in a bfloat16 prior the
+    UNet sees bfloat16 inputs while TReg's CG, its latents and AN's Adam on c_∅ stay float32 (catches a solver
+    state cast to the network dtype: bf16 CG loses the small-λ solve, AN's updates fall below bf16's resolution)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from treg_exp import seeding
+    from treg_exp.operators.blur import gaussian_deblur
+    from treg_exp.solvers.treg import TReg
+
+    prior = TinyStableDiffusionPrior(dtype="bfloat16", seed=0).load("cpu")
+    for module in (prior.unet, prior.vae):
+        assert {type(p) for p in module.attn_processors.values()} == {AttnProcessor2_0}
+    for tower in (prior.text_encoder, prior.image_encoder):
+        assert tower.config._attn_implementation == "sdpa"
+    seen = {"unet": set(), "cg": set(), "adam": set()}
+    prior.unet.register_forward_pre_hook(lambda module, args: seen["unet"].add(args[0].dtype))
+    operator = gaussian_deblur(kernel_size=5, kernel_sigma=1.0)
+    solve_damped = operator.solve_damped
+
+    def recording_solve(y, x, *args, **kwargs):
+        seen["cg"].update({y.dtype, x.dtype})
+        return solve_damped(y, x, *args, **kwargs)
+
+    monkeypatch.setattr(operator, "solve_damped", recording_solve)
+    adam = torch.optim.Adam
+
+    def recording_adam(params, *args, **kwargs):
+        params = list(params)
+        seen["adam"].update(p.dtype for p in params)
+        return adam(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", recording_adam)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    streams = seeding.batch_generators(0, ["a"], seeding.MEASUREMENT)
+    y = operator.measure(x, streams)
+    out = TReg(num_steps=3, dc_grid=None, dc_every=1).solve(
+        y, operator, prior, ["a photo"], seeding.batch_generators(0, ["a"], seeding.SOLVER), x.shape
+    )
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert seen == {"unet": {torch.bfloat16}, "cg": {torch.float32}, "adam": {torch.float32}}
 
 
 # --- loading -----------------------------------------------------------------------------------------------------

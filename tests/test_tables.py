@@ -227,7 +227,8 @@ def tiny_prior():
 )
 def test_cost_formula_counts_what_the_solver_runs(overrides, tiny_prior):
     """The estimate's network evaluations equal the prior's counter on a real solve (catches a formula that drifts
-    from its solver: a missed decode, the CFG pair counted at ω = 0, DC steps on the wrong grid)."""
+    from its solver: a missed decode, the CFG pair counted at ω = 0, DC steps on the wrong grid, DPS backward passes
+    through UNet and decoder missed or counted on the DC steps)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny", "task=sr4", *overrides])
@@ -240,7 +241,7 @@ def test_cost_formula_counts_what_the_solver_runs(overrides, tiny_prior):
     prior.reset_counter()
     solver.solve(y, operator, prior, ["a photo"], seeding.batch_generators(0, ["a"], seeding.SOLVER), x.shape)
     passes = cost.solver_passes(OmegaConf.to_container(cfg.solver), overrides[0].split("=")[1], {})
-    for name in ("unet_calls", "unet_rows", "decode_rows", "encode_rows", "clip_image_rows"):
+    for name in cost.COUNT_NAMES:
         assert getattr(passes, name) == prior.counter.get(name, 0), name
 
 
@@ -272,6 +273,17 @@ def test_hours_from_benchmark_figures():
     assert cost.seconds_per_image(passes, results["machines"]["cpu:x"]["networks"]["sd15"]["seconds"], 256) == 3.5
     measured = cost.solver_passes({"_target_": "x.Mystery", "num_steps": 30}, "mystery", results)
     assert measured.unet_calls == 30 and measured.decode_rows == 3 and measured.source.startswith("benchmarks")
+
+
+def test_backward_passes_are_priced_by_their_measured_seconds_or_the_factor():
+    """A differentiated row adds its network's measured backward seconds, else BACKWARD_FACTOR × the forward
+    seconds (catches backward passes left out of the hours, or the encoder's priced as the decoder's)."""
+    seconds = {"unet_1row": 1.0, "unet_2rows": 1.5, "decode": 2.0, "encode": 3.0, "clip_image": 0.5}
+    passes = cost.Passes(unet_calls=2, unet_rows=2, decode_rows=2, unet_grad_rows=2, encode_grad_rows=1)
+    forward = 2 * 1.0 + 2 * 2.0
+    assert cost.seconds_per_image(passes, seconds, 512) == forward + 2 * 2 * 1.0 + 1 * 2 * 3.0
+    measured = {**seconds, "unet_backward": 4.0, "encode_backward": 7.0}
+    assert cost.seconds_per_image(passes, measured, 512) == forward + 2 * 4.0 + 1 * 7.0
 
 
 # --- shards, FID and make_table ------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ Network evaluations per image (:class:`Passes`, the prior's counter names) come 
 Seconds per pass come from ``benchmarks/results.json`` (``machines.<key>.networks.<architecture>.seconds``): every
 machine the benchmarks ran on (this CPU; GPU rows added by later runs on a GPU) gives its own hours. The passes are
 measured at 512 px; a run at another resolution scales UNet and VAE passes by the pixel count (CLIP always sees
-224 px). A backward pass through UNet and decoder (DPS-style guidance) is counted as twice their forward passes.
-These are forward-network figures: CG, Adam on embeddings, I/O and metrics come on top.
+224 px). A row whose pass is differentiated (``<network>_grad_rows``: DPS-style guidance, prompt tuning, latent
+optimisation) adds that network's measured backward seconds (``<network>_backward``: the backward pass with
+gradient checkpointing, recomputation included), or :data:`BACKWARD_FACTOR` × its forward seconds where a machine
+has no such figure. These are network figures: CG, Adam on embeddings, I/O and metrics come on top (the benchmarks
+measure them: under 5 % of a TReg image on the full-size architecture).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
 #: the resolution benchmarks/run_benchmarks.py measures the networks at
 BENCHMARK_RESOLUTION = 512
-#: a backward pass through UNet + decoder, in units of their forward pass
+#: a backward pass through a network, in units of its forward pass, where no backward seconds were measured
 BACKWARD_FACTOR = 2.0
+#: the networks whose backward passes are counted (``<network>_grad_rows``) and priced (``<network>_backward``)
+GRAD_NETWORKS = ("unet", "decode", "encode")
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Passes:
     """Network evaluations per image, named as :class:`treg_exp.models.base.NetworkCounter` names them.
 
     ``unet_calls`` is the number of UNet calls, ``unet_rows`` their rows (a CFG pair is one call of 2 rows);
-    ``grad_steps`` the steps that backpropagate through UNet and decoder. ``source`` says where they come from.
+    ``<network>_grad_rows`` the rows whose pass is then differentiated. ``source`` says where they come from.
     """
 
     unet_calls: float = 0.0
@@ -46,7 +51,9 @@ class Passes:
     decode_rows: float = 0.0
     encode_rows: float = 0.0
     clip_image_rows: float = 0.0
-    grad_steps: float = 0.0
+    unet_grad_rows: float = 0.0
+    decode_grad_rows: float = 0.0
+    encode_grad_rows: float = 0.0
     source: str = "formula"
 
     @property
@@ -61,7 +68,16 @@ class Passes:
         )
 
 
-COUNT_NAMES = ("unet_calls", "unet_rows", "decode_rows", "encode_rows", "clip_image_rows", "grad_steps")
+COUNT_NAMES = (
+    "unet_calls",
+    "unet_rows",
+    "decode_rows",
+    "encode_rows",
+    "clip_image_rows",
+    "unet_grad_rows",
+    "decode_grad_rows",
+    "encode_grad_rows",
+)
 
 
 def _branch_rows(scale: float) -> int:
@@ -95,7 +111,8 @@ def treg_passes(cfg: Mapping[str, Any]) -> Passes:
         decode_rows=decodes,
         encode_rows=n_dc,
         clip_image_rows=n_dc if cfg.get("adaptive_negation", True) else 0,
-        grad_steps=n_other if use_dps else 0,
+        unet_grad_rows=n_other if use_dps else 0,
+        decode_grad_rows=n_other if use_dps else 0,
     )
 
 
@@ -154,15 +171,22 @@ def architecture(model_name: str) -> str:
     return name
 
 
-def seconds_per_image(passes: Passes, seconds: Mapping[str, float], resolution: int) -> float:
-    """Forward-network seconds of one image from per-pass ``seconds`` (benchmark keys) at ``resolution``."""
-    area = (resolution / BENCHMARK_RESOLUTION) ** 2
+def seconds_per_image(
+    passes: Passes, seconds: Mapping[str, float], resolution: int, measured_at: int = BENCHMARK_RESOLUTION
+) -> float:
+    """Network seconds of one image at ``resolution`` from per-pass ``seconds`` (benchmark keys) measured at
+    ``measured_at`` px: UNet and VAE passes scale with the pixel count, CLIP (224 px) does not."""
+    area = (resolution / measured_at) ** 2
     pair_calls = max(passes.unet_rows - passes.unet_calls, 0.0)
     single_calls = max(passes.unet_calls - pair_calls, 0.0)
     unet = pair_calls * seconds["unet_2rows"] + single_calls * seconds["unet_1row"]
-    backward = passes.grad_steps * BACKWARD_FACTOR * (seconds["unet_1row"] + seconds["decode"])
+    forward = {"unet": seconds["unet_1row"], "decode": seconds["decode"], "encode": seconds["encode"]}
+    backward = sum(
+        getattr(passes, f"{name}_grad_rows") * seconds.get(f"{name}_backward", BACKWARD_FACTOR * forward[name])
+        for name in GRAD_NETWORKS
+    )
     vae = passes.decode_rows * seconds["decode"] + passes.encode_rows * seconds["encode"]
-    return area * (unet + vae + backward) + passes.clip_image_rows * seconds["clip_image"]
+    return area * (unet + vae + backward) + passes.clip_image_rows * seconds.get("clip_image", 0.0)
 
 
 @dataclass
@@ -208,7 +232,8 @@ def job_cost(
     for key, machine in results.get("machines", {}).items():
         figures = machine.get("networks", {}).get(arch)
         if figures and images is not None:
-            seconds = seconds_per_image(passes, figures["seconds"], resolution)
+            measured_at = int(figures.get("resolution", BENCHMARK_RESOLUTION))
+            seconds = seconds_per_image(passes, figures["seconds"], resolution, measured_at)
             cost.hours[key] = seconds * images * samples / 3600.0
     if not any(arch in m.get("networks", {}) for m in results.get("machines", {}).values()):
         cost.notes.append(f"no benchmark figures for the {arch} networks in benchmarks/results.json")
@@ -245,8 +270,9 @@ def describe_passes(passes: Passes | None) -> str:
     for name, label in (("decode_rows", "decodes"), ("encode_rows", "encodes"), ("clip_image_rows", "CLIP")):
         if getattr(passes, name):
             parts.append(f"{format_count(getattr(passes, name))} {label}")
-    if passes.grad_steps:
-        parts.append(f"{format_count(passes.grad_steps)} backward")
+    backward = max(getattr(passes, f"{name}_grad_rows") for name in GRAD_NETWORKS)
+    if backward:
+        parts.append(f"{format_count(backward)} backward")
     return ", ".join(parts)
 
 

@@ -673,7 +673,7 @@ class AdmPrior(DiffusionPrior):
         labels = self._labels(cond, z_t.shape[0])
         timestep = torch.tensor(t, device=z_t.device, dtype=torch.long)
         out = self.unet(z_t.to(self.dtype), timestep, class_labels=labels, return_dict=False)[0].to(z_t.dtype)
-        self.counter.add("unet", z_t.shape[0])
+        self.counter.add("unet", z_t.shape[0], out.requires_grad)
         if out.shape[1] == 3:  # a model without learned variance: v = 0 is the midpoint of the range
             return out, torch.zeros_like(out)
         eps, v = out.split(3, dim=1)

@@ -16,11 +16,15 @@ from treg_exp.models.schedule import NoiseSchedule
 
 class NetworkCounter(Counter):
     """Network evaluations, calls and rows kept apart: ``unet_calls``/``unet_rows``, ``encode_*``, ``decode_*``,
-    ``clip_image_*``, ``text_*``. A CFG pair of B images is one UNet call of 2B rows."""
+    ``clip_image_*``, ``text_*``. A CFG pair of B images is one UNet call of 2B rows. Rows whose output carries an
+    autograd graph (a backward pass through that network may follow: DPS-style guidance, prompt tuning, latent
+    optimisation) are also counted in ``<network>_grad_rows``, so costs can price the backward passes."""
 
-    def add(self, network: str, rows: int) -> None:
+    def add(self, network: str, rows: int, graph: bool = False) -> None:
         self[f"{network}_calls"] += 1
         self[f"{network}_rows"] += rows
+        if graph:
+            self[f"{network}_grad_rows"] += rows
 
 
 class DiffusionPrior(nn.Module, ABC):

@@ -35,16 +35,20 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def checkpoint_resnets(module: torch.nn.Module, enabled: bool) -> None:
-    """Checkpoint every ``ResnetBlock2D`` inside ``module`` while gradients are enabled (or undo it).
+def checkpoint_vae_blocks(module: torch.nn.Module, enabled: bool) -> None:
+    """Checkpoint every ``ResnetBlock2D``, ``Upsample2D`` and ``Downsample2D`` inside ``module`` while gradients are
+    enabled (or undo it).
 
     The block's own ``forward`` is wrapped on the instance, so weights, state-dict keys and no-grad passes are
-    untouched; with gradients on, its inner activations are recomputed in the backward pass instead of stored.
+    untouched; with gradients on, its inner activations are recomputed in the backward pass instead of stored (the
+    decoder's last upsampler alone would keep its 256-channel 512² interpolation, 256 MiB in float32).
     """
+    from diffusers.models.downsampling import Downsample2D
     from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
 
     for block in module.modules():
-        if not isinstance(block, ResnetBlock2D):
+        if not isinstance(block, (ResnetBlock2D, Upsample2D, Downsample2D)):
             continue
         block.__dict__.pop("forward", None)  # back to the class's forward
         if enabled:
@@ -226,6 +230,12 @@ class StableDiffusionPrior(DiffusionPrior):
                 torch.nn.Module.to(module, self.dtype)
             # nn.Module.__setattr__ registers the networks, so .to(device) and .device see them
             setattr(self, name, module)
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        # torch's fused scaled-dot-product attention in UNet and VAE, whatever a checkpoint's config asks for (the
+        # CLIP towers use transformers' default, also SDPA): no [tokens × tokens] score matrix is kept at 512 px
+        for module in (self.unet, self.vae):
+            module.set_attn_processor(AttnProcessor2_0())
         self.vae.use_slicing = self.vae_slicing
         self.vae.use_tiling = self.vae_tiling
         if self.channels_last:
@@ -245,8 +255,8 @@ class StableDiffusionPrior(DiffusionPrior):
         It trades a second forward pass for not storing activations, on the solvers' backward passes (DPS-type
         steps) only: checkpoints act only while gradients are enabled. diffusers checkpoints the UNet and the VAE
         per block; at 512 px one VAE up-block at full resolution still holds about 3 GiB of activations while it is
-        recomputed, so every ResNet of the VAE is checkpointed as well (nested, non-reentrant):
-        ``benchmarks/MEMORY.md`` measures both.
+        recomputed, so every ResNet, upsampler and downsampler of the VAE is checkpointed as well (nested,
+        non-reentrant): ``make bench`` measures both (``benchmarks/RESULTS.md``, activation memory).
         """
         self.gradient_checkpointing = bool(enabled)
         if not self._loaded:
@@ -256,7 +266,7 @@ class StableDiffusionPrior(DiffusionPrior):
                 module.enable_gradient_checkpointing()
             else:
                 module.disable_gradient_checkpointing()
-        checkpoint_resnets(self.vae, bool(enabled))
+        checkpoint_vae_blocks(self.vae, bool(enabled))
 
     def _require_loaded(self) -> None:
         if not self._loaded:
@@ -284,7 +294,7 @@ class StableDiffusionPrior(DiffusionPrior):
         timestep = torch.tensor(int(t), device=z_t.device, dtype=torch.long)
         out = self.unet(z_t.to(self.dtype), timestep, encoder_hidden_states=cond.to(self.dtype), return_dict=False)
         out = out[0].to(z_t.dtype)
-        self.counter.add("unet", z_t.shape[0])
+        self.counter.add("unet", z_t.shape[0], out.requires_grad)
         if self.prediction_type == "v_prediction":
             alpha_bar = float(self.schedule.alphas_cumprod[int(t)])
             out = alpha_bar**0.5 * out + (1.0 - alpha_bar) ** 0.5 * z_t
@@ -304,7 +314,7 @@ class StableDiffusionPrior(DiffusionPrior):
         if mode == "sample" and (generators is None or len(generators) != x.shape[0]):
             raise UserError("encode(mode='sample') needs one generator per image")
         dist = self.vae.encode(x.to(self.dtype)).latent_dist
-        self.counter.add("encode", x.shape[0])
+        self.counter.add("encode", x.shape[0], dist.mean.requires_grad)
         z = dist.mean.to(x.dtype)
         if mode == "sample":
             noise = seeding.randn(z.shape[1:], generators, device=z.device, dtype=x.dtype)
@@ -315,7 +325,7 @@ class StableDiffusionPrior(DiffusionPrior):
         """``D(z) = vae.decode(z / s)``: ``[B, 4, h, w]`` → ``[B, 3, 8h, 8w]`` in ``z``'s dtype (not clamped)."""
         self._require_loaded()
         x = self.vae.decode((z / self.scaling_factor).to(self.dtype), return_dict=False)[0]
-        self.counter.add("decode", z.shape[0])
+        self.counter.add("decode", z.shape[0], x.requires_grad)
         return x.to(z.dtype)
 
     @torch.no_grad()
@@ -376,5 +386,5 @@ class StableDiffusionPrior(DiffusionPrior):
         # resize and normalise in float32 (float64) whatever the networks' dtype; only the tower runs in self.dtype
         pixels = clip_preprocess(x.to(self.state_dtype), size).to(self.dtype)
         features = self.image_encoder(pixel_values=pixels).image_embeds.to(self.state_dtype)
-        self.counter.add("clip_image", x.shape[0])
+        self.counter.add("clip_image", x.shape[0], features.requires_grad)
         return features / features.norm(dim=-1, keepdim=True)
