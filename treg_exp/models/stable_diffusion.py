@@ -40,8 +40,7 @@ def checkpoint_vae_blocks(module: torch.nn.Module, enabled: bool) -> None:
     enabled (or undo it).
 
     The block's own ``forward`` is wrapped on the instance, so weights, state-dict keys and no-grad passes are
-    untouched; with gradients on, its inner activations are recomputed in the backward pass instead of stored (the
-    decoder's last upsampler alone would keep its 256-channel 512² interpolation, 256 MiB in float32).
+    untouched; with gradients on, its inner activations are recomputed in the backward pass instead of stored.
     """
     from diffusers.models.downsampling import Downsample2D
     from diffusers.models.resnet import ResnetBlock2D
