@@ -152,7 +152,7 @@ def profiled_run(prior, overrides: list[str]) -> dict:
         runner.prior = prior
         runner.progress = False
         prior.reset_counter()
-        base = reset_peak()
+        reset_peak()
         activities = [torch.profiler.ProfilerActivity.CPU]
         with torch.profiler.profile(activities=activities) as profile:
             start = time.perf_counter()
@@ -184,7 +184,6 @@ def profiled_run(prior, overrides: list[str]) -> dict:
         "split": split,
         "counts": counts,
         "peak_rss_gib": peak,
-        "rss_before_gib": base,
     }
 
 

@@ -84,7 +84,6 @@ VARIANTS = [
     ("treg + DPS", ["solver=treg", "solver.use_dps=true"]),
 ]
 EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the exact Gaussian prior
-COUNT_KEYS = cost.COUNT_NAMES
 
 
 def solver_names() -> list[str]:
@@ -132,13 +131,13 @@ def small_model_runs() -> list[dict]:
         measured = []
         for steps in steps_run:
             run = run_once([*overrides, *([f"solver.num_steps={steps}"] if fitted else [])])
-            values = {k: float(run["rows"][0].get(k, 0.0)) for k in COUNT_KEYS}
+            values = {k: float(run["rows"][0].get(k, 0.0)) for k in cost.COUNT_NAMES}
             measured.append({"seconds": run["wall_per_image"], **values, "peak": run["peak_rss_gib"]})
         at_defaults = measured[-1]
         if fitted:  # the line through the two runs, at the default steps
             (a, b), (first, second) = FIT_STEPS, measured
             at_defaults = {k: first[k] + (second[k] - first[k]) / (b - a) * (default_steps - a) for k in first}
-        counts = {k: v for k, v in at_defaults.items() if k in COUNT_KEYS}
+        counts = {k: v for k, v in at_defaults.items() if k in cost.COUNT_NAMES}
         results.append(
             {
                 "name": name,
@@ -149,7 +148,7 @@ def small_model_runs() -> list[dict]:
                 "seconds": measured[-1]["seconds"],
                 "seconds_at_defaults": at_defaults["seconds"],
                 "peak_rss_gib": max(m["peak"] for m in measured),
-                "counts": {k: v for k, v in measured[-1].items() if k in COUNT_KEYS},
+                "counts": {k: v for k, v in measured[-1].items() if k in cost.COUNT_NAMES},
                 "counts_at_defaults": counts,
             }
         )
@@ -233,7 +232,7 @@ def child(script: str, *args: str) -> list[dict]:
 
 def full_size_estimate(counts: dict, seconds: dict, resolution: int, measured_at: int) -> float:
     """Network seconds per image from counts and pass seconds (``treg_exp.cost``, backward passes included)."""
-    passes = cost.Passes(**{k: float(counts.get(k, 0.0)) for k in COUNT_KEYS})
+    passes = cost.Passes(**{k: float(counts.get(k, 0.0)) for k in cost.COUNT_NAMES})
     return cost.seconds_per_image(passes, seconds, resolution, measured_at)
 
 
