@@ -584,14 +584,13 @@ def test_an_unwritable_output_location_is_one_line_before_anything_starts(tmp_pa
 
 # --- concurrency: processes sharing one run directory ---------------------------------------------------------
 def write_rows_and_tables(run_dir: str, prefix: str, count: int) -> None:
-    """In a process of its own: ``count`` rows, each followed by the runner's table rebuild (as after a batch)."""
-    from treg_exp.experiment.runner import Runner
+    """In a process of its own: ``count`` rows, each followed by the store's table rebuild (as after a batch)."""
+    from treg_exp.tracking.run_store import RunStore
 
-    runner = Runner(None, None, None, None, None, Path(run_dir), progress=False)
-    runner._order = []
+    store = RunStore(Path(run_dir))
     for k in range(count):
-        files.write_json(runner._row_path(f"{prefix}_{k:03d}"), {"id": f"{prefix}_{k:03d}", "status": "ok"})
-        runner._write_tables()
+        store.write_row({"id": f"{prefix}_{k:03d}", "status": "ok"})
+        store.write_tables()
 
 
 def test_processes_rebuilding_the_tables_at_once_never_lose_a_row(tmp_path):
