@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from treg_exp.operators.base import compute_dtype
+
 
 def gram_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V, Λ)`` with ``MᵀM = V diag(Λ) Vᵀ`` for a 1-D matrix ``M`` ``[m, n]`` (float64; Λ clipped at 0)."""
@@ -37,6 +39,33 @@ def separable_normal_inverse(
     coeffs = vh.T @ rhs @ vw
     coeffs = coeffs / (lh[:, None] * lw[None, :] + lam)
     return vh @ coeffs @ vw.T
+
+
+class SeparableNormalInverse:
+    """The exact ``(AᵀA + λI)⁻¹`` of a separable operator ``A x = M_h x M_wᵀ``, for a :class:`LinearOperator`
+    subclass that names its 1-D matrix with :meth:`axis_matrix` (SR by matrices, the truncated-SVD blur and SR).
+
+    ``AᵀA = G_h ⊗ G_w`` with ``G = MᵀM``, so one eigendecomposition per axis length (cached) gives the inverse."""
+
+    def axis_matrix(self, n: int) -> torch.Tensor:
+        """The 1-D matrix ``M`` ``[m, n]`` of an axis of length ``n`` (float64, CPU)."""
+        raise NotImplementedError
+
+    def has_closed_form_prox(self) -> bool:
+        """True: ``AᵀA = (M_hᵀM_h) ⊗ (M_wᵀM_w)`` is diagonalised by the eigenvectors of the 1-D Gram matrices."""
+        return True
+
+    def gram_eig(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V, Λ)`` of ``MᵀM`` for an axis of length ``n`` (float64, CPU, cached)."""
+        cache = self.__dict__.setdefault("_gram_cache", {})
+        if n not in cache:
+            cache[n] = gram_eigh(self.axis_matrix(n))
+        return cache[n]
+
+    def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+        """``(AᵀA + λI)⁻¹ rhs``: ``[B, C, H, W]`` → same, exact."""
+        rhs = compute_dtype(rhs)
+        return separable_normal_inverse(rhs, self.gram_eig(rhs.shape[-2]), self.gram_eig(rhs.shape[-1]), lam)
 
 
 def circulant_normal_inverse(rhs: torch.Tensor, spectrum: torch.Tensor, lam: float) -> torch.Tensor:

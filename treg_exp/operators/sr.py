@@ -22,11 +22,13 @@ import torch
 from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import downsample_matrix
+from treg_exp.operators.prox import SeparableNormalInverse
 from treg_exp.operators.svd import check_pairing, svd_downsample
 
 
-class SeparableDownsample(LinearOperator):
-    """``y = M_h x M_wᵀ + σ_y n``: ``[B, 3, H, W]`` → ``[B, 3, H/f, W/f]``.
+class SeparableDownsample(SeparableNormalInverse, LinearOperator):
+    """``y = M_h x M_wᵀ + σ_y n``: ``[B, 3, H, W]`` → ``[B, 3, H/f, W/f]``; exact ``(AᵀA + λI)⁻¹`` from
+    :class:`~treg_exp.operators.prox.SeparableNormalInverse`.
 
     Args:
         factor: integer downsampling factor ``f`` (H and W must be divisible by it).
@@ -90,26 +92,9 @@ class SeparableDownsample(LinearOperator):
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return (*y.shape[:-2], y.shape[-2] * self.factor, y.shape[-1] * self.factor)
 
-    # --- closed-form (AᵀA + λI)⁻¹ (treg_exp.operators.prox) -------------------------------------------------
-    def has_closed_form_prox(self) -> bool:
-        """True: ``AᵀA = (M_hᵀM_h) ⊗ (M_wᵀM_w)`` is diagonalised by the eigenvectors of the 1-D Gram matrices."""
-        return True
-
-    def gram_eig(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(V, Λ)`` of ``MᵀM`` for an axis of length ``n`` (float64, CPU, cached)."""
-        from treg_exp.operators.prox import gram_eigh
-
-        cache = self.__dict__.setdefault("_gram_cache", {})
-        if n not in cache:
-            cache[n] = gram_eigh(self.matrix(n))
-        return cache[n]
-
-    def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
-        """``(AᵀA + λI)⁻¹ rhs``: ``[B, C, H, W]`` → same, exact."""
-        from treg_exp.operators.prox import separable_normal_inverse
-
-        rhs = compute_dtype(rhs)
-        return separable_normal_inverse(rhs, self.gram_eig(rhs.shape[-2]), self.gram_eig(rhs.shape[-1]), lam)
+    def axis_matrix(self, n: int) -> torch.Tensor:
+        """The 1-D matrix ``[n/f, n]`` (float64, CPU): what :class:`SeparableNormalInverse` diagonalises."""
+        return self.matrix(n)
 
 
 def super_resolution(

@@ -56,6 +56,7 @@ import torch
 from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import downsample_matrix, svd_gaussian_taps
+from treg_exp.operators.prox import SeparableNormalInverse
 
 #: ``task.svd_pairing`` values (see the module docstring).
 SVD_PAIRINGS = ("official", "consistent")
@@ -115,7 +116,7 @@ def blur_matrix(n: int, taps: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, taps.to(torch.float64)[offsets.clamp(0, k - 1)], torch.zeros((), dtype=torch.float64))
 
 
-class SeparableSVD(LinearOperator):
+class SeparableSVD(SeparableNormalInverse, LinearOperator):
     """``y = A x + σ_y n`` from truncated 1-D matrices built by ``matrix_fn(n) -> [m, n]``, paired by ``pairing``.
 
     Args:
@@ -237,31 +238,22 @@ class SeparableSVD(LinearOperator):
         return (*y.shape[:-2], self.in_size(y.shape[-2]), self.in_size(y.shape[-1]))
 
     # --- closed-form (AᵀA + λI)⁻¹ (treg_exp.operators.prox) -------------------------------------------------
-    def has_closed_form_prox(self) -> bool:
-        """True: ``AᵀA = (M'_hᵀM'_h) ⊗ (M'_wᵀM'_w)`` is diagonalised by the 1-D Gram eigenvectors (consistent
-        pairing), or ``AᵀA = V diag(D²) Vᵀ`` with ``V = V_h ⊗ V_w`` square and orthogonal (official pairing)."""
-        return True
-
-    def gram_eig(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(V, Λ)`` of ``M'ᵀM'`` for an axis of length ``n`` (float64, CPU, cached)."""
-        from treg_exp.operators.prox import gram_eigh
-
-        cache = self.__dict__.setdefault("_gram_cache", {})
-        if n not in cache:
-            cache[n] = gram_eigh(self.factors(n)[0])
-        return cache[n]
+    def axis_matrix(self, n: int) -> torch.Tensor:
+        """``M'`` (float64, CPU) of an axis of length ``n``: :class:`SeparableNormalInverse` diagonalises
+        ``M'ᵀM'`` (consistent pairing); the official pairing has its own inverse below."""
+        return self.factors(n)[0]
 
     def normal_inverse(self, rhs: torch.Tensor, lam: float) -> torch.Tensor:
-        """``(AᵀA + λI)⁻¹ rhs``: ``[B, C, H, W]`` → same, exact."""
-        from treg_exp.operators.prox import separable_normal_inverse
-
-        rhs = compute_dtype(rhs)
-        if self.pairing == "official":  # V (Vᵀ r / (D² + λ)); the official pairing has factor 1, so V is square
-            h, w = rhs.shape[-2:]
-            scale = self._scale(h, w, rhs.shape[-3], False, rhs)
-            coeffs = self._mat(h, "Vt", rhs) @ rhs @ self._mat(w, "Vt", rhs).T
-            return self._mat(h, "Vt", rhs).T @ (coeffs / (scale * scale + lam)) @ self._mat(w, "Vt", rhs)
-        return separable_normal_inverse(rhs, self.gram_eig(rhs.shape[-2]), self.gram_eig(rhs.shape[-1]), lam)
+        """``(AᵀA + λI)⁻¹ rhs``: ``[B, C, H, W]`` → same, exact. Consistent pairing: ``AᵀA = (M'_hᵀM'_h) ⊗
+        (M'_wᵀM'_w)`` (:class:`SeparableNormalInverse`); official pairing: ``AᵀA = V diag(D²) Vᵀ`` with
+        ``V = V_h ⊗ V_w`` square and orthogonal."""
+        if self.pairing != "official":
+            return super().normal_inverse(rhs, lam)
+        rhs = compute_dtype(rhs)  # V (Vᵀ r / (D² + λ)); the official pairing has factor 1, so V is square
+        h, w = rhs.shape[-2:]
+        scale = self._scale(h, w, rhs.shape[-3], False, rhs)
+        coeffs = self._mat(h, "Vt", rhs) @ rhs @ self._mat(w, "Vt", rhs).T
+        return self._mat(h, "Vt", rhs).T @ (coeffs / (scale * scale + lam)) @ self._mat(w, "Vt", rhs)
 
 
 def svd_gaussian_blur(
