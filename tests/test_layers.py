@@ -27,8 +27,9 @@ LAYERS: list[set[str]] = [
     {"reporting"},
     {"experiment"},
     {"solvers", "metrics"},
-    {"data", "operators"},
-    {"models", "tracking"},
+    {"data"},
+    {"models", "operators"},
+    {"tracking"},
     {"common"},
 ]
 LAYER_OF = {package: depth for depth, packages in enumerate(LAYERS) for package in packages}

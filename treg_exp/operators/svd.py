@@ -34,7 +34,7 @@ The official pairing, as reproduced here, and where it can differ from a run of 
   their singular vectors are fixed only up to rotations within the plateau, i.e. by the SVD routine: a float32
   SVD changes that operator's measurement of a prior draw by 5 % (the consistent operator's by 1e-6). No
   implementation reproduces the official measurement exactly on those modes; ours uses torch's float64 SVD.
-  (These numbers: ``python -c "from treg_exp.operators.svd import _measure_pairing as f; f()"``.)
+  (These numbers: ``python benchmarks/svd_pairing.py``.)
 
 - Gaussian blur (``deblur_gauss``): ``M[i, j] = g[j − i + K/2]`` for ``j − i ∈ [−K/2, K/2)`` inside the image
   (zero boundary), ``g`` the 60 taps of :func:`~treg_exp.operators.kernels.svd_gaussian_taps` (σ = 5.0). At 512 px
@@ -295,50 +295,4 @@ def svd_downsample(
         int(factor),
         sigma_y=sigma_y,
         name=name,
-    )
-
-
-def _measure_pairing(n: int = 512) -> None:  # pragma: no cover - the numbers quoted in the module docstring
-    """Print what the official pairing changes at ``n`` px (σ = 5 blur): ``python -c "from treg_exp.operators.svd
-    import _measure_pairing as f; f()"``."""
-    from treg_exp.models.gaussian import GaussianPrior
-
-    matrix = blur_matrix(n, svd_gaussian_taps(61, 5.0))
-    u, kept, vh = truncated_svd(matrix, 0.03)
-    own = torch.outer(kept, kept)
-    official = official_scales(kept, kept, 3)
-    print(
-        f"1-D kept: {int((kept > 0).sum())} of {n}; "
-        f"kept coefficients set to 0: {int(((own > 0) & (official == 0)).sum())}"
-        f" of {3 * int((own > 0).sum())}; zero modes given a scale: {int(((own == 0) & (official > 0)).sum())},"
-        f" up to {float(official[(own == 0).expand_as(official)].max()):.3f}"
-    )
-    x = (
-        GaussianPrior(pixel_std=0.5, dtype="float64")
-        .load("cpu")
-        .sample(torch.zeros(1, 3, dtype=torch.float64), [torch.Generator().manual_seed(0)], n, n)[0]
-    )
-
-    def measure(u_: torch.Tensor, vh_: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        return u_ @ (scales * (vh_ @ x @ vh_.T)) @ u_.T
-
-    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float((a - b).norm() / b.norm())
-
-    y_official = measure(u, vh, official)
-    print(f"official vs consistent measurement of a prior draw: {rel(y_official, measure(u, vh, own)):.3f}")
-    # CPU sort (ties broken otherwise)
-    products = own.reshape(-1)
-    order = torch.sort(products, descending=True).indices
-    cpu = torch.empty(3, n * n, dtype=torch.float64)
-    for c in range(3):
-        cpu[c, order] = products[order][(3 * torch.arange(n * n) + c) % (n * n)]
-    print(f"ties broken by torch's CPU sort instead: {rel(measure(u, vh, cpu.reshape(3, n, n)), y_official):.3f}")
-    u32, s32, vh32 = torch.linalg.svd(matrix.float())
-    kept32 = torch.where(s32 >= 0.03, s32, torch.zeros_like(s32)).double()
-    official32 = official_scales(kept32, kept32, 3)
-    print(
-        f"float32 SVD: scales moved {int(((official32 - official).abs() > 1e-5).sum())}; measurement changed "
-        f"{rel(measure(u32.double(), vh32.double(), official32), y_official):.3f} (consistent: "
-        f"{rel(measure(u32.double(), vh32.double(), torch.outer(kept32, kept32)), measure(u, vh, own)):.1e})"
     )
