@@ -67,7 +67,8 @@ class Runner:
         on_claim: called once the run directory is claimed (data checked, weights loaded, ``config.yaml`` written);
             the app writes Hydra's ``.hydra/`` files there.
 
-    After :meth:`run`, :attr:`shard_counts` holds ``{"images", "ok", "failed"}`` of this shard's images (the
+    :attr:`store` is the run directory (:class:`RunStore`, with the dataset's order once :meth:`check_inputs` has
+    run). After :meth:`run`, :attr:`shard_counts` holds ``{"images", "ok", "failed"}`` of this shard's images (the
     app's exit status).
     """
 
