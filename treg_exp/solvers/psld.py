@@ -13,8 +13,8 @@ the ``general_inverse`` and ``inpainting`` branches, which compute the same thin
 
 Defaults (official): 1000 DDIM steps, η = 0, ω = ``step_size`` = 1, γ = ``gluing_weight`` = 0.1 (box inpainting
 ω = 0.1, γ = 0.01, ``run/inverse_bip.sh``: ``conf/solver_task/psld_inpaint_box.yaml``), the encoder's posterior
-sample, ``alpha_index_shift=1`` (the code's 1000-step grid: UNet t = 1000 … 1 with ᾱ_999 … ᾱ_0), the decoded final
-latent as output; SD v1.5 (``experiment=psld_sd15``; the model is a config choice). Two official quirks, both on by
+sample, ``alpha_index_shift=auto`` (the code's 1000-step grid pairs UNet t = 1000 … 1 with ᾱ_999 … ᾱ_0; at other
+step counts its sampler pairs t with ᾱ_t), the decoded final latent as output; SD v1.5 (``experiment=psld_sd15``; the model is a config choice). Two official quirks, both on by
 default because they produced the published numbers, each a flag:
 
 - ``renoise_residual``: the residual is ``‖y − (A(x̂0) + σ_y n)‖`` with a fresh ``n`` each step
