@@ -409,7 +409,7 @@ def test_killed_sweep_resumes_and_treg_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not redone
     jobs = [j for j in json.loads((sweep_dir / "sweep.json").read_text())["jobs"] if j["status"] == "run"]
-    assert len(jobs) == 7 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in jobs)
+    assert len(jobs) == 8 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in jobs)
     assert tables.main([str(sweep_dir)]) == 0
     markdown = (sweep_dir / "table.md").read_text()
     assert "| TReg w/o AN |" in markdown and "could not be retrieved" in markdown

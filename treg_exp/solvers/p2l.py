@@ -58,9 +58,9 @@ What the paper says, and what is chosen here:
   switches both to ``r²`` (the Gaussian log-likelihood of the Bayesian derivation, Eq. 11–12). With Adam on
   ``C`` the choice barely matters: it rescales each gradient by ``2r``, and the first Adam step is ``lr·sign(g)``
   either way.
-- No CFG, no null text (``cfg_scale=1``): P2L conditions the network on ``C`` alone ("we did not consider the usage of CFG", Sec. 5,
-  Limitations; prior latent solvers "resort to the use of null text embedding", which P2L replaces). One UNet
-  call of B rows per pass; the null embedding is never used.
+- No CFG, no null text (``cfg_scale=1``): P2L conditions the network on ``C`` alone ("we did not consider the
+  usage of CFG", Sec. 5, Limitations; prior latent solvers "resort to the use of null text embedding", which P2L
+  replaces). One UNet call of B rows per pass; the null embedding is never used.
 - Table 6 (per-task values) lost its row labels in the text extraction this project has; the reading in
   ``conf/solver_task/p2l_*.yaml`` (step size ρ, k, γ, K by row; the learning-rate row lost entirely) is marked
   unverified there.
@@ -90,8 +90,8 @@ step sizes and its own generator, so a batch of B computes what B runs of one co
 
 Cost per image, with ``N = num_steps``, ``K = prompt_iters``, ``P = ⌈N / project_every⌉`` projection steps, at the
 paper's variant: ``N·(K+1)`` UNet calls of 1 row and ``N·(K+1)`` decodes, each with a backward pass (the K prompt
-iterations and the likelihood gradient); ``P`` encodes; one more decode for the output when the last step projects (otherwise
-the last step's ``D(ẑ0)`` is reused); one text-encoder pass per distinct prompt. CG costs ``cg_iters + 1``
+iterations and the likelihood gradient); ``P`` encodes; one more decode for the output when the last step projects
+(otherwise the last step's ``D(ẑ0)`` is reused); one text-encoder pass per distinct prompt. CG costs ``cg_iters + 1``
 operator normal-equation applications per projection (no network passes), the projection diagnostics two more
 operator applications. With ``prompt_tuning=first_step`` only step 0 runs the K prompt passes (the TReg
 repository's loop runs a forward and backward pass for the prompt at every step and discards it; skipped here), and
