@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.test_configs import CONF, compose_with
+from treg_exp.errors import UserError
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.models.tiny import SD1_SCHEDULER, TinyStableDiffusionPrior
 from treg_exp.operators.inpaint import Inpainting
@@ -29,7 +30,7 @@ from treg_exp.operators.svd import svd_downsample, svd_gaussian_blur
 from treg_exp.solvers import ldps as ldps_module
 from treg_exp.solvers.core import ddim_plan
 from treg_exp.solvers.ldps import StepContext, ldm_alpha_index_shift
-from treg_exp.solvers.p2l import P2L
+from treg_exp.solvers.p2l import P2L, VARIANTS
 from treg_exp.solvers.psld import PSLD
 
 TREG_TABLES = ("treg_table1_sr16", "treg_table2_deblur", "treg_table3_mismatch")
@@ -382,3 +383,29 @@ def test_psld_solve_resolves_auto(prior64, monkeypatch) -> None:
     y = operator.measure(_truth(), _gens())
     PSLD(num_steps=2, gluing_transpose="adjoint").solve(y, operator, prior64, ["a"], _gens(), SHAPE)
     assert seen == [0]
+
+
+def test_p2l_variant_fills_only_the_keys_left_null() -> None:
+    """A variant supplies the keys left ``None``; an explicit key wins; unknown values are one-line errors. Catches a
+    variant silently overriding what a preset or the command line set."""
+    paper, repo = P2L(), P2L(variant="treg_repo")
+    for key, value in VARIANTS["paper"].items():
+        assert getattr(paper, key) == value
+    for key, value in VARIANTS["treg_repo"].items():
+        assert getattr(repo, key) == value
+    mixed = P2L(variant="treg_repo", project_every=3, cfg_scale=1.0, prompt_loss="residual")
+    assert (mixed.project_every, mixed.cfg_scale, mixed.prompt_loss, mixed.prompt_tuning) == (
+        3,
+        1.0,
+        "residual",
+        "first_step",
+    )
+    for bad in (
+        dict(variant="official"),
+        dict(prompt_loss="l1"),
+        dict(prompt_tuning="last_step"),
+        dict(alpha_index_shift=2),
+    ):
+        with pytest.raises(UserError) as error:
+            P2L(**bad)
+        assert "\n" not in str(error.value)

@@ -80,7 +80,8 @@ Departures from the paper, and why:
 - Encoder: ``encode_mode=mean`` (``E`` as a deterministic map onto its range; ``sample`` draws the VAE posterior
   sample from the image's generator). The paper writes only ``E(x̄)``.
 - Timesteps: ``timestep_spacing=trailing`` (t = 999, 998, …, 0 at 1000 steps). SD 1.x's own "leading" grid with
-  ``steps_offset=1`` would start at t = 1000, outside the schedule, at 1000 steps; ``null`` keeps the prior's.
+  ``steps_offset=1`` would start at t = 1000, outside the schedule, at 1000 steps (``leading`` keeps the prior's
+  ``steps_offset``: SD's own grid, as the ``treg_repo`` variant runs it at 200 steps).
 - ᾱ pairing: textbook (ᾱ_t with the network's t; the paper has no code) unless ``alpha_index_shift=1``.
 - Randomness: ``z_T``, then per step the encoder's sample (projection steps, ``encode_mode=sample``) and ξ
   (``eta > 0``), from the image's solver generator on the CPU, so results do not depend on batch size or device.
