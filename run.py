@@ -8,9 +8,9 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> Any:
-    from treg_exp.app import main as app_main
+    from treg_exp.experiment.app import main as app_main
 
-    # a multirun job's outcome (for treg_exp.multirun.JobReport), or the objective metric of an optimising sweep
+    # a multirun job's outcome (for experiment.multirun.JobReport), or the objective metric of an optimising sweep
     return app_main(cfg)
 
 

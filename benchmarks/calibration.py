@@ -6,12 +6,12 @@
 For each entry of :data:`SOLVERS` and each task of :data:`TASKS` the run config is composed as
 ``python run.py model=gaussian solver=<name> task=<task> <task overrides> <entry overrides>`` would compose it (so
 ``conf/solver_task/<name>_<task>.yaml`` and ``conf/solver_model/<name>_gaussian.yaml`` apply), the solver and the task
-operator are instantiated from it, and :func:`treg_exp.calibration.calibrate` scores the solver on ``--images``
-prior draws at 64 px with ``--seeds`` runs each: the MSE over an exact posterior sample's, the spread ratio
+operator are instantiated from it, and :func:`treg_exp.reporting.calibration.calibrate` scores the solver on
+``--images`` prior draws at 64 px with ``--seeds`` runs each: the MSE over an exact posterior sample's, the spread ratio
 (reconstructions' covariance trace over the posterior's) and the squared bias of their mean against the exact
 posterior mean over the posterior variance, with ``Aᵀy``'s MSE ratio and squared bias beside them. The prior is the
 composed ``model=gaussian`` in float64 with ``pixel_std`` 0.3 (so that clamping to [−1, 1] barely matters, see
-:mod:`treg_exp.calibration`). The last rows are the exact sampler's own numbers (≈1, ≈1, ≈0): the check of the
+:mod:`treg_exp.reporting.calibration`). The last rows are the exact sampler's own numbers (≈1, ≈1, ≈0): the check of the
 check. A solver whose config or module is not in this branch gets a skip line, not a crash.
 
 To add a solver, add one line to :data:`SOLVERS`.
@@ -96,7 +96,7 @@ def make_problem(task: str, images: int, seeds: int):
     """The task's measurements of ``images`` prior draws with the exact posterior references."""
     from hydra.utils import instantiate
 
-    from treg_exp.calibration import CALIBRATION_PIXEL_STD, make_problem
+    from treg_exp.reporting.calibration import CALIBRATION_PIXEL_STD, make_problem
 
     cfg = compose(["model=gaussian", f"task={task}", *TASKS[task]])
     cfg.model.pixel_std = CALIBRATION_PIXEL_STD
@@ -125,7 +125,7 @@ def instantiate_solver(name: str, overrides: list[str], task: str):
 
 
 def run(solver_names: list[str] | None, tasks: list[str], images: int, seeds: int) -> list[Row]:
-    from treg_exp.calibration import calibrate, exact_sampler_check
+    from treg_exp.reporting.calibration import calibrate, exact_sampler_check
 
     rows: list[Row] = []
     entries = [(n, o) for n, o in SOLVERS if solver_names is None or n in solver_names]

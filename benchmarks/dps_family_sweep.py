@@ -5,8 +5,8 @@
 
 Each solver's config is composed as ``python run.py model=gaussian solver=<name> task=<task>`` would compose it (so
 ``conf/solver_model/<name>_gaussian.yaml`` applies), with ``solver.step_size`` overridden by each value of the sweep
-(``--sweep``), and scored by :func:`treg_exp.calibration.calibrate` on prior draws at ``--resolution`` px with the
-calibration benchmark's tasks (``gauss_deblur`` 15×15 σ = 2 circular, ``inpaint_random``). Prints one line per run:
+(``--sweep``), and scored by :func:`treg_exp.reporting.calibration.calibrate` on prior draws at ``--resolution`` px with
+the calibration benchmark's tasks (``gauss_deblur`` 15×15 σ = 2 circular, ``inpaint_random``). Prints one line per run:
 the MSE over an exact posterior sample's, the spread ratio, the squared bias over the posterior variance, and Aᵀy's.
 """
 
@@ -53,7 +53,7 @@ def compose(overrides: list[str]):
 def main() -> None:
     from hydra.utils import instantiate
 
-    from treg_exp.calibration import CALIBRATION_PIXEL_STD, calibrate, make_problem
+    from treg_exp.reporting.calibration import CALIBRATION_PIXEL_STD, calibrate, make_problem
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--solvers", nargs="*", default=list(SWEEP))

@@ -6,7 +6,7 @@ Three parts, all in the networks' dtype (``--dtype``):
 
 1. **Passes**: seconds of one UNet call of 1 and 2 rows (a CFG pair), a VAE decode, a VAE encode, a CLIP ViT-L/14
    image pass, and the *backward* seconds of UNet, decoder and encoder (forward + backward with the prior's gradient
-   checkpointing, minus the forward): what ``treg_exp.cost`` prices a ``<network>_grad_rows`` row at.
+   checkpointing, minus the forward): what ``treg_exp.experiment.cost`` prices a ``<network>_grad_rows`` row at.
 2. **Options**: the CFG pair and the decode again with ``channels_last`` weights; the pixel prior ``adm_ffhq256``'s
    UNet (random weights, 256 px, float32 as its config) forward and backward, for the pixel solvers' estimates.
 3. **Solvers on a few steps**: each of :data:`FEW_STEP_RUNS` through the real runner (one 512-px photo,
@@ -144,7 +144,7 @@ def label_networks(prior) -> None:
 
 def profiled_run(prior, overrides: list[str]) -> dict:
     """One 512-px photo through the runner with ``prior``; wall seconds, their split, counts and peak RSS."""
-    from treg_exp.app import build_runner
+    from treg_exp.experiment.app import build_runner
 
     cfg = compose(["model=sd15_random", *overrides, "data.limit=1", "data.resolution=512", "metrics=fast"])
     with tempfile.TemporaryDirectory() as run_dir:

@@ -35,7 +35,7 @@ GLUING_WEIGHT = 0.1
 
 def measure(resolution: int = 512) -> list[dict]:
     """Every case of :data:`CASES` in this process; one dict per case (memory in GiB, seconds of the step)."""
-    from treg_exp import seeding
+    from treg_exp.common import seeding
     from treg_exp.models.tiny import TinyStableDiffusionPrior
     from treg_exp.operators.blur import gaussian_deblur
     from treg_exp.solvers.core import denoiser_gradient, residual_norm

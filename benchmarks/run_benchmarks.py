@@ -17,20 +17,20 @@ Parts (each a section of RESULTS.md):
 4. **Every solver on the small model** (``model=tiny``, 64 px, one photo, through the runner): seconds per image,
    peak RSS and network evaluations per image at the solver's defaults. Solvers whose default is more than
    :data:`MAX_SMALL_STEPS` steps run :data:`FIT_STEPS` steps and are *extrapolated* along the line through the two
-   (labelled). Their full-size cost per image = the counts × part 1's seconds (``treg_exp.cost``).
+   (labelled). Their full-size cost per image = the counts × part 1's seconds (``treg_exp.experiment.cost``).
 5. **Batching**: each solver on 4 photos, batch 1 and batch 4, :data:`BATCH_STEPS` steps (``model=tiny``): seconds
    per image of the solve and of the whole pipeline.
 6. **Options**: TReg on ``model=tiny`` eager, with ``channels_last`` and with ``torch.compile``.
 7. **Operators at 512 px**: ``A``, ``Aᵀ`` and TReg's 5-iteration CG for each task.
 
-``benchmarks/results.json`` holds the figures for programs (``treg_exp.cost`` reads it for the estimate a run or a
-sweep prints at start). Schema (``"schema": 2``)::
+``benchmarks/results.json`` holds the figures for programs (``treg_exp.experiment.cost`` reads it for the estimate a run
+or a sweep prints at start). Schema (``"schema": 2``)::
 
     {"schema": 2,
      "machines": {                       # one entry per machine and device; a run replaces only its own entry
        "<device>:<name>": {              # e.g. "cpu:x86_64 (2 cores)", "cuda:NVIDIA H200"
          "device": "cpu" | "cuda", "name": str, "torch": str, "date": "YYYY-MM-DD", "command": str,
-         "networks": {                   # per architecture (treg_exp.cost.architecture maps model names to these)
+         "networks": {                   # per architecture (experiment.cost.architecture maps model names to these)
            "sd15": {"resolution": 512, "dtype": str, "peak_memory_gib": float,
                     "seconds": {"unet_1row", "unet_2rows", "decode", "encode", "clip_image",
                                 "unet_backward", "decode_backward", "encode_backward": s}},
@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from common import ROOT, compose, peak_gib, reset_peak, timed
 
-from treg_exp import cost
+from treg_exp.experiment import cost
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
@@ -98,7 +98,7 @@ def small_model_overrides(name: str) -> list[str]:
 
 def run_once(overrides: list[str], images: int = 1, batch_size: int = 1, resolution: int = 64) -> dict:
     """One run through the real runner: wall seconds per image (prior loaded beforehand), its rows, peak RSS."""
-    from treg_exp.app import build_runner
+    from treg_exp.experiment.app import build_runner
 
     cfg = compose([*overrides, f"data.limit={images}", f"data.resolution={resolution}", "metrics=fast"])
     cfg.batch_size = batch_size
@@ -195,7 +195,7 @@ def operator_costs(repeats: int) -> list[dict]:
     """Part 7: per-call seconds of A, Aᵀ and a 5-iteration damped CG solve at 512 px, batch 1."""
     from hydra.utils import instantiate
 
-    from treg_exp import seeding
+    from treg_exp.common import seeding
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
@@ -231,7 +231,7 @@ def child(script: str, *args: str) -> list[dict]:
 
 
 def full_size_estimate(counts: dict, seconds: dict, resolution: int, measured_at: int) -> float:
-    """Network seconds per image from counts and pass seconds (``treg_exp.cost``, backward passes included)."""
+    """Network seconds per image from counts and pass seconds (``treg_exp.experiment.cost``, backward included)."""
     passes = cost.Passes(**{k: float(counts.get(k, 0.0)) for k in cost.COUNT_NAMES})
     return cost.seconds_per_image(passes, seconds, resolution, measured_at)
 
@@ -385,8 +385,8 @@ def markdown(parts: dict, command: str, minutes: float) -> list[str]:
             "*; exact for counts of a loop whose steps are alike, approximate for ReSample's phases). "
             "Counts are per image at the defaults; "
             "`grad` = rows whose pass is then differentiated. *Full-size s* = those counts × the full-size pass "
-            "seconds above (forward and backward), network time only: the price `treg_exp.cost` quotes before "
-            "a run. Pixel solvers on the FFHQ ADM prior: its UNet seconds, no VAE.",
+            "seconds above (forward and backward), network time only: the price `treg_exp.experiment.cost` quotes "
+            "before a run. Pixel solvers on the FFHQ ADM prior: its UNet seconds, no VAE.",
             "",
             "| solver | steps | tiny s / image | tiny peak RSS GiB | UNet rows | UNet grad | decodes | decode grad "
             "| encodes | encode grad | CLIP | full-size s (SD, 512) | full-size s (ADM, 256) |",

@@ -6,7 +6,7 @@
     python scripts/fetch_weights.py --out DIR --dry-run                   # list what would be fetched
 
 then run with ``paths.weights=DIR`` (``HF_HOME``, ``HF_HUB_OFFLINE``, ``TORCH_HOME`` and clean-fid's file are set
-and placed by :func:`treg_exp.weights.stage_weights`). The layout is described in :mod:`treg_exp.weights`.
+and placed by :func:`treg_exp.models.weights.stage_weights`). The layout is described in :mod:`treg_exp.models.weights`.
 Files already present are kept.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from treg_exp import weights  # noqa: E402 - after the path insert, so the script runs from a checkout
+from treg_exp.models import weights  # noqa: E402 - after the path insert, so the script runs from a checkout
 from treg_exp.models.adm import RELEASES as ADM_RELEASES  # noqa: E402
 
 # Hugging Face repositories of the diffusion models (conf/model/*) and CLIP (TReg's adaptive negation, CLIP score).

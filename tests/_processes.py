@@ -21,7 +21,7 @@ ROOT = Path(__file__).parents[1]
 RUN_PY = ROOT / "run.py"
 PRELOAD = [
     "tests._processes",
-    "treg_exp.app",
+    "treg_exp.experiment.app",
     "treg_exp.models.tiny",
     "treg_exp.models.gaussian",
     "treg_exp.solvers.ddim",

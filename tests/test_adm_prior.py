@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from tests.test_configs import compose_with
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.models import adm
 from treg_exp.models.adm import AdmArchitecture, AdmPrior, diffusers_to_official
 from treg_exp.solvers import core
@@ -310,7 +310,7 @@ def test_learned_range_log_variance_matches_guided_diffusions_construction(prior
 def test_bad_config_values_fail_in_the_constructor(override, words):
     with pytest.raises(Exception) as error:
         reduced_prior(override)
-    from treg_exp.errors import find_user_error
+    from treg_exp.common.errors import find_user_error
 
     user_error = find_user_error(error.value)
     assert user_error is not None and one_line(user_error) and words in str(user_error)

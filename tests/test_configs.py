@@ -10,9 +10,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from treg_exp import seeding
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError, WeightsNotFoundError, find_user_error
 from treg_exp.data.base import ImageDataset
-from treg_exp.errors import UserError, WeightsNotFoundError, find_user_error
 from treg_exp.metrics.base import MetricSuite
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from treg_exp import seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.base import NetworkCounter
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.solvers import core

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from treg_exp import seeding
+from treg_exp.common import seeding
 from treg_exp.models.tiny import TinyStableDiffusionPrior
 from treg_exp.solvers.ddim import DDIMSolver
 

@@ -5,7 +5,7 @@ prior, with bounds that the typical wrong updates break.
 
 Sizes are kept small for a 2-core CPU: the tiny model at 32 px (latents 4×4×4) with 2 steps; the Gaussian prior
 at 32 px with 200 steps, 2 images and 3 seeds, all seeds of a solver in one batch (a batch of B is B runs of one,
-tested here, so this is :func:`treg_exp.calibration.calibrate`'s number).
+tested here, so this is :func:`treg_exp.reporting.calibration.calibrate`'s number).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from treg_exp import seeding
-from treg_exp.calibration import CALIBRATION_PIXEL_STD, Problem, make_problem, score, solver_seed
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.gaussian import GaussianPrior
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.models.tiny import TinyStableDiffusionPrior
 from treg_exp.operators.blur import gaussian_deblur
 from treg_exp.operators.inpaint import Inpainting
 from treg_exp.operators.sr import super_resolution
+from treg_exp.reporting.calibration import CALIBRATION_PIXEL_STD, Problem, make_problem, score, solver_seed
 from treg_exp.solvers import core
 from treg_exp.solvers.dps import DPS
 from treg_exp.solvers.gml_dps import GMLDPS
@@ -289,7 +289,7 @@ def problems() -> dict[str, Problem]:
 
 
 def calibrate_batched(solver, problem: Problem):
-    """:func:`treg_exp.calibration.calibrate` with all K seeds in one batch of K·N (the same per-image streams)."""
+    """:func:`treg_exp.reporting.calibration.calibrate` with all K seeds in one batch of K·N (same streams)."""
     k, n = problem.seeds, len(problem.ids)
     params = problem.operator.params()
     operator = problem.operator.with_params({key: v.repeat(k, *[1] * (v.dim() - 1)) for key, v in params.items()})

@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from treg_exp import seeding
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.data.gaussian import GaussianImages
-from treg_exp.errors import UserError
 from treg_exp.models.gaussian import GaussianPrior
 from treg_exp.solvers import core
 

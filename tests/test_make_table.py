@@ -1,4 +1,5 @@
-"""treg_exp.tables (scripts/make_table.py) pools shards and sweeps into one table beside the papers' numbers."""
+"""treg_exp.reporting.tables (scripts/make_table.py) pools shards and sweeps into one table beside the papers'
+numbers."""
 
 import csv
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_runner import make_runner
-from treg_exp import tables
+from treg_exp.reporting import tables
 
 ROOT = Path(__file__).parents[1]
 

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from tests.test_weights import isolate_staging, stage_standins
-from treg_exp import weights
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.metrics import MetricContext, MetricSuite, treg
 from treg_exp.metrics import fid as fid_module
 from treg_exp.metrics.image import PSNR, SSIM, MeasurementConsistency, psnr, ssim
+from treg_exp.models import weights
 from treg_exp.operators.base import LinearOperator
 
 
@@ -233,7 +233,7 @@ def test_fid_treg_protocol_stretches_before_the_features(staged, fast_frechet, t
 def test_paper_metrics_without_weights_stop_in_prepare_with_the_staging_command(tmp_path, monkeypatch):
     from hydra.utils import instantiate
 
-    from treg_exp.score import metrics_config
+    from treg_exp.reporting.score import metrics_config
 
     empty = tmp_path / "weights"
     empty.mkdir()

@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 
 from tests.test_metrics import images, lowrank_frechet, save_pngs
 from tests.test_weights import stage_standins
-from treg_exp import cli, seeding
-from treg_exp import score as score_module
+from treg_exp import cli
+from treg_exp.common import seeding
 from treg_exp.metrics import fid as fid_module
 from treg_exp.metrics.image import psnr
+from treg_exp.reporting import score as score_module
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 IDS = ["a", "b"]
@@ -120,7 +121,7 @@ def test_a_run_with_paper_metrics_and_offline_wandb(tmp_path_factory, tmp_path, 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from treg_exp.app import build_runner
+    from treg_exp.experiment.app import build_runner
     from treg_exp.tracking.comparison import write_comparison
 
     staged = stage_standins(tmp_path_factory, tmp_path, monkeypatch)

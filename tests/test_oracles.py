@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from treg_exp import seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.gaussian import GaussianPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.oracles import PosteriorMean, PosteriorSample

@@ -15,12 +15,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from treg_exp import calibration
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.models.gaussian import GaussianPrior
 from treg_exp.models.tiny import TinyStableDiffusionPrior
 from treg_exp.operators.blur import gaussian_deblur
 from treg_exp.operators.inpaint import Inpainting
+from treg_exp.reporting import calibration
 from treg_exp.solvers.p2l import P2L
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ CALIBRATION_BOUNDS = {"bias2": 0.15, "mse_ratio": 1.1, "spread_ratio": (0.5, 1.0
 @pytest.mark.parametrize("task", ["gauss_deblur", "inpaint_random"])
 def test_calibration_on_the_gaussian_prior(task: str) -> None:
     """conf/solver_model/p2l_gaussian.yaml (100 steps and ρ = 1 here, see above) against the exact posterior
-    (:mod:`treg_exp.calibration`) on 2 prior draws × 3 seeds at 32 px. Bounds, and the mistakes (table above)
+    (:mod:`treg_exp.reporting.calibration`) on 2 prior draws × 3 seeds at 32 px. Bounds, and the mistakes (table above)
     that break them:
 
     - ``bias2 < 0.15`` (and below ``Aᵀy``'s): a sign error in the likelihood step, the projection's damping

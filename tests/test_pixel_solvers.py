@@ -19,13 +19,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from treg_exp import seeding
-from treg_exp.calibration import CALIBRATION_PIXEL_STD, calibrate, make_problem
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.gaussian import GaussianPrior, spectral_filter
 from treg_exp.operators import MotionBlur, SeparableDownsample, gaussian_deblur, svd_downsample, svd_gaussian_blur
 from treg_exp.operators.cg import conjugate_gradient
 from treg_exp.operators.inpaint import Inpainting
+from treg_exp.reporting.calibration import CALIBRATION_PIXEL_STD, calibrate, make_problem
 from treg_exp.solvers.dds import DDS
 from treg_exp.solvers.diffpir import DiffPIR, diffpir_plan, quad_timesteps
 from treg_exp.solvers.red import RED, timestep_for_sigma
@@ -326,7 +326,7 @@ BOUNDS = {
 @pytest.mark.parametrize("name", sorted(BOUNDS))
 @pytest.mark.parametrize("task", ["gauss_deblur", "inpaint_random"])
 def test_calibration_against_exact_posterior(problems, name: str, task: str) -> None:
-    """Each solver against the exact posterior (``treg_exp.calibration``), with bounds a wrong update breaks:
+    """Each solver against the exact posterior (``treg_exp.reporting.calibration``), with bounds a wrong update breaks:
 
     - ``bias2`` (squared distance of the reconstructions' mean from the posterior mean, in posterior variances)
       below ``Aᵀy``'s and below the bound: a data step with the wrong sign or weight, an ε̂ taken from the network

@@ -30,9 +30,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests import _processes
-from treg_exp import app
+from treg_exp.common.errors import OutputError
 from treg_exp.data.images import ImageReadError, load_image, to_tensor
-from treg_exp.errors import OutputError
+from treg_exp.experiment import app
 from treg_exp.tracking import files
 
 ROOT = Path(__file__).parents[1]
@@ -585,7 +585,7 @@ def test_an_unwritable_output_location_is_one_line_before_anything_starts(tmp_pa
 # --- concurrency: processes sharing one run directory ---------------------------------------------------------
 def write_rows_and_tables(run_dir: str, prefix: str, count: int) -> None:
     """In a process of its own: ``count`` rows, each followed by the runner's table rebuild (as after a batch)."""
-    from treg_exp.runner import Runner
+    from treg_exp.experiment.runner import Runner
 
     runner = Runner(None, None, None, None, None, Path(run_dir), progress=False)
     runner._order = []

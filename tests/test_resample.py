@@ -17,12 +17,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from treg_exp import calibration, seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.gaussian import GaussianPrior
 from treg_exp.models.tiny import TinyStableDiffusionPrior
 from treg_exp.operators.blur import gaussian_deblur
 from treg_exp.operators.inpaint import Inpainting
+from treg_exp.reporting import calibration
 from treg_exp.solvers import resample as resample_module
 from treg_exp.solvers.core import ddim_plan, ddim_sigma
 from treg_exp.solvers.resample import ReSample, adamw_fit, dc_stages, resample_variance, stochastic_resample

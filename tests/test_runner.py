@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from treg_exp.app import build_runner
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
+from treg_exp.experiment.app import build_runner
 
 ROOT = Path(__file__).parents[1]
 SMALL = [

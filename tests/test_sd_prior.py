@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from transformers import CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from treg_exp import seeding
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.models import loading
 from treg_exp.models.stable_diffusion import CLIP_MEAN, CLIP_STD, StableDiffusionPrior
 from treg_exp.models.tiny import TinyStableDiffusionPrior, build_tiny_components, save_tiny
@@ -220,7 +220,7 @@ def test_attention_is_sdpa_and_networks_run_in_the_model_dtype_while_treg_keeps_
     state cast to the network dtype: bf16 CG loses the small-λ solve, AN's updates fall below bf16's resolution)."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from treg_exp import seeding
+    from treg_exp.common import seeding
     from treg_exp.operators.blur import gaussian_deblur
     from treg_exp.solvers.treg import TReg
 

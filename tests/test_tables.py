@@ -19,13 +19,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from treg_exp import cost, seeding, sweep, tables
-from treg_exp.app import build_runner
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.data import listed, prepare
 from treg_exp.data.images import to_tensor
-from treg_exp.errors import UserError
+from treg_exp.experiment import cost, sweep
+from treg_exp.experiment.app import build_runner
 from treg_exp.metrics.base import DatasetMetric
 from treg_exp.metrics.fid import frechet
+from treg_exp.reporting import make_table, tables
 
 ROOT = Path(__file__).parents[1]
 CONF = ROOT / "conf"
@@ -368,7 +370,7 @@ def test_p2l_table_sweep_runs_the_grid_and_make_table_writes_both_tables(tmp_pat
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     ran = [j for j in plan["jobs"] if j["status"] == "run"]
     assert len(ran) == 40 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in ran)
-    assert tables.main([str(sweep_dir)]) == 0
+    assert make_table.main([str(sweep_dir)]) == 0
     markdown = (sweep_dir / "table.md").read_text()
     assert "not run" not in markdown
     lines = markdown.splitlines()
@@ -410,7 +412,7 @@ def test_killed_sweep_resumes_and_treg_table(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not redone
     jobs = [j for j in json.loads((sweep_dir / "sweep.json").read_text())["jobs"] if j["status"] == "run"]
     assert len(jobs) == 8 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in jobs)
-    assert tables.main([str(sweep_dir)]) == 0
+    assert make_table.main([str(sweep_dir)]) == 0
     markdown = (sweep_dir / "table.md").read_text()
     assert "| TReg w/o AN |" in markdown and "could not be retrieved" in markdown
 
@@ -431,12 +433,12 @@ def test_report_plots_a_one_dimensional_sweep(tmp_path):
 
 
 def tables_report_plots(table):
-    from treg_exp import report
+    from treg_exp.reporting import report
 
     return report.sweeps_1d(table)
 
 
 def tables_write_report(table, path):
-    from treg_exp import report
+    from treg_exp.reporting import report
 
     return report.write_report(table, path)

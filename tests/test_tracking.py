@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.tracking.comparison import write_comparison
 from treg_exp.tracking.wandb_logger import RUN_ID_FILE, WandbLogger, flatten, to_uint8
 

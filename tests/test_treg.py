@@ -15,12 +15,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from treg_exp.calibration import calibrate, exact_sampler_check, make_problem
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.models.gaussian import GaussianPrior
 from treg_exp.models.tiny import TinyStableDiffusionPrior
 from treg_exp.operators.blur import gaussian_deblur
 from treg_exp.operators.inpaint import Inpainting
+from treg_exp.reporting.calibration import calibrate, exact_sampler_check, make_problem
 from treg_exp.solvers.oracles import PosteriorMean
 from treg_exp.solvers.treg import TReg, dc_steps
 
@@ -411,8 +411,8 @@ def test_gradient_checkpointing_is_delegated(prior64) -> None:
 @pytest.mark.parametrize("task", ["gauss_deblur", "inpaint_random"])
 def test_gaussian_prior_calibration(task: str) -> None:
     """TReg at its defaults for this prior (200 steps, 57 DC steps, AN off, null prompt "", ω = 1) scored against the
-    exact posterior by treg_exp.calibration (4 prior draws at 32 px, 3 seeds; 15×15 σ = 2 circular blur, or 30–70 %
-    random inpainting). Each bound catches a mistake:
+    exact posterior by treg_exp.reporting.calibration (4 prior draws at 32 px, 3 seeds; 15×15 σ = 2 circular blur, or
+    30–70 % random inpainting). Each bound catches a mistake:
 
     - the exact sampler check within ±0.15 of (1, 1, 0) and the exact posterior mean at (≈0.5, 0, ≈0): a broken
       reference (samples of another posterior, a seed shared between samples and references, a wrong variance τ);

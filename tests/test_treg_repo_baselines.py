@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.test_configs import CONF, compose_with
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.models.tiny import SD1_SCHEDULER, TinyStableDiffusionPrior
 from treg_exp.operators.inpaint import Inpainting

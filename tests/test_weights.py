@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from treg_exp import weights
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common.errors import UserError, WeightsNotFoundError
+from treg_exp.models import weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"

@@ -10,17 +10,17 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``treg-exp <command>``; returns the exit status (2 for a user error)."""
-    from treg_exp import score, tables
+    from treg_exp.reporting import make_table, score
 
     parser = argparse.ArgumentParser(prog="treg-exp")
     commands = parser.add_subparsers(dest="command", required=True)
     score.build_parser(commands.add_parser("score", help="recompute the metrics of finished runs from their files"))
-    tables.build_parser(commands.add_parser("table", help="pool runs into the paper's table and an HTML report"))
+    make_table.build_parser(commands.add_parser("table", help="pool runs into the paper's table and an HTML report"))
     args = parser.parse_args(argv)
     if args.command == "score":
         return score.run_from_args(args)
     if args.command == "table":
-        return tables.run_from_args(args)
+        return make_table.run_from_args(args)
     return 2  # argparse rejects unknown commands before this line
 
 

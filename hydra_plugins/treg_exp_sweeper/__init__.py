@@ -1,8 +1,8 @@
-"""``hydra/sweeper=table``: the paper-table sweeper of treg-exp (see :mod:`treg_exp.sweep`).
+"""``hydra/sweeper=table``: the paper-table sweeper of treg-exp (see :mod:`treg_exp.experiment.sweep`).
 
 Hydra only instantiates plugins that live in the ``hydra_plugins`` namespace package, so the class sits here; the
-work is in :mod:`treg_exp.sweep`, imported when a sweep starts (plugin discovery imports this module on every run,
-so it must stay cheap).
+work is in :mod:`treg_exp.experiment.sweep`, imported when a sweep starts (plugin discovery imports this module on every
+run, so it must stay cheap).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 class TableSweeper(Sweeper):
     """Hydra's basic sweeper plus table rows/columns/cells, skip notices for missing options, fixed job folders,
-    ``sweep.json`` and a cost estimate printed before the first job (:func:`treg_exp.sweep.plan_sweep`)."""
+    ``sweep.json`` and a cost estimate printed before the first job (:func:`treg_exp.experiment.sweep.plan_sweep`)."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class TableSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from treg_exp import sweep as table
+        from treg_exp.experiment import sweep as table
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         loader = self.hydra_context.config_loader

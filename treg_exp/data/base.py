@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from treg_exp import checks
-from treg_exp.errors import UserError
+from treg_exp.common import checks
+from treg_exp.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

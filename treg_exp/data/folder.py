@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from treg_exp import checks
+from treg_exp.common import checks
+from treg_exp.common.errors import UserError
 from treg_exp.data.base import ImageDataset, Sample, check_subset_options, parse_ids, select
 from treg_exp.data.images import load_image
-from treg_exp.errors import UserError
 
 log = logging.getLogger(__name__)
 

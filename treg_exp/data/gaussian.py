@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from treg_exp import checks, seeding
+from treg_exp.common import checks, seeding
 from treg_exp.data.base import ImageDataset, Sample, check_subset_options, parse_ids, select
 from treg_exp.models.gaussian import GaussianPrior
 

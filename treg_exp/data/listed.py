@@ -21,10 +21,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from treg_exp.common.errors import UserError
 from treg_exp.data.base import Sample
 from treg_exp.data.folder import ImageFolder, load_captions
 from treg_exp.data.images import to_tensor
-from treg_exp.errors import UserError
 
 LISTS = Path(__file__).resolve().parent / "lists"
 MANIFEST = "MANIFEST.sha256"

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from treg_exp.common.errors import UserError
 from treg_exp.data.images import center_square
 from treg_exp.data.listed import MANIFEST, file_sha256, first_mismatch, read_list, read_manifest, resolve_list
-from treg_exp.errors import UserError
 
 RESAMPLE = {
     "bicubic": Image.BICUBIC,

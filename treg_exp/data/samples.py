@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from treg_exp import checks
+from treg_exp.common import checks
+from treg_exp.common.errors import UserError
 from treg_exp.data.base import ImageDataset, Sample, check_subset_options, parse_ids, select
 from treg_exp.data.images import ImageReadError, to_tensor
-from treg_exp.errors import UserError
 
 #: id → (scikit-image loader name, prompt)
 SAMPLES: dict[str, tuple[str, str]] = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator
 
 # "standard": the papers' protocol as this project computes it; "treg": as the official TReg script scored its
@@ -69,7 +69,7 @@ class ImageMetric(_ProtocolAware, ABC):
     """A metric with one value per image. Inputs are what was saved: 8-bit PNG values mapped to [−1, 1]."""
 
     def prepare(self, device: torch.device | str) -> None:  # noqa: B027 - optional hook
-        """Load weights (raise :class:`treg_exp.errors.WeightsNotFoundError` with one line if missing)."""
+        """Load weights (raise :class:`treg_exp.common.errors.WeightsNotFoundError` with one line if missing)."""
 
     @abstractmethod
     def __call__(self, recon: torch.Tensor, gt: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
@@ -80,7 +80,7 @@ class DatasetMetric(_ProtocolAware, ABC):
     """A metric of the whole set of reconstructions (FID, KID), computed from the run's folders."""
 
     def prepare(self, device: torch.device | str) -> None:  # noqa: B027 - optional hook
-        """Load or stage weights; raise :class:`treg_exp.errors.WeightsNotFoundError` if missing."""
+        """Load or stage weights; raise :class:`treg_exp.common.errors.WeightsNotFoundError` if missing."""
 
     @abstractmethod
     def __call__(self, recon_dir: Path, gt_dir: Path) -> dict[str, float]:

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from treg_exp import weights
-from treg_exp.errors import WeightsNotFoundError
+from treg_exp.common.errors import WeightsNotFoundError
 from treg_exp.metrics import treg
 from treg_exp.metrics.base import ImageMetric, MetricContext
 from treg_exp.metrics.image import to_uint8_levels
+from treg_exp.models import weights
 
 
 def _projected(output: Any) -> torch.Tensor:

@@ -17,7 +17,7 @@ Only ``<id>.png`` files are scored: extra samples ``<id>_<k>.png`` of ``recon/``
 
 Weights: ``legacy_pytorch`` loads ``TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth`` through
 torch.hub; ``clean`` loads the TorchScript ``inception-2015-12-05.pt`` from clean-fid's fixed folder (``/tmp``),
-where :func:`treg_exp.weights.stage_weights` places it.
+where :func:`treg_exp.models.weights.stage_weights` places it.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from cleanfid.fid import frechet_distance, get_files_features, kernel_distance
 
-from treg_exp import weights
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.metrics import treg
 from treg_exp.metrics.base import DatasetMetric
+from treg_exp.models import weights
 
 MODES = ("legacy_pytorch", "clean")
 SUFFIX = {"legacy_pytorch": "", "clean": "_clean"}

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from treg_exp import weights
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.metrics import treg
 from treg_exp.metrics.base import ImageMetric, MetricContext
+from treg_exp.models import weights
 
 BACKBONE_FILES = {"vgg": weights.VGG16_FILE, "alex": weights.ALEXNET_FILE}
 

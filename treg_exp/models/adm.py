@@ -66,8 +66,8 @@ from typing import Any
 
 import torch
 
-from treg_exp.devices import parse_dtype
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common.devices import parse_dtype
+from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.models import loading
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule

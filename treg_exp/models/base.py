@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from treg_exp import seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.schedule import NoiseSchedule
 
 
@@ -33,7 +33,7 @@ class DiffusionPrior(nn.Module, ABC):
     Subclasses set ``schedule`` (a :class:`NoiseSchedule`), ``latent_channels`` and ``latent_factor`` (8 for
     Stable Diffusion's VAE, 1 for pixel-space priors), and implement the abstract methods. Weights are loaded
     lazily by :meth:`load`, so building the object from a config needs none; :meth:`load` raises
-    :class:`treg_exp.errors.WeightsNotFoundError` with one line when they are missing.
+    :class:`treg_exp.common.errors.WeightsNotFoundError` with one line when they are missing.
 
     Every network pass is counted in ``self.counter`` (see :class:`NetworkCounter`).
     """

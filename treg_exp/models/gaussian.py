@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from treg_exp import seeding
-from treg_exp.devices import parse_dtype
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.devices import parse_dtype
+from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from treg_exp.errors import WeightsNotFoundError
+from treg_exp.common.errors import WeightsNotFoundError
 
 T = TypeVar("T")
 

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from treg_exp import seeding
-from treg_exp.devices import parse_dtype
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.devices import parse_dtype
+from treg_exp.common.errors import UserError
 from treg_exp.models import loading
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
@@ -152,7 +152,7 @@ class StableDiffusionPrior(DiffusionPrior):
     def _load_components(self) -> dict[str, Any]:
         """Load ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler_config``, ``image_encoder``.
 
-        Raises :class:`treg_exp.errors.WeightsNotFoundError` (one line) within seconds when any part is missing.
+        Raises :class:`treg_exp.common.errors.WeightsNotFoundError` (one line) within seconds when any part is missing.
         Subclasses (the tiny model) build them in code instead.
         """
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.models.stable_diffusion import StableDiffusionPrior
 
 #: Width of the tiny text encoder, the UNet's cross-attention and the image tower's projection.

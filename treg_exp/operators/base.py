@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from treg_exp import checks, seeding
+from treg_exp.common import checks, seeding
 from treg_exp.operators.cg import conjugate_gradient
 
 

@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import gaussian_kernel, motion_kernel
 from treg_exp.operators.svd import check_pairing, svd_gaussian_blur

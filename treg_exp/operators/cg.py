@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from treg_exp.batch import batch_dot, per_image
+from treg_exp.common.batch import batch_dot, per_image
 
 
 def conjugate_gradient(

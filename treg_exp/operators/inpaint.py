@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from treg_exp import seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.operators import masks as mask_lib
 from treg_exp.operators.base import LinearOperator, compute_dtype
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from treg_exp import seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 
 
 def gaussian_kernel_1d(size: int, sigma: float, truncate: float = 4.0) -> torch.Tensor:

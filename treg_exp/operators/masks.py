@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from treg_exp import seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 
 
 def box_mask(

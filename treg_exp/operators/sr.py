@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import downsample_matrix
 from treg_exp.operators.svd import check_pairing, svd_downsample

@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import downsample_matrix, svd_gaussian_taps
 

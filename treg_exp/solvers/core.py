@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from treg_exp.batch import batch_norm
-from treg_exp.errors import UserError
+from treg_exp.common.batch import batch_norm
+from treg_exp.common.errors import UserError
 from treg_exp.models.schedule import NoiseSchedule
 
 

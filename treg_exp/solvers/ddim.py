@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from treg_exp import seeding
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers import core

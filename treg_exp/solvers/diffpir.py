@@ -76,9 +76,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from treg_exp import seeding
-from treg_exp.batch import batch_norm
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.batch import batch_norm
+from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from treg_exp.batch import batch_norm
-from treg_exp.errors import UserError
+from treg_exp.common.batch import batch_norm
+from treg_exp.common.errors import UserError
 from treg_exp.solvers.ldps import DPSFamily, StepContext
 
 ENCODE_MODES = ("sample", "mean")

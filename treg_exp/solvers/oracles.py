@@ -37,10 +37,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from treg_exp import seeding
-from treg_exp.batch import batch_norm, per_image
-from treg_exp.devices import parse_dtype
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.batch import batch_norm, per_image
+from treg_exp.common.devices import parse_dtype
+from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.gaussian import GaussianPrior, spectral_filter
 from treg_exp.operators.base import LinearOperator

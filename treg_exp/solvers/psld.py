@@ -48,7 +48,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator
 from treg_exp.operators.sr import SeparableDownsample
 from treg_exp.solvers.gml_dps import GMLDPS

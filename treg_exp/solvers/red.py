@@ -54,8 +54,8 @@ from collections.abc import Sequence
 
 import torch
 
-from treg_exp.batch import batch_dot, batch_norm, per_image
-from treg_exp.errors import UserError
+from treg_exp.common.batch import batch_dot, batch_norm, per_image
+from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator

@@ -97,9 +97,9 @@ from fractions import Fraction
 
 import torch
 
-from treg_exp import seeding
-from treg_exp.batch import batch_norm
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.batch import batch_norm
+from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver

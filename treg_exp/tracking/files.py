@@ -7,7 +7,7 @@ processes writing the same file leave one of the two whole versions. Files are c
 by the process umask, as ``open()`` does (so a group-readable umask gives group-readable results).
 
 A write that fails for a reason of the environment (read-only or missing location, a file where a folder should
-be, a full disk or quota) raises :class:`OutputError`, a one-line :class:`~treg_exp.errors.UserError` naming the
+be, a full disk or quota) raises :class:`OutputError`, a one-line :class:`~treg_exp.common.errors.UserError` naming the
 path and what to do; the target is left as it was and the temporary file is removed.
 
 :func:`locked` serialises the read-all-rows-then-write-the-tables steps of the processes sharing a run directory
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from treg_exp.errors import OutputError
+from treg_exp.common.errors import OutputError
 
 try:  # POSIX only; elsewhere the tables are still rebuilt by each process, without the lock
     import fcntl

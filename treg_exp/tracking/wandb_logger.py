@@ -115,7 +115,7 @@ class WandbLogger(RunLogger):
         dir: str | None = None,
     ) -> None:
         if mode not in MODES:
-            from treg_exp.errors import UserError
+            from treg_exp.common.errors import UserError
 
             raise UserError(f"logger.mode={mode} is not one of {', '.join(MODES)}")
         self.mode = mode

@@ -1,4 +1,4 @@
-"""Score a finished run again from its files, ``treg-exp score RUN_DIR`` or ``python -m treg_exp.score``.
+"""Score a finished run again from its files, ``treg-exp score RUN_DIR`` or ``python -m treg_exp.reporting.score``.
 
 Reads ``config.yaml`` (the run's resolved config), ``gt/<id>.png``, ``recon/<id>.png`` and ``measurement/<id>.pt``
 (``y``, the operator's per-image ``params``, the ``prompt``), rebuilds each image's operator
@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from treg_exp import seeding
-from treg_exp.devices import resolve_device
-from treg_exp.errors import UserError
+from treg_exp.common import seeding
+from treg_exp.common.devices import resolve_device
+from treg_exp.common.errors import UserError
 from treg_exp.metrics.base import summary_stats
-from treg_exp.weights import stage_weights
+from treg_exp.models.weights import stage_weights
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def load_png(path: Path) -> torch.Tensor:
@@ -181,7 +181,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m treg_exp.score RUN_DIR [...]``."""
+    """``python -m treg_exp.reporting.score RUN_DIR [...]``."""
     return run_from_args(build_parser().parse_args(argv))
 
 

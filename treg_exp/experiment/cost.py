@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
 #: the resolution benchmarks/run_benchmarks.py measures the networks at
 BENCHMARK_RESOLUTION = 512

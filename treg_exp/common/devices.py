@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 
 
 def resolve_device(device: str) -> torch.device:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treg_exp import cost as costs
+from treg_exp.experiment import cost as costs
 from treg_exp.tracking.files import write_json
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def plan_sweep(
     folders = [j.folder for j in plan.to_run]
     duplicates = sorted({f for f in folders if folders.count(f) > 1})
     if duplicates:
-        from treg_exp.errors import UserError
+        from treg_exp.common.errors import UserError
 
         raise UserError(f"two jobs of this sweep would share the folder {duplicates[0]}; give them different settings")
     return plan
@@ -319,7 +319,7 @@ def pin_gpu_of_job(enabled: bool, job_num: int | None) -> str | None:
         return None
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if not visible:
-        from treg_exp.errors import UserError
+        from treg_exp.common.errors import UserError
 
         raise UserError(
             "one_gpu_per_job=true needs CUDA_VISIBLE_DEVICES listing the node's GPUs "

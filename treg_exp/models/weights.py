@@ -13,7 +13,7 @@ and a run started with ``paths.weights=DIR`` calls :func:`stage_weights` first, 
 fixed path clean-fid reads (``/tmp/inception-2015-12-05.pt``; ``/tmp`` is node-local on clusters, so it is placed
 again on every node a job lands on).
 
-Metrics check their files in ``prepare`` and raise :class:`~treg_exp.errors.WeightsNotFoundError` naming the
+Metrics check their files in ``prepare`` and raise :class:`~treg_exp.common.errors.WeightsNotFoundError` naming the
 missing file and :data:`STAGE_HINT` when it is absent and downloads are off.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from treg_exp.errors import UserError, WeightsNotFoundError
+from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.models.loading import hub_offline
 
 # File names fixed by the libraries that load them.

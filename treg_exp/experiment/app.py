@@ -7,14 +7,14 @@ prints one table.
 Exit status (:data:`EXIT_OK`, :data:`EXIT_USER_ERROR`, :data:`EXIT_IMAGES_FAILED`):
 
 - ``0``: every image of the run (of this shard) is done.
-- ``2``: a :class:`treg_exp.errors.UserError` (a bad config value, bad input, missing weights, an unwritable
+- ``2``: a :class:`treg_exp.common.errors.UserError` (a bad config value, bad input, missing weights, an unwritable
   location) printed as one ``error:`` line, before any image is solved; the run directory is left as it was (it
   is neither claimed for the new settings nor are ``config.yaml`` and ``.hydra/`` rewritten).
 - ``3``: the run finished but some images failed; one ``error:`` line says how many, and ``failures.jsonl``
   which and why. Running the same command again retries them.
 
 In a multirun (``-m``) each job is one of these; a job's failure does not stop the others unless ``fail_fast``
-(see :mod:`treg_exp.multirun`, which prints the failed jobs at the end and sets the exit status).
+(see :mod:`treg_exp.experiment.multirun`, which prints the failed jobs at the end and sets the exit status).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from treg_exp import cost
-from treg_exp.errors import UserError, find_user_error
-from treg_exp.runner import Runner
+from treg_exp.common.errors import UserError, find_user_error
+from treg_exp.experiment import cost
+from treg_exp.experiment.runner import Runner
+from treg_exp.models.weights import stage_weights
 from treg_exp.tracking.files import locked, read_json, write_text
-from treg_exp.weights import stage_weights
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +281,13 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     """Entry point called by ``run.py``; exits with the status described in the module docstring.
 
     In a multirun it returns the job's outcome instead of exiting (so the other jobs go on), for
-    :class:`treg_exp.multirun.JobReport` to collect; with ``fail_fast`` a user error still exits at once. A run
-    with ``objective`` set returns, when every image is done, that metric's mean instead (what an Optuna sweep
+    :class:`treg_exp.experiment.multirun.JobReport` to collect; with ``fail_fast`` a user error still exits at once. A
+    run with ``objective`` set returns, when every image is done, that metric's mean instead (what an Optuna sweep
     optimises; a failed job then returns its outcome, which the sweeper records as a failed trial).
     """
     multirun, fail_fast = in_multirun(), bool(cfg.get("fail_fast", False))
     try:
-        from treg_exp.sweep import pin_gpu_of_job
+        from treg_exp.experiment.sweep import pin_gpu_of_job
 
         pin_gpu_of_job(bool(cfg.get("one_gpu_per_job", False)), hydra_job_num())
         results = run(cfg)

@@ -1,6 +1,7 @@
-"""Paper tables from finished runs: ``scripts/make_table.py`` and ``treg-exp table``.
+"""Paper tables from finished runs: the table model (:class:`Table` of :class:`Cell`) and its markdown and LaTeX.
 
-    python scripts/make_table.py outputs/p2l_table2_ffhq [more dirs] [--markdown t.md] [--latex t.tex] [--html r.html]
+The HTML report (``treg_exp.reporting.report``) renders the same model; this module knows nothing of HTML.
+``treg_exp.reporting.make_table`` is the command line that writes all three.
 
 Every folder below the given ones that holds a ``summary.json`` is a run. A sweep folder with ``sweep.json`` (written
 by the table sweeper) gives the layout: its rows (methods as the paper names them) and columns (tasks), each cell the
@@ -10,13 +11,13 @@ runs of one job folder — the folder itself and its ``shard-<i>-of-<n>`` subfol
 Pooling: the per-image rows of a cell's runs are pooled by image id (an image in two folders counts once) before
 means and standard deviations are taken. Dataset metrics (FID, KID) are never averaged over shards: a cell of one
 unsharded run uses that run's own; a cell of several runs has them recomputed over the union of the runs' images
-(``treg_exp.score``'s merged folders, the metrics of the runs' ``config.yaml``), or shows "—" with a note when the
-metric's weights are not here.
+(``treg_exp.reporting.score``'s merged folders, the metrics of the runs' ``config.yaml``), or shows "—" with a note when
+the metric's weights are not here.
 
 Output: markdown and LaTeX with mean ± std per metric, the best value of each column in bold, the paper's numbers
 (``reference/*.csv``) under each row with the difference, and footnotes with the FID protocol (extractor, resize,
 reference set, image count) — FID numbers are not comparable across extractors or set sizes — and the scoring
-protocol's departures; and a static HTML report (``treg_exp.report``).
+protocol's departures; and a static HTML report (``treg_exp.reporting.report``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treg_exp.sweep import SWEEP_FILE, settings
+from treg_exp.experiment.sweep import SWEEP_FILE, settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: metric columns in the order tables show them (only those some cell has are shown)
 METRICS = ("fid", "kid", "lpips", "psnr", "ssim", "y_mse", "clip_score", "fid_clean", "seconds")
 LOWER_IS_BETTER = {"fid", "kid", "fid_clean", "kid_clean", "lpips", "y_mse", "seconds", "consistency"}
@@ -154,9 +155,9 @@ def pooled_dataset_metrics(run_dirs: Sequence[Path]) -> tuple[dict[str, float], 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from treg_exp.devices import resolve_device
-    from treg_exp.errors import UserError
-    from treg_exp.score import _merged_folders
+    from treg_exp.common.devices import resolve_device
+    from treg_exp.common.errors import UserError
+    from treg_exp.reporting.score import _merged_folders
 
     cfg = OmegaConf.load(run_dirs[0] / "config.yaml")
     if not OmegaConf.select(cfg, "metrics.dataset"):
@@ -444,47 +445,3 @@ def to_latex(table: Table) -> str:
     lines += ["\\bottomrule", "\\end{tabular}", ""]
     lines += [f"% {i}. {note}" for i, note in enumerate(table.footnotes, 1)]
     return "\n".join(lines)
-
-
-# --- command line -----------------------------------------------------------------------------------------------
-def build_parser(parser: Any = None) -> Any:
-    import argparse
-
-    parser = parser or argparse.ArgumentParser(prog="make_table", description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", type=Path, help="sweep folders (with sweep.json) or folders of runs")
-    parser.add_argument("--reference", type=Path, default=None, help="a reference CSV (default: the sweep's)")
-    parser.add_argument("--dataset", default=None, help="the dataset in the reference CSV, e.g. ffhq512")
-    parser.add_argument("--markdown", type=Path, default=None, help="default: <first root>/table.md")
-    parser.add_argument("--latex", type=Path, default=None, help="default: <first root>/table.tex")
-    parser.add_argument("--html", type=Path, default=None, help="default: <first root>/report.html")
-    parser.add_argument("--no-dataset-metrics", action="store_true", help="do not recompute FID over pooled shards")
-    parser.add_argument("--grid-images", type=int, default=3, help="images per task grid in the report")
-    return parser
-
-
-def run_from_args(args: Any) -> int:
-    import sys
-
-    from treg_exp import report
-
-    roots = [Path(r) for r in args.roots]
-    if not find_runs(roots) and not any((r / SWEEP_FILE).is_file() for r in roots):
-        print(f"error: no summary.json below {', '.join(map(str, roots))}", file=sys.stderr)
-        return 2
-    reference = args.reference
-    if reference is None and args.dataset:
-        reference = ROOT / "reference" / "p2l_tables.csv"
-    table = build(roots, reference, args.dataset, dataset_metrics=not args.no_dataset_metrics)
-    markdown = to_markdown(table)
-    print(markdown)
-    out = roots[0]
-    (args.markdown or out / "table.md").write_text(markdown + "\n")
-    (args.latex or out / "table.tex").write_text(to_latex(table) + "\n")
-    html = args.html or out / "report.html"
-    report.write_report(table, html, grid_images=args.grid_images)
-    print(f"\nwrote {args.markdown or out / 'table.md'}, {args.latex or out / 'table.tex'}, {html}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_from_args(build_parser().parse_args(argv))

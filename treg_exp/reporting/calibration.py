@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from treg_exp import seeding
+from treg_exp.common import seeding
 from treg_exp.models.gaussian import GaussianPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Solver

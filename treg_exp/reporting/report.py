@@ -19,8 +19,8 @@ from typing import Any
 
 from PIL import Image
 
-from treg_exp.sweep import override_key, settings
-from treg_exp.tables import (
+from treg_exp.experiment.sweep import override_key, settings
+from treg_exp.reporting.tables import (
     LABELS,
     LOWER_IS_BETTER,
     Table,

@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from treg_exp import checks, seeding
+from treg_exp.common import checks, seeding
+from treg_exp.common.devices import resolve_device
+from treg_exp.common.errors import UserError
 from treg_exp.data.base import ImageDataset, Sample
 from treg_exp.data.images import to_pil
-from treg_exp.devices import resolve_device
-from treg_exp.errors import UserError
 from treg_exp.metrics.base import MetricContext, MetricSuite, summary_stats
 from treg_exp.metrics.image import psnr, to_uint8_levels
 from treg_exp.models.base import DiffusionPrior

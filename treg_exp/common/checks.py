@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 
 _INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 

@@ -2,12 +2,12 @@
 goes on past failed jobs and says at the end which failed and why.
 
 Hydra's basic launcher runs the jobs of ``python run.py -m ...`` one after another in one process; a job that
-exits (as a single run does on a user error) would end the whole sweep. In a multirun :func:`treg_exp.app.main`
-therefore returns each job's outcome (``ok``, ``images_failed``, ``refused``, ``crashed``) instead of exiting,
-and :class:`JobReport` writes it to ``<sweep dir>/jobs/<num>.json`` at the end of the job (in the job's own
-process, so this works the same with the submitit launchers, local or SLURM), then, when every job has returned,
-prints one line per failed job and exits with the sweep's status: ``2`` if a job was refused or crashed, ``3`` if
-only images failed, ``0`` when everything is done. ``fail_fast=true`` keeps the old behaviour: the first job
+exits (as a single run does on a user error) would end the whole sweep. In a multirun
+:func:`treg_exp.experiment.app.main` therefore returns each job's outcome (``ok``, ``images_failed``, ``refused``,
+``crashed``) instead of exiting, and :class:`JobReport` writes it to ``<sweep dir>/jobs/<num>.json`` at the end of the
+job (in the job's own process, so this works the same with the submitit launchers, local or SLURM), then, when every job
+has returned, prints one line per failed job and exits with the sweep's status: ``2`` if a job was refused or crashed,
+``3`` if only images failed, ``0`` when everything is done. ``fail_fast=true`` keeps the old behaviour: the first job
 that fails with a user error stops the sweep.
 """
 
@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from treg_exp.errors import UserError
+from treg_exp.common.errors import UserError
 from treg_exp.tracking.files import check_output_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
