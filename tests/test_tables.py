@@ -225,6 +225,9 @@ def tiny_prior():
         ["solver=treg", "solver.num_steps=9", "solver.dc_grid=null", "solver.dc_until=5"],
         ["solver=ddim", "solver.num_steps=4"],
         ["solver=ddim", "solver.num_steps=3", "solver.guidance_scale=0"],
+        ["solver=p2l", "solver.num_steps=5", "solver.prompt_iters=2", "solver.project_every=2"],
+        ["solver=p2l", "solver.num_steps=3", "solver.project_every=1", "solver.trajectory_every=2"],
+        ["solver=p2l", "solver.variant=treg_repo", "solver.num_steps=4"],
     ],
 )
 def test_cost_formula_counts_what_the_solver_runs(overrides, tiny_prior):
