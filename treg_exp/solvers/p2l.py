@@ -47,8 +47,10 @@ key                       ``paper`` (default: the paper's Alg. 3–5)    ``treg_
 (``zero_grad`` sets the gradient to ``None`` and Adam skips the parameter) ``C`` moves once, at step 0; sampling
 uses CFG between the null text and ``C`` at the caller's scale (``solve.py``'s ``--cfg_guidance``, default 4.0);
 no projection; the latent step ``z′ − ∇‖y − A(D(ẑ0))‖₂`` (η = 0, ρ = 1); ᾱ_{t−1} with the network's ``t``; the
-output ``D(ẑ0)`` of the last step. One departure: at ω = 1 that code runs the null branch only (its
-``predict_noise`` quirk); here ω = 1 is ``ε(C)``, as everywhere in this project.
+output ``D(ẑ0)`` of the last step. Departures: at ω = 1 that code runs the null branch only (its
+``predict_noise`` quirk); here ω = 1 is ``ε(C)``, as everywhere in this project. And precision: that code holds
+``C`` in float16 (the pipeline's text encoder output), where a step of 1e-4 is below half the spacing of entries with
+``|c| ≥ 0.25`` and rounds away, so its prompt moves less than this float32 ``C`` does.
 
 What the paper says, and what is chosen here:
 
