@@ -445,7 +445,7 @@ def test_configs_hold_the_paper_values() -> None:
         0.1,
         True,
     )
-    assert solvers["psld"].gluing_transpose == "official" and solvers["psld"].alpha_index_shift == 1
+    assert solvers["psld"].gluing_transpose == "official" and solvers["psld"].alpha_index_shift == "auto"
     assert (solvers["gml_dps"].gluing_weight, solvers["gml_dps"].renoise_residual) == (0.1, True)
     assert (solvers["ldps"].step_size, solvers["ldps"].renoise_residual, solvers["ldps"].eta) == (1.0, False, 0.0)
     assert (solvers["ldir"].step_size, solvers["ldir"].beta1, solvers["ldir"].beta2) == (0.05, 0.9, 0.999)

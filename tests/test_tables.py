@@ -225,6 +225,9 @@ def tiny_prior():
         ["solver=treg", "solver.num_steps=9", "solver.dc_grid=null", "solver.dc_until=5"],
         ["solver=ddim", "solver.num_steps=4"],
         ["solver=ddim", "solver.num_steps=3", "solver.guidance_scale=0"],
+        ["solver=p2l", "solver.num_steps=5", "solver.prompt_iters=2", "solver.project_every=2"],
+        ["solver=p2l", "solver.num_steps=3", "solver.project_every=1", "solver.trajectory_every=2"],
+        ["solver=p2l", "solver.variant=treg_repo", "solver.num_steps=4"],
     ],
 )
 def test_cost_formula_counts_what_the_solver_runs(overrides, tiny_prior):
@@ -411,7 +414,7 @@ def test_killed_sweep_resumes_and_treg_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not redone
     jobs = [j for j in json.loads((sweep_dir / "sweep.json").read_text())["jobs"] if j["status"] == "run"]
-    assert len(jobs) == 7 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in jobs)
+    assert len(jobs) == 8 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in jobs)
     assert make_table.main([str(sweep_dir)]) == 0
     markdown = (sweep_dir / "table.md").read_text()
     assert "| TReg w/o AN |" in markdown and "could not be retrieved" in markdown

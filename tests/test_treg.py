@@ -478,7 +478,8 @@ def test_configs_instantiate() -> None:
     # every official README command uses this null prompt (the command-line default "" is not the preset)
     assert solver.null_prompt == TReg().null_prompt == "out of focus, depth of field"
     food = OmegaConf.load(ROOT / "conf/experiment/treg_food101.yaml")
-    assert food.solver.null_prompt == "out of focus, depth of field" and food.task.svd_pairing == "official"
+    readme = OmegaConf.load(ROOT / "conf/solver_baselines/treg_treg_repo.yaml")  # experiment=treg_food101 selects it
+    assert readme.null_prompt == "out of focus, depth of field" and food.task.svd_pairing == "official"
     assert sum(solver.dc_schedule()) == 57
     for name in ("treg_sr16_readme", "treg_gauss_deblur_readme"):
         text = (ROOT / f"conf/experiment/{name}.yaml").read_text()

@@ -122,6 +122,31 @@ def ddim_passes(cfg: Mapping[str, Any]) -> Passes:
     return Passes(unet_calls=steps, unet_rows=steps * _branch_rows(cfg.get("guidance_scale", 7.5)), decode_rows=1)
 
 
+def p2l_passes(cfg: Mapping[str, Any]) -> Passes:
+    """P2L (``treg_exp.solvers.p2l``, either variant): per tuned step K prompt passes (a 1-row UNet call and a decode,
+    both differentiated); per step the likelihood pass (one CFG evaluation and a decode, differentiated); an encode
+    per projection step, and a decode where a snapshot or the output follows a projection."""
+    from treg_exp.solvers.p2l import P2L
+
+    solver = P2L(**{k: v for k, v in cfg.items() if not str(k).startswith("_")})
+    steps = solver.num_steps
+    tuned = (steps if solver.prompt_tuning == "every_step" else min(steps, 1)) * solver.prompt_iters
+    rows = _branch_rows(solver.cfg_scale)
+    projects = [solver.is_projection_step(i) for i in range(steps)]
+    every = solver.trajectory_every
+    snapshots = [every > 0 and (i % every == 0 or i == steps - 1) for i in range(steps)]
+    decodes = tuned + steps + sum(p and s for p, s in zip(projects, snapshots, strict=True))
+    decodes += int(projects[-1] and not snapshots[-1])  # the output decodes E(x̄) of a projecting last step
+    return Passes(
+        unet_calls=tuned + steps,
+        unet_rows=tuned + steps * rows,
+        decode_rows=decodes,
+        encode_rows=sum(projects),
+        unet_grad_rows=tuned + steps * rows,
+        decode_grad_rows=tuned + steps,
+    )
+
+
 def no_network_passes(cfg: Mapping[str, Any]) -> Passes:
     """The exact oracles (``treg_exp.solvers.oracles``) use no network."""
     return Passes()
@@ -131,6 +156,7 @@ def no_network_passes(cfg: Mapping[str, Any]) -> Passes:
 FORMULAS: dict[str, Callable[[Mapping[str, Any]], Passes]] = {
     "treg_exp.solvers.treg.TReg": treg_passes,
     "treg_exp.solvers.ddim.DDIMSolver": ddim_passes,
+    "treg_exp.solvers.p2l.P2L": p2l_passes,
     "treg_exp.solvers.oracles.PosteriorMean": no_network_passes,
     "treg_exp.solvers.oracles.PosteriorSample": no_network_passes,
 }

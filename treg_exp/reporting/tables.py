@@ -355,7 +355,7 @@ def footnotes(table: Table) -> list[str]:
         notes.append("Scoring departures from the standard protocol: " + "; ".join(departures) + ".")
     if table.reference:
         notes.append("paper: the paper's own numbers (reference CSV); Δ = ours − paper.")
-    elif table.reference_note:
+    if table.reference_note:  # e.g. which code each row follows
         notes.append(table.reference_note)
     cell_notes = sorted({n for c in table.cells.values() for n in c.notes})
     notes += cell_notes

@@ -16,7 +16,8 @@ meas_error * omega`` and ``z_prev − grad``). ``E`` is the encoder's posterior 
 Defaults (the PSLD code's ``scripts/inverse.py`` and ``run/*.sh``): 1000 DDIM steps, η = 0, ω = ``step_size`` = 1,
 γ = ``gluing_weight`` = 0.1 (box inpainting ω = 0.1, γ = 0.01: ``conf/solver_task/gml_dps_inpaint_box.yaml``), the
 renoising quirk on (``renoise_residual``: ``‖y − (A(x̂0) + σ_y n)‖`` with a fresh ``n``, as ``noiser(meas_pred)``),
-``alpha_index_shift=1``, output the decoded final latent. The model (SD v1.5 in the PSLD presets) is a config
+``alpha_index_shift=auto`` (the code's rule: ᾱ_{t−1} on its 1000-step grid, ᾱ_t at other step counts), output the
+decoded final latent. The model (SD v1.5 in the PSLD presets) is a config
 choice (``experiment=psld_sd15``). Departures: those of the family (per-image norms, one CFG row for the empty prompt,
 float32 state; :mod:`treg_exp.solvers.ldps`).
 
@@ -50,9 +51,10 @@ class GMLDPS(DPSFamily):
         gluing_weight: float = 0.1,
         encode_mode: str = "sample",
         renoise_residual: bool = True,
+        alpha_index_shift: int | str = "auto",
         **family,
     ) -> None:
-        super().__init__(renoise_residual=renoise_residual, **family)
+        super().__init__(renoise_residual=renoise_residual, alpha_index_shift=alpha_index_shift, **family)
         if not gluing_weight >= 0:
             raise UserError(f"solver.gluing_weight must be >= 0, got {gluing_weight}")
         if encode_mode not in ENCODE_MODES:

@@ -31,8 +31,12 @@ Options shared by the family:
 - ``clip_denoised``: clamp ẑ0 to [−1, 1] before the loss and the step (DPS's ``clip_denoised``), meaningful only where
   ẑ0 is an image: ``auto`` does it on pixel priors (``latent_factor == 1``) only; ``true`` on a latent prior is an
   error.
-- ``alpha_index_shift``: 1 pairs the network's ``t`` with ``ᾱ_{t−1}`` as the official PSLD code does (its 1000-step
-  grid gives the UNet t = 1000 … 1 and uses ᾱ_999 … ᾱ_0); 0 is the textbook pairing (DPS, the Gaussian prior).
+- ``alpha_index_shift``: 1 pairs the network's ``t`` with ``ᾱ_{t−1}`` as the official PSLD code does on its
+  1000-step grid (the UNet gets t = 1000 … 1 and ᾱ_999 … ᾱ_0 are used) and the TReg repository at every step count;
+  0 is the textbook pairing (DPS, the Gaussian prior); ``auto`` is the PSLD code's own rule at any step count
+  (:func:`ldm_alpha_index_shift`): its LDM DDIM sampler (``make_ddim_sampling_parameters``) subtracts 1 from the
+  ᾱ indices only when the grid's last timestep equals the number of steps, i.e. on the 1000-step grid, and pairs t
+  with ᾱ_t otherwise (200 steps: t = 996 … 1 with ᾱ_996 … ᾱ_1, then ᾱ_0 after the last step).
 
 Defaults of ``solver=ldps``: 1000 steps, DDIM η = 0, ρ = 1 (the PSLD code's ω = 1; P2L's "static step size widely
 adopted in literature", whose value the text extraction lost [unverified]), CFG off (only ``c_∅``; the PSLD code
@@ -67,6 +71,7 @@ from treg_exp.common import seeding
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
+from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers import core
 from treg_exp.solvers.base import Callback, Solver
@@ -74,6 +79,13 @@ from treg_exp.solvers.base import Callback, Solver
 SAMPLERS = ("ddim", "ddpm")
 OUTPUTS = ("latent", "x0")
 CLIP_MODES = (True, False, "auto")
+ALPHA_INDEX_SHIFTS = (0, 1, "auto")
+
+
+def ldm_alpha_index_shift(schedule: NoiseSchedule, num_steps: int) -> int:
+    """The ᾱ index shift the PSLD code's LDM DDIM sampler applies on an ``num_steps`` grid: 1 when the largest
+    timestep equals ``num_steps`` (SD's 1000-step grid t = 1000 … 1, where ᾱ_1000 does not exist), else 0."""
+    return int(max(core.sampling_timesteps(schedule, num_steps, alpha_index_shift=1)) == num_steps)
 
 
 @dataclass
@@ -110,7 +122,8 @@ class DPSFamily(Solver):
         ddpm_variance: ``small`` (β̃, the posterior variance) or ``large`` (β) (``sampler=ddpm``).
         cfg_scale: CFG scale; 0 runs only the null branch (the baselines use the null text).
         null_prompt: the text of ``c_∅``.
-        alpha_index_shift: 1 = official PSLD/TReg ᾱ_{t−1} pairing, 0 = textbook.
+        alpha_index_shift: 1 = ᾱ_{t−1} pairing (TReg code; PSLD code at 1000 steps), 0 = textbook, ``auto`` = the
+            PSLD code's rule (:func:`ldm_alpha_index_shift`).
         renoise_residual: add a fresh ``σ_y n`` to ``A(D(ẑ0))`` in the loss each step (official PSLD quirk).
         clip_denoised: clamp ẑ0 to [−1, 1] (``true``/``false``/``auto`` = on pixel priors only).
         output: ``latent`` (decode the final latent) or ``x0`` (decode the last ẑ0).
@@ -129,7 +142,7 @@ class DPSFamily(Solver):
         ddpm_variance: str = "small",
         cfg_scale: float = 0.0,
         null_prompt: str = "",
-        alpha_index_shift: int = 1,
+        alpha_index_shift: int | str = 1,
         renoise_residual: bool = False,
         clip_denoised: bool | str = False,
         output: str = "latent",
@@ -147,8 +160,8 @@ class DPSFamily(Solver):
             raise UserError(f"solver.ddpm_variance must be one of {core.DDPM_VARIANCES}, got {ddpm_variance!r}")
         if not cfg_scale >= 0:
             raise UserError(f"solver.cfg_scale must be >= 0, got {cfg_scale}")
-        if alpha_index_shift not in (0, 1):
-            raise UserError(f"solver.alpha_index_shift must be 0 or 1, got {alpha_index_shift}")
+        if alpha_index_shift not in ALPHA_INDEX_SHIFTS:
+            raise UserError(f"solver.alpha_index_shift must be 0, 1 or auto, got {alpha_index_shift!r}")
         if clip_denoised not in CLIP_MODES:
             raise UserError(f"solver.clip_denoised must be true, false or auto, got {clip_denoised!r}")
         if output not in OUTPUTS:
@@ -160,7 +173,7 @@ class DPSFamily(Solver):
         self.ddpm_variance = ddpm_variance
         self.cfg_scale = float(cfg_scale)
         self.null_prompt = str(null_prompt)
-        self.alpha_index_shift = int(alpha_index_shift)
+        self.alpha_index_shift = alpha_index_shift if alpha_index_shift == "auto" else int(alpha_index_shift)
         self.renoise_residual = bool(renoise_residual)
         self.clip_denoised = clip_denoised
         self.output = output
@@ -244,7 +257,10 @@ class DPSFamily(Solver):
         dtype = prior.state_dtype
         device = y.device
         core.configure_checkpointing(prior, self.gradient_checkpointing)
-        plan = core.ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
+        shift = self.alpha_index_shift
+        if shift == "auto":
+            shift = ldm_alpha_index_shift(prior.schedule, self.num_steps)
+        plan = core.ddim_plan(prior.schedule, self.num_steps, shift)
         with torch.no_grad():
             null = prior.null_embedding(batch, self.null_prompt).to(dtype)
             cond = prior.embed_text(list(prompts)).to(dtype) if self.cfg_scale > 0 else null

@@ -26,6 +26,32 @@ ImageNet; ``prompt`` overrides it for every image). At every step ``t``:
 
 The output is ``D(ẑ0)`` of the last step (after its projection when it has one), clamped to [−1, 1].
 
+Two variants (``variant``), each a set of values of the keys below that are left ``None``; a key given explicitly
+wins:
+
+========================  ==========================================  ===========================================
+key                       ``paper`` (default: the paper's Alg. 3–5)    ``treg_repo`` (TReg-inverse/TReg's ``p2l``)
+========================  ==========================================  ===========================================
+``prompt_tuning``         ``every_step``                              ``first_step``: C moves at step 0 only
+``prompt_iters``          5                                           1
+``prompt_loss``           ``residual`` (``r``, as the latent step)    ``mse``: mean of ``(y − A(D(ẑ0)))²``
+``cfg_scale``             1 (``ε(C)`` alone)                          4.0: ``ε(c_∅) + ω(ε(C) − ε(c_∅))``
+``project_every``         4                                           0 (no projection)
+``alpha_index_shift``     0 (ᾱ_t)                                     1 (ᾱ_{t−1}, the prepended-1.0 table)
+``timestep_spacing``      ``trailing``                                ``leading`` (SD's own grid, t = 996 … 1)
+========================  ==========================================  ===========================================
+
+``treg_repo`` is what the TReg repository (``solver/latent_diffusion.py``, ``P2LSolver.sample``, run by its
+``solve.py``, ``configs/solver/p2l.yaml``: 200 steps) computes for the P2L rows of the TReg tables: one Adam on
+``C`` (lr 1e-4) built once, but ``c = c.detach()`` after the first step cuts ``C`` from it, so with torch ≥ 2
+(``zero_grad`` sets the gradient to ``None`` and Adam skips the parameter) ``C`` moves once, at step 0; sampling
+uses CFG between the null text and ``C`` at the caller's scale (``solve.py``'s ``--cfg_guidance``, default 4.0);
+no projection; the latent step ``z′ − ∇‖y − A(D(ẑ0))‖₂`` (η = 0, ρ = 1); ᾱ_{t−1} with the network's ``t``; the
+output ``D(ẑ0)`` of the last step. Departures: at ω = 1 that code runs the null branch only (its
+``predict_noise`` quirk); here ω = 1 is ``ε(C)``, as everywhere in this project. And precision: that code holds
+``C`` in float16 (the pipeline's text encoder output), where a step of 1e-4 is below half the spacing of entries with
+``|c| ≥ 0.25`` and rounds away, so its prompt moves less than this float32 ``C`` does.
+
 What the paper says, and what is chosen here:
 
 - Norm, not its square: Eq. 17 (App. B.1) is solved with "a static step size with the gradient of the norm, which
@@ -34,9 +60,9 @@ What the paper says, and what is chosen here:
   switches both to ``r²`` (the Gaussian log-likelihood of the Bayesian derivation, Eq. 11–12). With Adam on
   ``C`` the choice barely matters: it rescales each gradient by ``2r``, and the first Adam step is ``lr·sign(g)``
   either way.
-- No CFG, no null text: P2L conditions the network on ``C`` alone ("we did not consider the usage of CFG", Sec. 5,
-  Limitations; prior latent solvers "resort to the use of null text embedding", which P2L replaces). One UNet
-  call of B rows per pass; the null embedding is never used.
+- No CFG, no null text (``cfg_scale=1``): P2L conditions the network on ``C`` alone ("we did not consider the
+  usage of CFG", Sec. 5, Limitations; prior latent solvers "resort to the use of null text embedding", which P2L
+  replaces). One UNet call of B rows per pass; the null embedding is never used.
 - Table 6 (per-task values) lost its row labels in the text extraction this project has; the reading in
   ``conf/solver_task/p2l_*.yaml`` (step size ρ, k, γ, K by row; the learning-rate row lost entirely) is marked
   unverified there.
@@ -56,20 +82,23 @@ Departures from the paper, and why:
 - Encoder: ``encode_mode=mean`` (``E`` as a deterministic map onto its range; ``sample`` draws the VAE posterior
   sample from the image's generator). The paper writes only ``E(x̄)``.
 - Timesteps: ``timestep_spacing=trailing`` (t = 999, 998, …, 0 at 1000 steps). SD 1.x's own "leading" grid with
-  ``steps_offset=1`` would start at t = 1000, outside the schedule, at 1000 steps; ``null`` keeps the prior's.
-- ᾱ pairing: textbook (ᾱ_t with the network's t; no official code to follow).
+  ``steps_offset=1`` would start at t = 1000, outside the schedule, at 1000 steps (``leading`` keeps the prior's
+  ``steps_offset``: SD's own grid, as the ``treg_repo`` variant runs it at 200 steps).
+- ᾱ pairing: textbook (ᾱ_t with the network's t; the paper has no code) unless ``alpha_index_shift=1``.
 - Randomness: ``z_T``, then per step the encoder's sample (projection steps, ``encode_mode=sample``) and ξ
   (``eta > 0``), from the image's solver generator on the CPU, so results do not depend on batch size or device.
 
 Batching: image ``b`` has its own ``C`` (Adam is elementwise, the losses are sums of per-image losses), its own CG
 step sizes and its own generator, so a batch of B computes what B runs of one compute.
 
-Cost per image, with ``N = num_steps``, ``K = prompt_iters``, ``P = ⌈N / project_every⌉`` projection steps:
-``N·(K+1)`` UNet calls of 1 row and ``N·(K+1)`` decodes, each with a backward pass (the K prompt iterations and
-the likelihood gradient); ``P`` encodes; one more decode for the output when the last step projects (otherwise
-the last step's ``D(ẑ0)`` is reused); one text-encoder pass per distinct prompt. CG costs ``cg_iters + 1``
+Cost per image, with ``N = num_steps``, ``K = prompt_iters``, ``P = ⌈N / project_every⌉`` projection steps, at the
+paper's variant: ``N·(K+1)`` UNet calls of 1 row and ``N·(K+1)`` decodes, each with a backward pass (the K prompt
+iterations and the likelihood gradient); ``P`` encodes; one more decode for the output when the last step projects
+(otherwise the last step's ``D(ẑ0)`` is reused); one text-encoder pass per distinct prompt. CG costs ``cg_iters + 1``
 operator normal-equation applications per projection (no network passes), the projection diagnostics two more
-operator applications. Gradient checkpointing of UNet and VAE
+operator applications. With ``prompt_tuning=first_step`` only step 0 runs the K prompt passes (the TReg
+repository's loop runs a forward and backward pass for the prompt at every step and discards it; skipped here), and
+with ω ∉ {0, 1} the likelihood pass's UNet call has 2 rows. Gradient checkpointing of UNet and VAE
 is on by default (``gradient_checkpointing``), trading a recomputed forward for activation memory.
 
 Diagnostics via ``callback(step_index, values)``, each value ``[B]``: ``prompt/loss_before`` (``r`` at the
@@ -99,29 +128,61 @@ from treg_exp.solvers.core import (
     ddim_plan,
     ddim_step,
     denoiser_gradient,
+    guided_eps,
     residual_norm,
 )
 
 GRADIENT_TYPES = ("gd", "adam")
 ENCODE_MODES = ("mean", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing")
+PROMPT_TUNINGS = ("every_step", "first_step")
+PROMPT_LOSSES = ("residual", "mse")
+#: the values each variant gives the keys left ``None`` (module docstring)
+VARIANTS: dict[str, dict[str, object]] = {
+    "paper": dict(
+        prompt_tuning="every_step",
+        prompt_iters=5,
+        prompt_loss="residual",
+        cfg_scale=1.0,
+        project_every=4,
+        alpha_index_shift=0,
+        timestep_spacing="trailing",
+    ),
+    "treg_repo": dict(
+        prompt_tuning="first_step",
+        prompt_iters=1,
+        prompt_loss="mse",
+        cfg_scale=4.0,
+        project_every=0,
+        alpha_index_shift=1,
+        timestep_spacing="leading",
+    ),
+}
 
 
 class P2L(Solver):
     """P2L (see the module docstring for the algorithm, the choices and the cost).
 
+    Keys documented "(variant)" take the variant's value when ``None`` (:data:`VARIANTS`).
+
     Args:
-        num_steps: DDIM steps N (paper: 1000 NFE DDIM).
+        variant: ``paper`` (Alg. 3–5) or ``treg_repo`` (the TReg repository's ``p2l``).
+        num_steps: DDIM steps N (paper: 1000 NFE DDIM; the TReg repository 200).
         eta: DDIM η (the paper's grid-searched value did not survive the extraction).
-        timestep_spacing: ``trailing`` (t = 999 … 0 at 1000 steps), ``leading``, or ``None`` = the prior's.
+        timestep_spacing: (variant) ``trailing`` (t = 999 … 0 at 1000 steps) or ``leading`` (the prior's offset).
+        alpha_index_shift: (variant) 0 pairs the network's ``t`` with ᾱ_t, 1 with ᾱ_{t−1}.
+        cfg_scale: (variant) ω of ``ε(c_∅) + ω(ε(C) − ε(c_∅))`` in the sampling step; 1 = ``ε(C)`` alone.
+        null_prompt: the text of ``c_∅`` (used when ``cfg_scale`` is not 1).
         prompt: a prompt for every image instead of each image's own (``None``: the runner's per-image prompts).
-        prompt_iters: K, Adam steps on ``C`` per diffusion step (0 = no prompt tuning).
+        prompt_tuning: (variant) ``every_step`` or ``first_step`` (step 0 only).
+        prompt_iters: (variant) K, Adam steps on ``C`` per tuned diffusion step (0 = no prompt tuning).
         prompt_lr: Adam learning rate of the prompt tuning.
+        prompt_loss: (variant) ``residual`` (the latent step's loss ``r``) or ``mse`` (mean of the squared residual).
         carry_prompt_adam: keep one Adam (its moments) for ``C`` over all steps instead of a fresh one per step.
         gradient_type: ``gd`` (Alg. 4) or ``adam`` (Alg. 5, the LDIR-like history update) for the latent step.
         step_size: ρ of the latent step.
         adam_betas, adam_eps: β₁, β₂ and ε of the ``adam`` latent step (paper: 0.9, 0.999, "the default").
-        project_every: k, project on steps ``i % k == 0`` (0 = never).
+        project_every: (variant) k, project on steps ``i % k == 0`` (0 = never).
         gamma: γ of the proximal projection.
         cg_iters, cg_tol: CG iterations and early-stop tolerance on ‖r‖ of the projection.
         encode_mode: ``mean`` or ``sample`` of the VAE posterior for ``E(x̄)``.
@@ -132,18 +193,24 @@ class P2L(Solver):
 
     def __init__(
         self,
+        variant: str = "paper",
         num_steps: int = 1000,
         eta: float = 0.0,
-        timestep_spacing: str | None = "trailing",
+        timestep_spacing: str | None = None,
+        alpha_index_shift: int | None = None,
+        cfg_scale: float | None = None,
+        null_prompt: str = "",
         prompt: str | None = None,
-        prompt_iters: int = 5,
+        prompt_tuning: str | None = None,
+        prompt_iters: int | None = None,
         prompt_lr: float = 1e-4,
+        prompt_loss: str | None = None,
         carry_prompt_adam: bool = False,
         gradient_type: str = "gd",
         step_size: float = 1.0,
         adam_betas: Sequence[float] = (0.9, 0.999),
         adam_eps: float = 1e-8,
-        project_every: int = 4,
+        project_every: int | None = None,
         gamma: float = 1.0,
         cg_iters: int = 5,
         cg_tol: float = 0.0,
@@ -152,14 +219,32 @@ class P2L(Solver):
         gradient_checkpointing: bool | None = True,
         trajectory_every: int = 0,
     ) -> None:
+        if variant not in VARIANTS:
+            raise UserError(f"solver.variant must be one of {tuple(VARIANTS)}, got {variant!r}")
+        chosen = VARIANTS[variant]
+        timestep_spacing = chosen["timestep_spacing"] if timestep_spacing is None else timestep_spacing
+        alpha_index_shift = chosen["alpha_index_shift"] if alpha_index_shift is None else alpha_index_shift
+        cfg_scale = chosen["cfg_scale"] if cfg_scale is None else cfg_scale
+        prompt_tuning = chosen["prompt_tuning"] if prompt_tuning is None else prompt_tuning
+        prompt_iters = chosen["prompt_iters"] if prompt_iters is None else prompt_iters
+        prompt_loss = chosen["prompt_loss"] if prompt_loss is None else prompt_loss
+        project_every = chosen["project_every"] if project_every is None else project_every
         if int(num_steps) <= 0:
             raise UserError(f"solver.num_steps must be positive, got {num_steps}")
         if eta < 0:
             raise UserError(f"solver.eta must be >= 0, got {eta}")
-        if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
+        if timestep_spacing not in TIMESTEP_SPACINGS:
             raise UserError(
                 f"solver.timestep_spacing must be one of {TIMESTEP_SPACINGS} or null, got {timestep_spacing!r}"
             )
+        if alpha_index_shift not in (0, 1):
+            raise UserError(f"solver.alpha_index_shift must be 0 or 1, got {alpha_index_shift}")
+        if not cfg_scale >= 0:
+            raise UserError(f"solver.cfg_scale must be >= 0, got {cfg_scale}")
+        if prompt_tuning not in PROMPT_TUNINGS:
+            raise UserError(f"solver.prompt_tuning must be one of {PROMPT_TUNINGS}, got {prompt_tuning!r}")
+        if prompt_loss not in PROMPT_LOSSES:
+            raise UserError(f"solver.prompt_loss must be one of {PROMPT_LOSSES}, got {prompt_loss!r}")
         if int(prompt_iters) < 0 or prompt_lr < 0:
             raise UserError("solver.prompt_iters and solver.prompt_lr must be >= 0")
         if gradient_type not in GRADIENT_TYPES:
@@ -174,12 +259,18 @@ class P2L(Solver):
             raise UserError(f"solver.encode_mode must be one of {ENCODE_MODES}, got {encode_mode!r}")
         if int(trajectory_every) < 0:
             raise UserError(f"solver.trajectory_every must be >= 0, got {trajectory_every}")
+        self.variant = variant
         self.num_steps = int(num_steps)
         self.eta = float(eta)
         self.timestep_spacing = timestep_spacing
+        self.alpha_index_shift = int(alpha_index_shift)
+        self.cfg_scale = float(cfg_scale)
+        self.null_prompt = str(null_prompt)
         self.prompt = None if prompt is None else str(prompt)
+        self.prompt_tuning = prompt_tuning
         self.prompt_iters = int(prompt_iters)
         self.prompt_lr = float(prompt_lr)
+        self.prompt_loss = prompt_loss
         self.carry_prompt_adam = bool(carry_prompt_adam)
         self.gradient_type = gradient_type
         self.step_size = float(step_size)
@@ -195,6 +286,10 @@ class P2L(Solver):
         self.gradient_checkpointing = gradient_checkpointing
         self.trajectory_every = int(trajectory_every)
 
+    def is_tuning_step(self, index: int) -> bool:
+        """Whether C is tuned at step ``index`` (every step, or step 0 only with ``prompt_tuning=first_step``)."""
+        return self.prompt_tuning == "every_step" or index == 0
+
     def is_projection_step(self, index: int) -> bool:
         """Whether step ``index`` (0 = noisiest) projects to the encoder's range: ``index % project_every == 0``."""
         return self.project_every > 0 and index % self.project_every == 0
@@ -204,6 +299,13 @@ class P2L(Solver):
         """The measurement loss ``[B]``: ``‖y − A x0‖₂`` (or its square with ``squared_residual``)."""
         norm = residual_norm(y, operator, x0)
         return norm * norm if self.squared_residual else norm
+
+    def _prompt_loss(self, y: torch.Tensor, operator: LinearOperator, x0: torch.Tensor) -> torch.Tensor:
+        """The loss the prompt tuning lowers ``[B]``: ``r`` (:meth:`_residual`) or the mean of ``(y − A x0)²``."""
+        if self.prompt_loss == "residual":
+            return self._residual(y, operator, x0)
+        norm = residual_norm(y, operator, x0)
+        return norm * norm / y[0].numel()
 
     def _tune_prompt(
         self,
@@ -226,7 +328,7 @@ class P2L(Solver):
         Returns:
             ``(C*, r at the warm start [B])``; the loss is ``None`` when K = 0.
         """
-        if self.prompt_iters == 0:
+        if self.prompt_iters == 0 or not self.is_tuning_step(step.index):
             return cond, None
         if optimizer is None:
             param = cond.detach().clone().requires_grad_(True)
@@ -240,7 +342,7 @@ class P2L(Solver):
                 z,
                 step.alpha_bar,
                 eps_fn=lambda z_in: prior.eps(z_in, step.t, param),
-                loss_fn=lambda _z0, x0: self._residual(y, operator, x0),
+                loss_fn=lambda _z0, x0: self._prompt_loss(y, operator, x0),
                 wrt=param,
             )
             if loss_before is None:
@@ -267,13 +369,12 @@ class P2L(Solver):
         device = y.device
         configure_checkpointing(prior, self.gradient_checkpointing)
 
-        schedule = prior.schedule
-        if self.timestep_spacing is not None:
-            schedule = dataclasses.replace(schedule, timestep_spacing=self.timestep_spacing)
-        plan = ddim_plan(schedule, self.num_steps)
+        schedule = dataclasses.replace(prior.schedule, timestep_spacing=self.timestep_spacing)
+        plan = ddim_plan(schedule, self.num_steps, self.alpha_index_shift)
         texts = [self.prompt] * batch if self.prompt is not None else list(prompts)
         with torch.no_grad():
             cond = prior.embed_text(texts).to(dtype)  # C⁰, the warm start of the first step
+            null = prior.null_embedding(batch, self.null_prompt).to(dtype) if self.cfg_scale != 1.0 else None
         cond_init = cond.clone()
         carried = None
         if self.carry_prompt_adam:
@@ -289,13 +390,13 @@ class P2L(Solver):
             values: dict[str, torch.Tensor] = {}
             # 1. prompt tuning with z_t fixed, warm-started from the previous step's C
             cond, loss_before = self._tune_prompt(prior, z, step, y, operator, cond, carried)
-            # 2. ε̂, ẑ0, D(ẑ0) and ∇_{z_t} r with the tuned C, in one pass
+            # 2. ε̂ (ε(C*) alone, or CFG between c_∅ and C*), ẑ0, D(ẑ0) and ∇_{z_t} r, in one pass
             tuned, t = cond.detach(), step.t
             result = denoiser_gradient(
                 prior,
                 z,
                 step.alpha_bar,
-                eps_fn=lambda z_in: prior.eps(z_in, t, tuned),  # noqa: B023 - called before the next iteration
+                eps_fn=lambda z_in: guided_eps(prior, z_in, t, tuned, null, self.cfg_scale),  # noqa: B023
                 loss_fn=lambda _z0, x: self._residual(y, operator, x),
             )
             z0, x0 = result.z0, result.x0

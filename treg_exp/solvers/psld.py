@@ -13,9 +13,10 @@ the ``general_inverse`` and ``inpainting`` branches, which compute the same thin
 
 Defaults (official): 1000 DDIM steps, η = 0, ω = ``step_size`` = 1, γ = ``gluing_weight`` = 0.1 (box inpainting
 ω = 0.1, γ = 0.01, ``run/inverse_bip.sh``: ``conf/solver_task/psld_inpaint_box.yaml``), the encoder's posterior
-sample, ``alpha_index_shift=1`` (the code's 1000-step grid: UNet t = 1000 … 1 with ᾱ_999 … ᾱ_0), the decoded final
-latent as output; SD v1.5 (``experiment=psld_sd15``; the model is a config choice). Two official quirks, both on by
-default because they produced the published numbers, each a flag:
+sample, ``alpha_index_shift=auto`` (the code's 1000-step grid pairs UNet t = 1000 … 1 with ᾱ_999 … ᾱ_0; at other
+step counts its sampler pairs t with ᾱ_t), the decoded final latent as output; SD v1.5 (``experiment=psld_sd15``;
+the model is a config choice). Two official quirks, both on by default because they produced the published numbers,
+each a flag:
 
 - ``renoise_residual``: the residual is ``‖y − (A(x̂0) + σ_y n)‖`` with a fresh ``n`` each step
   (``meas_pred = noiser(meas_pred)``).
@@ -26,6 +27,14 @@ default because they produced the published numbers, each a flag:
   upsampling for super-resolution (``SeparableDownsample``), an error otherwise (e.g. the SVD operators).
   ``gluing_transpose=adjoint`` uses the operator's true adjoint, the paper's formula (P2L ran it so, via ``jax.vjp``).
   For inpainting the two agree (``y`` is zero in the holes here; the official ``y`` carries noise there).
+
+The TReg tables' PSLD rows ran other code: the TReg repository's ``psld`` (``TReg-inverse/TReg``,
+``solver/latent_diffusion.py``, ``LDPSSolver.sample``, 200 steps from ``configs/solver/psld.yaml``). The same loop
+with γ = 0.5 and ω = 1 hard-coded, the true adjoint ``A.At`` in the gluing image, the residual not renoised, ᾱ_{t−1}
+with the network's ``t`` at every step count, CFG between its null prompt and the prompt at the caller's scale
+(``solve.py`` default 4.0), and ``D(ẑ0)`` of the last step as output; those settings are
+``conf/solver_protocol/psld_treg_repo.yaml`` (``protocol=treg_repo``). At ω = 1 that code runs the null branch only;
+here ω = 1 is ``ε(c)`` (the project-wide CFG).
 
 Other departures: the family's (per-image norms, one CFG row for the empty prompt, float32 state). The adjoint path
 needs a differentiable ``A.adjoint`` (every operator here has a closed form; the generic VJP adjoint is refused).
