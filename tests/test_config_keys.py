@@ -23,7 +23,6 @@ GROUPS = ("solver", "model", "task", "metrics", "data", "logger")
 COMMENTS_PENDING = {
     "solver/dds.yaml",
     "solver/diffpir.yaml",
-    "solver/dps.yaml",
     "solver/red.yaml",
     *(f"model/{p.name}" for p in (CONF / "model").glob("*.yaml")),
 }

@@ -83,7 +83,7 @@ from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import Step, alpha_bar_at, check_batch, ddim_plan, guided_eps, renoise, tweedie
+from treg_exp.solvers.core import Step, check_batch, ddim_plan, guided_eps, plan_from_timesteps, renoise, tweedie
 
 SKIP_TYPES = ("quad", "uniform")
 OUTPUTS = ("state", "x0")
@@ -111,11 +111,7 @@ def diffpir_plan(schedule: NoiseSchedule, num_steps: int, skip_type: str = "quad
     grid = quad_timesteps(big_t, num_steps)
     if len(set(grid)) != len(grid):
         raise UserError(f"skip_type=quad with num_steps={num_steps} repeats timesteps; use fewer steps")
-    nexts = [*grid[1:], -1]
-    return [
-        Step(index=i, t=t, t_prev=tp, alpha_bar=alpha_bar_at(schedule, t), alpha_bar_prev=alpha_bar_at(schedule, tp))
-        for i, (t, tp) in enumerate(zip(grid, nexts, strict=True))
-    ]
+    return plan_from_timesteps(schedule, grid)
 
 
 class DiffPIR(Solver):
