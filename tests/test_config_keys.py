@@ -24,7 +24,6 @@ COMMENTS_PENDING = {
     "solver/dds.yaml",
     "solver/diffpir.yaml",
     "solver/red.yaml",
-    *(f"model/{p.name}" for p in (CONF / "model").glob("*.yaml")),
 }
 
 
