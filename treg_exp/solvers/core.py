@@ -376,3 +376,12 @@ def renoise(
             raise ValueError("renoise with sigma > 0 needs noise")
         z_prev = z_prev + sigma * noise
     return z_prev
+
+
+def timestep_for_sigma(schedule: NoiseSchedule, sigma: float) -> tuple[int, float]:
+    """``(t, ᾱ_t)`` with ``σ̄_t = √((1−ᾱ_t)/ᾱ_t)`` nearest to σ (ties to the smaller t): RED's denoiser level, DiffPIR's
+    ``t_y`` (the official ``find_nearest(reduced_alpha_cumprod, σ)``)."""
+    alphas = schedule.alphas_cumprod.to(torch.float64)
+    levels = ((1.0 - alphas) / alphas).sqrt()
+    t = int(torch.argmin((levels - float(sigma)).abs()))
+    return t, alpha_bar_at(schedule, t)
