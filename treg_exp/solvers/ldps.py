@@ -220,6 +220,15 @@ class DPSFamily(Solver):
         self, y: torch.Tensor, prior: DiffusionPrior, operator: LinearOperator, image_shape: Sequence[int]
     ) -> None:
         """One-line errors before any network pass (subclasses add theirs)."""
+        self.check_prior(prior)
+
+    def check_prior(self, prior: DiffusionPrior) -> None:
+        """The options that depend on the prior (also called by the runner before anything is written)."""
+        if self.clip_denoised is True and prior.latent_factor != 1:
+            raise UserError(
+                f"{self.name}: clip_denoised clamps ẑ0 to [-1, 1], which is an image only on a pixel-space prior; "
+                "set solver.clip_denoised=false (or auto)"
+            )
         if self.ddpm_variance == "learned" and not prior.has_learned_variance:
             raise UserError(
                 f"{self.name}: solver.ddpm_variance=learned needs a prior with a learned variance (ADM), "
@@ -229,11 +238,6 @@ class DPSFamily(Solver):
             raise UserError(
                 f"{self.name}: the learned variance is read from one network branch, so it needs cfg_scale 0 or 1 "
                 f"(got {self.cfg_scale}); set solver.ddpm_variance=small"
-            )
-        if self.clip_denoised is True and prior.latent_factor != 1:
-            raise UserError(
-                f"{self.name}: clip_denoised clamps ẑ0 to [-1, 1], which is an image only on a pixel-space prior; "
-                "set solver.clip_denoised=false (or auto)"
             )
 
     # --- shared pieces -----------------------------------------------------------------------------------------
