@@ -22,6 +22,7 @@ import torch
 from treg_exp.common import seeding
 from treg_exp.models.adm import AdmPrior, diffusers_to_official
 from treg_exp.operators import gaussian_deblur
+from treg_exp.operators.inpaint import Inpainting
 from treg_exp.solvers import core
 from treg_exp.solvers.dds import DDS
 from treg_exp.solvers.diffpir import DiffPIR
@@ -53,14 +54,16 @@ def adm(tmp_path_factory) -> AdmPrior:
     return prior
 
 
-@pytest.fixture(scope="module")
-def problem(adm):
-    """A circular 5×5 Gaussian blur (σ = 1) of a smooth image in [−1, 1], σ_y = 0.05."""
-    operator = gaussian_deblur(kernel_size=5, kernel_sigma=1.0, padding="circular", impl="fft", sigma_y=SIGMA_Y)
-    gen = torch.Generator().manual_seed(11)
-    coarse = torch.rand(1, 3, 4, 4, generator=gen, dtype=torch.float64) * 1.6 - 0.8
+def make_problem(task: str = "blur"):
+    """``blur``: a circular 5×5 Gaussian blur (σ = 1); ``inpaint``: a random mask; of a smooth image in [−1, 1],
+    σ_y = 0.05."""
+    if task == "blur":
+        operator = gaussian_deblur(kernel_size=5, kernel_sigma=1.0, padding="circular", impl="fft", sigma_y=SIGMA_Y)
+    else:
+        operator = Inpainting(mask_type="random", sigma_y=SIGMA_Y).draw([_gen(13)], SHAPE)
+    coarse = torch.rand(1, 3, 4, 4, generator=_gen(11), dtype=torch.float64) * 1.6 - 0.8
     x = torch.nn.functional.interpolate(coarse, size=(RES, RES), mode="bilinear", align_corners=False)
-    return operator, operator.measure(x, [torch.Generator().manual_seed(12)])
+    return operator, operator.measure(x, [_gen(12)])
 
 
 def _gen(seed: int = 3) -> torch.Generator:
@@ -169,12 +172,12 @@ def official_dps(prior, operator, y, generator, num_steps=STEPS, scale=0.3, vari
 
 
 @pytest.mark.parametrize("variance", ["auto", "small"])
-def test_dps_equals_the_official_loop(adm, problem, variance: str) -> None:
+def test_dps_equals_the_official_loop(adm, variance: str) -> None:
     """DPS at its defaults (``ddpm_variance=auto`` → the learned range on this prior, ``grid=respaced``, ζ = 0.3,
     clamped x̂0) equals the official loop over 20 steps to 1e-6, and ``ddpm_variance=small`` equals it with
     ``fixed_small``. Catches β̃ where the learned variance belongs (they differ by far more here), the ``ddimN``
     grid, the variance of the wrong step, or the un-respaced β_t."""
-    operator, y = problem
+    operator, y = make_problem()
     ours = DPS(num_steps=STEPS, ddpm_variance=variance).solve(y, operator, adm, [""], [_gen()], SHAPE)
     official = "learned_range" if variance == "auto" else "fixed_small"
     theirs = official_dps(adm, operator, y, _gen(), variance=official).clamp(-1.0, 1.0)
@@ -188,13 +191,15 @@ def dense_matrix(operator) -> torch.Tensor:
     """``A`` as a ``[n_out, n_in]`` float64 matrix (one column per pixel basis vector)."""
     n = int(np.prod(SHAPE[1:]))
     basis = torch.eye(n, dtype=torch.float64).reshape(n, *SHAPE[1:])
-    return operator(basis).reshape(n, -1).T
+    return torch.cat([operator(column[None]).reshape(-1, 1) for column in basis], dim=1)
 
 
-def official_diffpir(prior, operator, y, generator, num_steps=STEPS, lambda_=7.0, zeta=0.3):
+def official_diffpir(prior, operator, y, generator, num_steps=STEPS, lambda_=7.0, zeta=0.3, start="measurement"):
     """``main_ddpir_deblur.py`` (DiffPIR mode, ``pred_xstart``, quad grid, η = 0, U = 1, ``noise_level_img`` = σ_y/2
-    on the [0, 1] scale) from its start ``x = √(ᾱ_999/ᾱ_{t_y})·y + √((1−ᾱ_999) − (ᾱ_999/ᾱ_{t_y})(1−ᾱ_{t_y}))·ξ``,
-    float64; the data step ``argmin ‖y − Ax‖² + ρ‖x − x̂0‖²`` by a dense solve."""
+    on the [0, 1] scale) from its start ``x = √(ᾱ_999/ᾱ_{t_y})·y + √((1−ᾱ_999) − (ᾱ_999/ᾱ_{t_y})(1−ᾱ_{t_y}))·ξ``
+    (``start="noise"``: its commented-out ``x = torch.randn_like(y)``), float64; the data step
+    ``argmin ‖y − Ax‖² + ρ‖x − x̂0‖²`` (the deblurring script's FFT formula, the inpainting script's
+    ``(m·y + ρx̂0)/(m + ρ)``) by a dense solve."""
     alphas_cumprod = torch.from_numpy(_official_alphas_cumprod())
     sqrt_a, sqrt_1m = alphas_cumprod.sqrt(), (1.0 - alphas_cumprod).sqrt()
     reduced = sqrt_1m / sqrt_a
@@ -206,9 +211,12 @@ def official_diffpir(prior, operator, y, generator, num_steps=STEPS, lambda_=7.0
     t_start = 999
     t_y = int((reduced - 2 * noise_level_img).abs().argmin())
     sqrt_alpha_effective = sqrt_a[t_start] / sqrt_a[t_y]
-    x = sqrt_alpha_effective * y + torch.sqrt(
-        sqrt_1m[t_start] ** 2 - sqrt_alpha_effective**2 * sqrt_1m[t_y] ** 2
-    ) * _noise(generator)
+    if start == "measurement":
+        x = sqrt_alpha_effective * y + torch.sqrt(
+            sqrt_1m[t_start] ** 2 - sqrt_alpha_effective**2 * sqrt_1m[t_y] ** 2
+        ) * _noise(generator)
+    else:
+        x = _noise(generator)
     seq = [int(s) for s in np.sqrt(np.linspace(0, 1000**2, num_steps))]
     seq[-1] = seq[-1] - 1
     sigmas = [float(reduced[999 - s]) for s in seq]
@@ -231,17 +239,19 @@ def official_diffpir(prior, operator, y, generator, num_steps=STEPS, lambda_=7.0
     return x
 
 
-def test_diffpir_equals_the_official_loop(adm, problem) -> None:
-    """DiffPIR at its defaults (``init=measurement``, quad grid, λ = 7, ζ = 0.3, σ_n = σ_y/2, closed-form FFT data
-    step, the final state) equals the official deblurring loop over 20 steps to 1e-6. Catches the pure-noise start,
-    a wrong ``t_y`` or noise variance of the start, a wrong ρ_t, ε̂ from the network instead of the data-consistent
-    x̂0, or a missing clamp."""
-    operator, y = problem
-    ours = DiffPIR(num_steps=STEPS).solve(y, operator, adm, [""], [_gen()], SHAPE)
-    theirs = official_diffpir(adm, operator, y, _gen()).clamp(-1.0, 1.0)
+@pytest.mark.parametrize(("task", "init"), [("blur", "measurement"), ("inpaint", "noise")])
+def test_diffpir_equals_the_official_loop(adm, task: str, init: str) -> None:
+    """DiffPIR (quad grid, λ = 7, ζ = 0.3, σ_n = σ_y/2, closed-form data step — FFT for the circular blur, the mask
+    formula for inpainting —, the final state) equals the official loop over 20 steps to 1e-6, from the official
+    start (the default, ``init=measurement``) and from noise. Catches the wrong start (checked to matter), a wrong
+    ``t_y`` or noise variance of the start, a wrong ρ_t, ε̂ from the network instead of the data-consistent x̂0, or a
+    missing clamp."""
+    operator, y = make_problem(task)
+    ours = DiffPIR(num_steps=STEPS, init=init).solve(y, operator, adm, [""], [_gen()], SHAPE)
+    theirs = official_diffpir(adm, operator, y, _gen(), start=init).clamp(-1.0, 1.0)
     assert float((ours.double() - theirs).abs().max()) < 1e-6
-    from_noise = DiffPIR(num_steps=STEPS, init="noise").solve(y, operator, adm, [""], [_gen()], SHAPE)
-    assert float((from_noise.double() - theirs).abs().max()) > 1e-6  # the start matters (weakly: 0.0064·y)
+    other = official_diffpir(adm, operator, y, _gen(), start="noise" if init == "measurement" else "measurement")
+    assert float((ours.double() - other.clamp(-1.0, 1.0)).abs().max()) > 1e-4  # the start matters (0.0064·y)
 
 
 # --- DDS --------------------------------------------------------------------------------------------------------
@@ -285,11 +295,12 @@ def official_dds(prior, operator, y, generator, num_steps=STEPS, eta=0.85, gamma
     return x
 
 
-def test_dds_equals_the_official_loop(adm, problem) -> None:
-    """DDS at its defaults (η = 0.85, γ = 1, 5 CG iterations, the ``ddimN`` grid 950 … 0) equals the official loop over
-    20 steps to 1e-6: catches DDIM's η in place of DDS's noise split, a wrong CG system or start, or noise added on the
-    step to t = 0."""
-    operator, y = problem
-    ours = DDS(num_steps=STEPS).solve(y, operator, adm, [""], [_gen()], SHAPE)
-    theirs = official_dds(adm, operator, y, _gen()).clamp(-1.0, 1.0)
+@pytest.mark.parametrize(("task", "gamma"), [("blur", 1.0), ("inpaint", 2.0)])
+def test_dds_equals_the_official_loop(adm, task: str, gamma: float) -> None:
+    """DDS (η = 0.85, 5 CG iterations, the ``ddimN`` grid 950 … 0; γ = 1 as the defaults, and γ = 2, which exercises
+    the λ = 1/γ rescaling of the system and of the tolerance) equals the official loop over 20 steps to 1e-6: catches
+    DDIM's η in place of DDS's noise split, a wrong CG system or start, or noise added on the step to t = 0."""
+    operator, y = make_problem(task)
+    ours = DDS(num_steps=STEPS, gamma=gamma).solve(y, operator, adm, [""], [_gen()], SHAPE)
+    theirs = official_dds(adm, operator, y, _gen(), gamma=gamma).clamp(-1.0, 1.0)
     assert float((ours.double() - theirs).abs().max()) < 1e-6
