@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from treg_exp.common import seeding
+from treg_exp.common.errors import UserError
 from treg_exp.models.adm import AdmPrior, diffusers_to_official
 from treg_exp.operators import gaussian_deblur
 from treg_exp.operators.inpaint import Inpainting
@@ -184,6 +185,17 @@ def test_dps_equals_the_official_loop(adm, variance: str) -> None:
     assert float((ours.double() - theirs).abs().max()) < 1e-6
     other = official_dps(adm, operator, y, _gen(), variance="fixed_small" if variance == "auto" else "learned_range")
     assert float((ours.double() - other.clamp(-1.0, 1.0)).abs().max()) > 1e-3
+
+
+def test_variance_choice_follows_the_prior_and_the_branches(adm) -> None:
+    """``auto`` takes the learned variance on this ADM with one network branch and β̃ with two CFG branches (whose
+    variance channels would disagree); ``learned`` with two branches is a one-line error before any pass."""
+    assert DPS().uses_learned_variance(adm) and not DPS(cfg_scale=2.0).uses_learned_variance(adm)
+    assert not DPS(sampler="ddim").uses_learned_variance(adm)
+    adm.reset_counter()
+    with pytest.raises(UserError, match="one network branch") as error:
+        DPS(ddpm_variance="learned", cfg_scale=2.0).check_prior(adm)
+    assert "\n" not in str(error.value) and adm.counter["unet_calls"] == 0
 
 
 # --- DiffPIR ----------------------------------------------------------------------------------------------------

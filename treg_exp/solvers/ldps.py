@@ -30,8 +30,8 @@ Options shared by the family:
   (:meth:`DiffusionPrior.learned_log_variance`, guided-diffusion's ``learned_range``: ``log σ² = f·log β +
   (1 − f)·log β̃``, ``f = (v + 1)/2`` from the network's extra channels, read in the same network call as ε),
   ``small`` = β̃ (the posterior variance), ``large`` = β; ``auto`` = ``learned`` where the prior has a learned
-  variance (the ADM checkpoints), else ``small``. ``learned`` on a prior without one is a one-line error; it reads
-  one network branch, so it needs ``cfg_scale`` 0 or 1.
+  variance (the ADM checkpoints) and one network branch runs (``cfg_scale`` 0 or 1), else ``small``. ``learned``
+  on a prior without one, or with two CFG branches, is a one-line error.
 - ``grid``: ``leading`` (:func:`core.ddim_plan`: t = k·(T // N) + offset, the LDM/diffusers DDIM grid and
   guided-diffusion's ``ddimN``) or ``respaced`` (:func:`core.respaced_plan`: guided-diffusion's
   ``timestep_respacing: N``, ``space_timesteps``; 999, 979, 958, …, 20, 0 for 50 steps; textbook ᾱ pairing
@@ -234,7 +234,7 @@ class DPSFamily(Solver):
                 f"{self.name}: solver.ddpm_variance=learned needs a prior with a learned variance (ADM), "
                 f"{type(prior).__name__} has none; use small or large"
             )
-        if self.uses_learned_variance(prior) and self.cfg_scale not in (0.0, 1.0):
+        if self.ddpm_variance == "learned" and self.cfg_scale not in (0.0, 1.0):
             raise UserError(
                 f"{self.name}: the learned variance is read from one network branch, so it needs cfg_scale 0 or 1 "
                 f"(got {self.cfg_scale}); set solver.ddpm_variance=small"
@@ -242,9 +242,12 @@ class DPSFamily(Solver):
 
     # --- shared pieces -----------------------------------------------------------------------------------------
     def uses_learned_variance(self, prior: DiffusionPrior) -> bool:
-        """Whether the ancestral steps take the prior's learned variance (``ddpm_variance`` learned, or auto on a
-        prior that has one)."""
-        wanted = self.ddpm_variance == "learned" or (self.ddpm_variance == "auto" and prior.has_learned_variance)
+        """Whether the ancestral steps take the prior's learned variance: ``ddpm_variance=learned``, or ``auto`` on a
+        prior that has one when one network branch runs (``cfg_scale`` 0 or 1; else ``auto`` takes β̃)."""
+        single_branch = self.cfg_scale in (0.0, 1.0)
+        wanted = self.ddpm_variance == "learned" or (
+            self.ddpm_variance == "auto" and prior.has_learned_variance and single_branch
+        )
         return self.sampler == "ddpm" and wanted
 
     def plan(self, schedule: NoiseSchedule) -> list[core.Step]:
