@@ -25,7 +25,6 @@ COMMENTS_PENDING = {
     "solver/diffpir.yaml",
     "solver/dps.yaml",
     "solver/red.yaml",
-    *(f"model/{p.name}" for p in (CONF / "model").glob("*.yaml")),
 }
 
 
