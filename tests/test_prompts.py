@@ -214,8 +214,8 @@ def gaussian_error(tmp_path: Path, solver: str, prompt: list[str]) -> float:
 def test_on_the_exact_gaussian_prior_the_right_prompt_beats_a_mismatched_one(tmp_path, solver):
     """Images drawn from the prior of the prompt "red"; 64 % of each image hidden (box inpainting). With the right
     prompt the solver's PSNR is more than 1 dB above that with ``prompt=mismatch`` naming "blue" (measured: about
-    2-2.7 dB for each solver), through the whole path (config group, runner, row). Catches a prompt source that never reaches the solver (both runs would be equal) or one
-    that reaches it swapped."""
+    2-2.7 dB for each solver), through the whole path (config group, runner, row). Catches a prompt source that
+    never reaches the solver (both runs would be equal) or one that reaches it swapped."""
     right = gaussian_error(tmp_path, solver, [])
     wrong = gaussian_error(tmp_path, solver, ["prompt=mismatch", "+prompt.swaps.red=blue"])
     assert right > wrong + 1.0, (right, wrong)
