@@ -4,6 +4,7 @@ prompt on the solvers of the exact Gaussian prior."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,50 @@ def test_on_the_exact_gaussian_prior_the_right_prompt_beats_a_mismatched_one(tmp
     right = gaussian_error(tmp_path, solver, [])
     wrong = gaussian_error(tmp_path, solver, ["prompt=mismatch", "+prompt.swaps.red=blue"])
     assert right > wrong + 1.0, (right, wrong)
+
+
+def test_missing_captioner_weights_are_one_line_in_seconds_before_anything_is_written(tmp_path):
+    """``prompt=caption prompt/captioner=paligemma`` with an empty ``paths.weights``: exit 2 with one ``error:``
+    line naming the model and the fetch_weights command, within seconds (the captioner's files are checked before
+    the prior loads), and no run output (catches a captioner loaded after the solve began, or a traceback)."""
+    from tests.test_runner import run_cli
+
+    started = time.monotonic()
+    result = run_cli(
+        "solver=treg",
+        "task=sr16",
+        "prompt=caption",
+        "prompt/captioner=paligemma",
+        f"paths.weights={tmp_path / 'empty'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert "google/paligemma2-3b-mix-224" in errors[0] and "fetch_weights.py --out DIR --models paligemma" in errors[0]
+    assert "prompt.captioner.local_files_only=false" in errors[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "rows").exists()
+    assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+def test_fetch_weights_stages_each_captioner_where_its_config_looks(tmp_path):
+    """Every Hub captioner config names a model that ``fetch_weights.py --models <name>`` fetches into the cache
+    ``paths.weights`` points the captioner at (catches a config and the script disagreeing on a model id)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("fetch_weights", ROOT / "scripts" / "fetch_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fetch_weights"] = module
+    spec.loader.exec_module(module)
+    from treg_exp.models.loading import hf_cache_dir
+
+    for path in sorted((ROOT / "conf" / "prompt" / "captioner").glob("*.yaml")):
+        config = OmegaConf.load(path)
+        if not config._target_.endswith("HubCaptioner"):
+            continue
+        items = [i for i in module.plan(tmp_path, [path.stem]) if i.source == config.model_id]
+        assert len(items) == 1, path.name
+        (tmp_path / "huggingface" / "hub").mkdir(parents=True, exist_ok=True)
+        assert str(items[0].target) == hf_cache_dir(tmp_path)

@@ -140,10 +140,11 @@ class Runner:
         indices = self.check_inputs()
         ids = [self.store.order[k] for k in indices]
         device = resolve_device(self.device)
-        # missing weights stop the run here, before any image is solved (metric files first: they load fast)
+        # missing weights stop the run here, before any image is solved (metric and captioner files first: they are
+        # checked fast)
         self.metrics.prepare(device)
+        self.prompt_source.check()  # a captioner's files: seconds; its model loads only if something is uncaptioned
         self.prior.load(device)
-        self.prompt_source.load(device)
         self.store.claim(self.config, self.shard_index, self.shard_count, len(ids))
         if self.on_claim is not None:
             self.on_claim()

@@ -137,8 +137,8 @@ class CaptionPrompt(PromptSource):
         self.captions: dict[str, str] = {}
         self.tokenizer: Any = None
 
-    def load(self, device: torch.device) -> None:
-        self.captioner.load(device)
+    def check(self) -> None:
+        self.captioner.check()
 
     def cache_key(self, context: PromptContext) -> str:
         data = {k: v for k, v in (context.inputs.get("data") or {}).items() if k not in SUBSET_KEYS}
@@ -172,6 +172,7 @@ class CaptionPrompt(PromptSource):
         )
         if not todo:
             return
+        self.captioner.load(context.device)
         task = json.dumps(context.inputs.get("task"), sort_keys=True, default=str)
         started = time.perf_counter()
         with tqdm(total=len(todo), desc="captions", unit="img", disable=not context.progress) as bar:
@@ -184,6 +185,7 @@ class CaptionPrompt(PromptSource):
                 self.captions.update({row["id"]: row["prompt"] for row in rows})
                 bar.update(len(todo[start : start + size]))
         log.info("captioned %d image(s) in %.1f s", len(todo), time.perf_counter() - started)
+        self.captioner.release()
 
     def _caption(self, samples: list[Sample], context: PromptContext, key: str, task: str) -> list[dict[str, Any]]:
         ids = [s.id for s in samples]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from treg_exp.common import checks
 from treg_exp.common.devices import parse_dtype
+from treg_exp.common.errors import WeightsNotFoundError
 from treg_exp.data.images import to_pil
 from treg_exp.models import loading
 from treg_exp.models.base import NetworkCounter
@@ -48,6 +49,7 @@ class Captioner(ABC):
         self.batch_size = checks.integer("prompt.captioner.batch_size", batch_size, minimum=1)
         self.counter = NetworkCounter()
         self.device = torch.device("cpu")
+        self.model: Any = None
 
     def identity(self) -> dict[str, Any]:
         """What decides a caption besides the input: part of the cache key."""
@@ -58,9 +60,18 @@ class Captioner(ABC):
             "num_beams": self.num_beams,
         }
 
+    def check(self) -> None:
+        """Raise a one-line ``WeightsNotFoundError`` when the weights are not there, loading as little as possible
+        (the runner calls it before any image is solved; a run whose captions are all cached loads no model)."""
+        return None
+
     @abstractmethod
     def load(self, device: torch.device) -> None:
-        """Load the weights onto ``device``; missing weights raise a one-line ``WeightsNotFoundError``."""
+        """Load the weights onto ``device`` (idempotent); missing weights raise a one-line ``WeightsNotFoundError``."""
+
+    def release(self) -> None:
+        """Drop the model (its memory is the solver's once the captions are written)."""
+        self.model = None
 
     @abstractmethod
     def _generate(self, images: torch.Tensor) -> list[str]:
@@ -110,18 +121,34 @@ class HubCaptioner(Captioner):
         self.local_files_only = checks.boolean("prompt.captioner.local_files_only", local_files_only)
         self.cache_dir = cache_dir
         self.processor: Any = None
-        self.model: Any = None
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "model_id": self.model_id, "task_prompt": self.task_prompt}
 
+    def _options(self) -> dict[str, Any]:
+        return {"cache_dir": self.cache_dir, "local_files_only": self.local_files_only, "revision": self.revision}
+
+    def check(self) -> None:
+        """The processor's files and the model's config: seconds, and a missing model is one line."""
+        from transformers import AutoConfig, AutoProcessor
+
+        options = self._options()
+        try:
+            self.processor = loading.load_component(
+                AutoProcessor.from_pretrained, self.model_id, "processor", **options
+            )
+            loading.load_component(AutoConfig.from_pretrained, self.model_id, "config", **options)
+        except WeightsNotFoundError as error:  # the loader's hint names the prior's key; this one is the captioner's
+            message = str(error).replace("model.local_files_only", "prompt.captioner.local_files_only")
+            raise WeightsNotFoundError(message) from None
+
     def load(self, device: torch.device) -> None:
         if self.model is not None:
             return
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        options = {"cache_dir": self.cache_dir, "local_files_only": self.local_files_only, "revision": self.revision}
-        self.processor = loading.load_component(AutoProcessor.from_pretrained, self.model_id, "processor", **options)
+        self.check()
+        options = self._options()
         self.model = loading.load_component(
             AutoModelForImageTextToText.from_pretrained, self.model_id, "model", dtype=self.dtype, **options
         )
@@ -192,7 +219,6 @@ class TinyCaptioner(Captioner):
         self.seed = checks.integer("prompt.captioner.seed", seed)
         super().__init__(name, f"random-{self.seed}", max_new_tokens, num_beams, batch_size)
         self.dtype = parse_dtype(dtype)
-        self.model: Any = None
         self.tokenizer: Any = None
 
     def load(self, device: torch.device) -> None:

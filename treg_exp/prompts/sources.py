@@ -56,9 +56,9 @@ class PromptSource(ABC):
 
     name: str = ""
 
-    def load(self, device: torch.device) -> None:
-        """Load what the source needs (a captioner's weights); missing weights raise one line here, before any
-        image is solved. Text-only sources need nothing."""
+    def check(self) -> None:
+        """Check that what the source needs is there (a captioner's weights): one line when not, before any image
+        is solved or any weight loaded. Text-only sources need nothing."""
         return None
 
     def prepare(self, dataset: ImageDataset, indices: Sequence[int], context: PromptContext) -> None:
