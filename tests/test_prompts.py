@@ -267,3 +267,23 @@ def test_fetch_weights_stages_each_captioner_where_its_config_looks(tmp_path):
         assert len(items) == 1, path.name
         (tmp_path / "huggingface" / "hub").mkdir(parents=True, exist_ok=True)
         assert str(items[0].target) == hf_cache_dir(tmp_path)
+
+
+def test_the_report_shows_each_images_prompt_under_its_reconstruction(tmp_path):
+    """The HTML report of a captioned run prints, under each reconstruction, the caption in that image's row, and
+    ``run_key`` tells a captioned run from one with the dataset's prompts (catches a report that drops the prompt,
+    shows another image's, or pools runs of two prompt sources into one cell)."""
+    from treg_exp.reporting import tables
+    from treg_exp.reporting.report import write_report
+
+    run_dir = tmp_path / "run"
+    _, prompts = captioned_rows(make_runner(run_dir, tmp_path / "cache"))
+    page = write_report(tables.build([run_dir]), tmp_path / "report.html", grid_images=4).read_text()
+    for image_id, prompt in prompts.items():
+        assert f'alt="recon {image_id}"><div class="prompt">{prompt}</div>' in page
+    given = {"choices": {"data": "samples", "task": "t", "model": "m", "solver": "s", "prompt": "given"}}
+    captioned = {"choices": {**given["choices"], "prompt": "caption", "prompt/captioner": "tiny"}}
+    assert tables.run_key(given) != tables.run_key(captioned)
+    assert tables.run_key(given) == tables.run_key(
+        {"choices": {k: v for k, v in given["choices"].items() if k != "prompt"}}
+    )
