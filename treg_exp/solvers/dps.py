@@ -29,8 +29,10 @@ as guided-diffusion), ``clip_denoised=auto`` (on pixel priors; a latent is not c
 
 Departures from the official code, and why:
 
-- None in the arithmetic: ``tests/test_official_pixel_parity.py`` checks this solver against a float64
-  transcription of the official loop (learned range, respaced grid) on a random-weight ADM to 1e-6. Departure flags:
+- None in the algorithm at the defaults: ``tests/test_official_pixel_parity.py`` checks this solver against a float64
+  transcription of the official loop (learned range, respaced grid) on a random-weight ADM to 1e-6. The official
+  code casts its float64 coefficient tables to float32 at every step (``extract_and_expand``); here they stay
+  float64 (a difference at float32 rounding). Departure flags:
   ``ddpm_variance=small|large`` (fixed β̃ or β instead of the learned variance), ``grid=leading`` (the ``ddimN``
   grid 980, 960, …, 0 below 1000 steps), ``sampler=ddim``.
 - The norm is per image (the official ``torch.linalg.norm`` over the batch tensor couples the images of a batch).
