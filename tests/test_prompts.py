@@ -287,3 +287,66 @@ def test_the_report_shows_each_images_prompt_under_its_reconstruction(tmp_path):
     assert tables.run_key(given) == tables.run_key(
         {"choices": {k: v for k, v in given["choices"].items() if k != "prompt"}}
     )
+
+
+def test_the_prompt_source_ablation_runs_and_renders_one_table_with_a_column_per_source(tmp_path):
+    """``-m experiment=prompt_sources`` (tiny sizes, the tiny captioner in the caption column) runs TReg and P2L
+    under each prompt source, make_table renders one table with the sources as columns, each run's rows carry
+    its source's prompts, and both solvers' caption jobs used the one cache (catches a source that does not reach
+    the runs, a table that pools the sources, or a cache per job)."""
+    import csv
+
+    from tests.test_runner import run_cli
+    from treg_exp.reporting import make_table
+
+    result = run_cli(
+        "-m",
+        "experiment=prompt_sources",
+        "data=samples",
+        "model=tiny",
+        "data.limit=2",
+        "data.resolution=32",
+        "solver.num_steps=2",
+        "metrics=fast",
+        "hydra.sweeper.columns.2.caption='prompt=caption prompt/captioner=tiny'",
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = tmp_path / "prompt_sources"
+    assert make_table.main([str(sweep_dir)]) == 0
+    header, _, treg, p2l = (sweep_dir / "table.md").read_text().split("\n\n")[1].splitlines()[:4]
+    assert [c.split()[0] for c in header.strip("| ").split(" | ")[1::2]] == ["given", "class_name", "caption", "none"]
+    assert treg.startswith("| TReg |") and p2l.startswith("| P2L |") and "—" not in treg + p2l
+    [cache] = (tmp_path / "prompt_cache").glob(f"*/{CACHE_FILE}")
+    with cache.open(newline="") as handle:
+        captions = {row["id"]: row["prompt"] for row in csv.DictReader(handle)}
+    expected = {
+        "prompt=given": {"astronaut": "a photo of an astronaut", "coffee": "a photo of a cup of coffee"},
+        "prompt=class_name": {"astronaut": "a photo of a astronaut", "coffee": "a photo of a cup"},
+        "prompt=caption": captions,
+        "prompt=none": {"astronaut": "", "coffee": ""},
+    }
+    sweep_plan = json.loads((sweep_dir / "sweep.json").read_text())
+    for job in sweep_plan["jobs"]:
+        source = next(o for o in job["overrides"] if o.startswith("prompt="))
+        with (sweep_dir / job["folder"] / "metrics.csv").open(newline="") as handle:
+            assert {row["id"]: row["prompt"] for row in csv.DictReader(handle)} == expected[source], job["folder"]
+
+
+@pytest.mark.parametrize("experiment", ["p2l_table2_ffhq_captions", "p2l_table3_imagenet_captions"])
+def test_the_p2l_caption_presets_caption_y_and_x_with_paligemma_in_p2ls_template(experiment, tmp_path):
+    """P2L's captioned rows: PaliGemma captions of the measurement (``view=auto``) and, for the oracle row, of the
+    ground truth, each put into "A high quality photo of a {caption}" (P2L App. A); the other rows keep the given
+    prompt (catches a row captioning the wrong image, or the template lost in a row's override string)."""
+    from hydra.utils import instantiate
+
+    from tests.test_tables import sweep_plan
+
+    _, plan = sweep_plan(f"experiment={experiment}", tmp_path=tmp_path)
+    for job in plan.to_run:
+        prompt = instantiate(job.config.prompt)
+        if "PaliGemma" not in job.row:
+            assert prompt.name == "given", job.row
+            continue
+        assert prompt.captioner.name == "paligemma" and prompt.template == "A high quality photo of a {caption}"
+        assert prompt.view == ("ground_truth" if "of x" in job.row else "auto"), job.row
