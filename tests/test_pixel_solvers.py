@@ -157,7 +157,8 @@ def test_dds_matches_official_transcription(prior) -> None:
 def official_diffpir(prior, mask, y, sigma_y, generator, num_steps=12, lambda_=7.0, zeta=0.3):
     """``yuanzhi-zhu/DiffPIR`` ``main_ddpir_inpainting.py`` (DiffPIR mode, pred_xstart, η = 0, U = 1) for batch 1,
     float64: quad grid, clamped x̂0, ``(m·y + ρx̂0)/(m + ρ)``, ε̂ from the data-consistent x̂0, ζ re-noise, the state
-    as output. Changes: the prior's ε and ``initial_noise`` instead of the noised ``y``, noise from ``generator``,
+    as output. Changes: the prior's ε and ``initial_noise`` instead of the noised ``y`` (``init=noise``; the official
+    start is checked in ``test_official_pixel_parity.py``), noise from ``generator``,
     σ_n = σ_y/2 (the official [0, 1] noise level)."""
     alphas = prior.schedule.alphas_cumprod.double()
     sqrt_a, sqrt_1m = alphas.sqrt(), (1 - alphas).sqrt()
@@ -187,7 +188,7 @@ def test_diffpir_matches_official_transcription(prior) -> None:
     (σ̄ vs σ̄², the σ_n scale), ε̂ taken from the network instead of the data-consistent x̂0, a missing clamp or a
     wrong grid."""
     _, operator, y = _problem(prior, Inpainting(mask_type="random"))
-    ours = DiffPIR(num_steps=12).solve(y, operator, prior, [""], _gens(1, 9), SHAPE1)
+    ours = DiffPIR(num_steps=12, init="noise").solve(y, operator, prior, [""], _gens(1, 9), SHAPE1)
     theirs = official_diffpir(prior, operator.mask.double(), y, operator.sigma_y, _gens(1, 9)[0])
     assert float((ours.double() - theirs).abs().max()) < 1e-6
 
@@ -257,8 +258,9 @@ def test_batch_of_two_equals_two_runs_and_seeds(prior, name: str) -> None:
     ("name", "unet", "decode", "encode"),
     [
         ("dds", 6, 6, 5),  # N passes, N decodes, N − 1 encodes (none after the last step)
-        ("diffpir", 5, 6, 5),  # output=state: no pass at t = 0; N − 1 decodes of x̂0 + the output's decode
-        ("diffpir_sub", 11, 11, 10),  # U = 2 on the N − 1 data steps, + the final x̂0
+        ("diffpir", 5, 6, 6),  # output=state: no pass at t = 0; N − 1 decodes of x̂0 + the output's decode; the
+        # encodes: N − 1 of x̂0(y) + 1 of the start (init=measurement)
+        ("diffpir_sub", 11, 11, 11),  # U = 2 on the N − 1 data steps, + the final x̂0
         ("red_gd", 5, 5, 5),  # one D_σ (encode, pass, decode) per iteration
         ("red_admm", 10, 10, 10),  # inner_iters = 2 per iteration
     ],
@@ -291,6 +293,7 @@ def test_bad_options_are_one_line_user_errors() -> None:
         lambda: DiffPIR(zeta=2.0),
         lambda: DiffPIR(skip_type="cosine"),
         lambda: DiffPIR(output="mean"),
+        lambda: DiffPIR(init="y"),
         lambda: RED(method="pgd"),
         lambda: RED(sigma_schedule="annealed", sigma=0.5, sigma_max=0.1),
         lambda: RED(step_size=-1.0),

@@ -126,6 +126,7 @@ class Runner:
         location. :meth:`run` calls it first; the app calls it before comparing settings with a finished run.
         """
         self._check()
+        self.solver.check_prior(self.prior)
         indices = self.shard_indices()
         if not indices:
             raise UserError(f"shard {self.shard_index}/{self.shard_count} of the dataset holds no image")

@@ -228,6 +228,53 @@ class MotionBlur(Blur):
         return {} if self.kernel is None else {"kernel": self.kernel}
 
 
+class RandomGaussianBlur(Blur):
+    """DiffPIR's benchmark Gaussian deblurring: a Gaussian kernel whose σ is drawn per image.
+
+    ``σ_b = kernel_sigma·|2U_b + 1|``, ``U_b ~ U[0, 1)`` from image ``b``'s measurement generator (the official
+    ``main_ddpir_deblur.py``: ``kernel_std * np.abs(np.random.rand()*2+1)`` with ``kernel_std = 3.0`` and numpy seeded
+    with ``10·index`` per image), so σ ∈ [kernel_sigma, 3·kernel_sigma). :meth:`params` returns the kernels.
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 61,
+        kernel_sigma: float = 3.0,
+        padding: str = "reflect",
+        impl: str = "auto",
+        sigma_y: float = 0.01,
+        name: str = "gauss_deblur",
+        kernel: torch.Tensor | None = None,
+    ) -> None:
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise UserError(f"task.kernel_size must be an odd number ≥ 3, got {kernel_size}")
+        if not kernel_sigma > 0:
+            raise UserError(f"task.kernel_sigma must be positive, got {kernel_sigma}")
+        super().__init__(kernel, padding=padding, impl=impl, sigma_y=sigma_y, name=name)
+        self.kernel_size = int(kernel_size)
+        self.kernel_sigma = float(kernel_sigma)
+
+    def _with_kernel(self, kernel: torch.Tensor) -> RandomGaussianBlur:
+        return RandomGaussianBlur(
+            self.kernel_size, self.kernel_sigma, self.padding, self.impl, self.sigma_y, self.name, kernel=kernel
+        )
+
+    def sigmas(self, generators: Sequence[torch.Generator]) -> list[float]:
+        """Each image's σ, ``kernel_sigma·|2U + 1|`` with U from its generator (one draw)."""
+        return [
+            self.kernel_sigma * abs(2.0 * float(torch.rand((), generator=g, dtype=torch.float64)) + 1.0)
+            for g in generators
+        ]
+
+    def draw(self, generators: Sequence[torch.Generator], image_shape: Sequence[int]) -> RandomGaussianBlur:
+        """One kernel per image, σ of image ``b`` from ``generators[b]``."""
+        kernels = torch.stack([gaussian_kernel(self.kernel_size, sigma) for sigma in self.sigmas(generators)])
+        return self._with_kernel(kernels.unsqueeze(1))
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {} if self.kernel is None else {"kernel": self.kernel}
+
+
 def _as_batched_kernel(kernel: torch.Tensor) -> torch.Tensor:
     kernel = torch.as_tensor(kernel)
     if kernel.dim() == 2:
@@ -250,14 +297,20 @@ def gaussian_deblur(
     svd_threshold: float = 0.03,
     name: str = "gauss_deblur",
     svd_pairing: str = "official",
+    random_sigma: bool = False,
 ) -> LinearOperator:
     """The Gaussian deblurring task: DPS's 61×61 kernel (σ = 5.0 TReg, 3.0 DPS/P2L) by ``auto``/``fft``/``direct``
     convolution with ``padding``, or ``impl=svd``: TReg's separable truncated-SVD blur (zero boundary, 1-D
     singular values below ``svd_threshold`` dropped, paired with the coefficients by ``svd_pairing``: ``official``
     as the official code computes it, ``consistent`` the intended operator; see :mod:`treg_exp.operators.svd`).
     ``padding`` does not apply to ``svd``, ``svd_threshold`` and ``svd_pairing`` only to it (the pairing is still
-    checked)."""
+    checked). ``random_sigma``: DiffPIR's benchmark, σ drawn per image as ``kernel_sigma·|2U + 1|``
+    (:class:`RandomGaussianBlur`; not with ``impl=svd``)."""
     check_pairing(svd_pairing)
+    if random_sigma:
+        if impl == "svd":
+            raise UserError("task.random_sigma draws a kernel per image, which impl=svd (one fixed SVD) cannot take")
+        return RandomGaussianBlur(kernel_size, kernel_sigma, padding, impl, sigma_y, name)
     if impl == "svd":
         return svd_gaussian_blur(
             kernel_size, kernel_sigma, svd_threshold, sigma_y=sigma_y, name=name, svd_pairing=svd_pairing
