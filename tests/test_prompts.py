@@ -287,3 +287,166 @@ def test_the_report_shows_each_images_prompt_under_its_reconstruction(tmp_path):
     assert tables.run_key(given) == tables.run_key(
         {"choices": {k: v for k, v in given["choices"].items() if k != "prompt"}}
     )
+
+
+def test_the_prompt_source_ablation_runs_and_renders_one_table_with_a_column_per_source(tmp_path):
+    """``-m experiment=prompt_sources`` (tiny sizes, the tiny captioner in the caption column) runs TReg and P2L
+    under each prompt source, make_table renders one table with the sources as columns, each run's rows carry
+    its source's prompts, and both solvers' caption jobs used the one cache (catches a source that does not reach
+    the runs, a table that pools the sources, or a cache per job)."""
+    import csv
+
+    from tests.test_runner import run_cli
+    from treg_exp.reporting import make_table
+
+    result = run_cli(
+        "-m",
+        "experiment=prompt_sources",
+        "data=samples",
+        "model=tiny",
+        "data.limit=2",
+        "data.resolution=32",
+        "solver.num_steps=2",
+        "metrics=fast",
+        "hydra.sweeper.columns.2.caption='prompt=caption prompt/captioner=tiny'",
+        f"paths.output_root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = tmp_path / "prompt_sources"
+    assert make_table.main([str(sweep_dir)]) == 0
+    header, _, treg, p2l = (sweep_dir / "table.md").read_text().split("\n\n")[1].splitlines()[:4]
+    assert [c.split()[0] for c in header.strip("| ").split(" | ")[1::2]] == ["given", "class_name", "caption", "none"]
+    assert treg.startswith("| TReg |") and p2l.startswith("| P2L |") and "—" not in treg + p2l
+    [cache] = (tmp_path / "prompt_cache").glob(f"*/{CACHE_FILE}")
+    with cache.open(newline="") as handle:
+        captions = {row["id"]: row["prompt"] for row in csv.DictReader(handle)}
+    expected = {
+        "prompt=given": {"astronaut": "a photo of an astronaut", "coffee": "a photo of a cup of coffee"},
+        "prompt=class_name": {"astronaut": "a photo of a astronaut", "coffee": "a photo of a cup"},
+        "prompt=caption": captions,
+        "prompt=none": {"astronaut": "", "coffee": ""},
+    }
+    sweep_plan = json.loads((sweep_dir / "sweep.json").read_text())
+    for job in sweep_plan["jobs"]:
+        source = next(o for o in job["overrides"] if o.startswith("prompt="))
+        with (sweep_dir / job["folder"] / "metrics.csv").open(newline="") as handle:
+            assert {row["id"]: row["prompt"] for row in csv.DictReader(handle)} == expected[source], job["folder"]
+
+
+@pytest.mark.parametrize("experiment", ["p2l_table2_ffhq_captions", "p2l_table3_imagenet_captions"])
+def test_the_p2l_caption_presets_caption_y_and_x_with_paligemma_in_p2ls_template(experiment, tmp_path):
+    """P2L's captioned rows: PaliGemma captions of the measurement (``view=auto``) and, for the oracle row, of the
+    ground truth, each put into "A high quality photo of a {caption}" (P2L App. A); the other rows keep the given
+    prompt (catches a row captioning the wrong image, or the template lost in a row's override string)."""
+    from hydra.utils import instantiate
+
+    from tests.test_tables import sweep_plan
+
+    _, plan = sweep_plan(f"experiment={experiment}", tmp_path=tmp_path)
+    for job in plan.to_run:
+        prompt = instantiate(job.config.prompt)
+        if "PaliGemma" not in job.row:
+            assert prompt.name == "given", job.row
+            continue
+        assert prompt.captioner.name == "paligemma" and prompt.template == "A high quality photo of a {caption}"
+        assert prompt.view == ("ground_truth" if "of x" in job.row else "auto"), job.row
+
+
+def save_tiny_blip2(folder: Path) -> None:
+    """A BLIP-2 (ViT, Q-Former, OPT) at width 32 with random weights and the tiny byte tokenizer, saved as a
+    transformers folder with its processor: the Hub captioners' loading and decoding path, offline."""
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        OPTConfig,
+    )
+
+    from treg_exp.prompts.captioners import tiny_tokenizer
+
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=tiny_tokenizer(),
+        num_query_tokens=4,
+    )
+    tokenizer = processor.tokenizer
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig(**small, image_size=32, patch_size=8).to_dict(),
+        qformer_config=Blip2QFormerConfig(**small, encoder_hidden_size=32, vocab_size=len(tokenizer)).to_dict(),
+        text_config=OPTConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            ffn_dim=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=64,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            init_std=0.3,  # as the tiny captioner: captions that depend on the image
+        ).to_dict(),
+        num_query_tokens=4,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        Blip2ForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def test_a_hub_captioner_loads_staged_weights_offline_and_returns_only_the_caption(tmp_path):
+    """A random-weight BLIP-2 staged as ``paths.weights/<org>/<name>`` loads through ``HubCaptioner`` without the
+    Hub; with a task prompt the decoder-only model returns prompt + caption and the captioner keeps only the
+    tokens after the prompt (as decoded independently here); captions are the same one image at a time and in a
+    batch. Catches the prompt left at the head of every caption, or a loader that looks elsewhere than
+    ``paths.weights``."""
+    from treg_exp.data.images import to_pil
+    from treg_exp.prompts.captioners import HubCaptioner
+
+    save_tiny_blip2(tmp_path / "weights" / "test-org" / "blip2-tiny")
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def captioner(batch_size: int) -> HubCaptioner:
+        weights = str(tmp_path / "weights")
+        hub = HubCaptioner(
+            "blip2", "test-org/blip2-tiny", "a photo of", "main", 6, 1, batch_size, dtype="float32", cache_dir=weights
+        )
+        hub.load(torch.device("cpu"))
+        return hub
+
+    batched = captioner(3)
+    captions = batched.caption(images)
+    inputs = batched.processor(images=[to_pil(x) for x in images], text=["a photo of"] * 3, return_tensors="pt")
+    out = batched.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+    assert captions == [t.strip() for t in batched.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    assert all(len(c) >= 1 and not c.startswith("a photo") for c in captions) and len(set(captions)) > 1
+    assert captioner(1).caption(images) == captions
+    assert batched.counter["captioner_rows"] == 3 and batched.counter["captioner_calls"] == 1
+
+
+def test_a_run_from_before_the_prompt_group_resumes_with_given_prompts_only(tmp_path):
+    """A run directory whose ``config.yaml`` has no ``prompt`` (written before the group existed, when every prompt
+    was the dataset's) resumes under ``prompt=given``, and is refused under another source (catches old runs
+    refused for nothing, or resumed with prompts other than those of their finished images)."""
+    from treg_exp.experiment.app import check_same_run
+
+    def config(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["model=gaussian", "data=gaussian", *overrides])
+        OmegaConf.set_struct(cfg, False)
+        cfg.paths.run_dir = str(tmp_path)
+        return cfg
+
+    old = OmegaConf.to_container(config(), resolve=True)
+    del old["prompt"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    check_same_run(config(), tmp_path)
+    with pytest.raises(UserError, match="prompt"):
+        check_same_run(config("prompt=none"), tmp_path)

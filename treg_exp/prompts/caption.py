@@ -5,6 +5,9 @@ for operators that have one: the SVD forms), ``adjoint`` (``Aᵀy``), ``upsample
 image size: blur and inpainting measurements are images already, SR's is smaller) or ``auto`` (``pinv`` where the
 operator has one, else ``upsample`` for image-shaped ``y``, else ``adjoint``). The measurement is drawn exactly as
 the solve draws it (:func:`~treg_exp.operators.base.measure_images`), so the caption describes the solver's ``y``.
+``ground_truth`` captions the clean image instead: an oracle no real restoration has (P2L's "PaLI prompts from x"
+row). ``template`` puts the caption into a prompt (P2L: "A high quality photo of a {caption}", because a bare
+caption says nothing about image quality).
 
 The cache: ``<cache_dir>/<key>/prompts.csv``, one row per image (``id, prompt, source, captioner, revision, task,
 view, seed, input_sha256, key``), where ``key`` hashes the dataset, the task, the seed, the view and the captioner
@@ -43,15 +46,19 @@ from treg_exp.tracking.files import locked, write_csv
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("auto", "pinv", "adjoint", "upsample")
+VIEWS = ("auto", "pinv", "adjoint", "upsample", "ground_truth")
 CACHE_FILE = "prompts.csv"
 CACHE_COLUMNS = ("id", "prompt", "source", "captioner", "revision", "task", "view", "seed", "input_sha256", "key")
 #: data keys that choose images but do not change any image (a larger subset reuses the captions)
 SUBSET_KEYS = ("limit", "ids", "stride", "strict")
 
 
-def measurement_view(operator: LinearOperator, y: torch.Tensor, image_shape: Sequence[int], view: str) -> torch.Tensor:
-    """The measurement ``y`` as an image ``[B, 3, H, W]`` in [−1, 1] (see the module docstring for ``view``)."""
+def captioner_input(x: torch.Tensor, operator: LinearOperator, y: torch.Tensor, view: str) -> torch.Tensor:
+    """What the captioner sees, ``[B, 3, H, W]`` in [−1, 1]: the measurement ``y`` of ``x`` brought to image size, or
+    ``x`` itself for ``view=ground_truth`` (see the module docstring)."""
+    image_shape = x.shape
+    if view == "ground_truth":
+        return x.float().clamp(-1.0, 1.0)
     if view == "auto":
         image_like = y.dim() == 4 and y.shape[1] == image_shape[1]
         view = "pinv" if hasattr(operator, "pinv") else "upsample" if image_like else "adjoint"
@@ -122,15 +129,21 @@ class CaptionPrompt(PromptSource):
 
     Args:
         captioner: the captioning model (``conf/prompt/captioner/``).
-        view: what the captioner sees: ``auto`` | ``pinv`` | ``adjoint`` | ``upsample``.
+        view: what the captioner sees: ``auto`` | ``pinv`` | ``adjoint`` | ``upsample`` | ``ground_truth``.
+        template: the prompt made of a caption; ``{caption}`` is replaced by it.
         cache_dir: the folder of the caches (one sub-folder per key).
     """
 
     name = "caption"
 
-    def __init__(self, captioner: Captioner, view: str = "auto", cache_dir: str = "prompt_cache") -> None:
+    def __init__(
+        self, captioner: Captioner, view: str = "auto", template: str = "{caption}", cache_dir: str = "prompt_cache"
+    ) -> None:
         if view not in VIEWS:
             raise UserError(f"prompt.view={view} is not one of {', '.join(VIEWS)}")
+        self.template = checks.text("prompt.template", template)
+        if "{caption}" not in self.template:
+            raise UserError(f"prompt.template={template!r} has no {{caption}} for the caption")
         self.captioner = captioner
         self.view = view
         self.cache_dir = Path(checks.text("prompt.cache_dir", cache_dir))
@@ -191,7 +204,7 @@ class CaptionPrompt(PromptSource):
         ids = [s.id for s in samples]
         x = torch.stack([s.image for s in samples]).to(context.device, context.dtype)
         operator, y = measure_images(context.operator, x, ids, context.seed)
-        seen = measurement_view(operator, y, x.shape, self.view)
+        seen = captioner_input(x, operator, y, self.view)
         captions = self.captioner.caption(seen)
         return [
             {
@@ -213,4 +226,5 @@ class CaptionPrompt(PromptSource):
         missing = [s.id for s in samples if s.id not in self.captions]
         if missing:
             raise RuntimeError(f"no caption for {missing[0]}: prepare() did not run on it")
-        return [fit_to_tokens(self.captions[s.id], self.tokenizer, s.id) for s in samples]
+        texts = [self.template.replace("{caption}", self.captions[s.id]) for s in samples]
+        return [fit_to_tokens(text, self.tokenizer, s.id) for text, s in zip(texts, samples, strict=True)]

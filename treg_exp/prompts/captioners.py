@@ -157,7 +157,7 @@ class HubCaptioner(Captioner):
 
     def _generate(self, images: torch.Tensor) -> list[str]:
         pil = [to_pil(image) for image in images]
-        image_token = getattr(self.processor, "image_token", "") or ""
+        image_token = str(getattr(self.processor, "image_token", "") or "")
         text = self.task_prompt.replace("{image}", image_token)
         inputs = self.processor(images=pil, text=[text] * len(pil) if text else None, return_tensors="pt")
         inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
