@@ -450,3 +450,30 @@ def test_a_run_from_before_the_prompt_group_resumes_with_given_prompts_only(tmp_
     check_same_run(config(), tmp_path)
     with pytest.raises(UserError, match="prompt"):
         check_same_run(config("prompt=none"), tmp_path)
+
+
+def test_the_captioner_sees_the_pseudo_inverse_where_there_is_one_else_y_resized():
+    """``view=auto``: for SR in its SVD form the captioner sees ``A⁺y``, which reproduces ``y`` through ``A`` (a
+    scaled ``Aᵀy`` would not); for the direct SR operator (no pseudo-inverse) it sees ``y`` resized to the image
+    size; ``ground_truth`` is ``x``. Catches the adjoint shown in place of the pseudo-inverse, or a view of the
+    wrong size."""
+    import torch.nn.functional as F
+
+    from treg_exp.operators.sr import super_resolution
+    from treg_exp.prompts.caption import captioner_input
+
+    x = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.5
+    svd = super_resolution(4, impl="svd", svd_threshold=0.0)
+    y = svd(x)
+    seen = captioner_input(x, svd, y, "auto")
+    assert seen.shape == x.shape
+    torch.testing.assert_close(svd(seen), y, rtol=0, atol=1e-4)
+    adjoint = captioner_input(x, svd, y, "adjoint")
+    assert (svd(adjoint) - y).abs().max() > 1e-2
+    direct = super_resolution(4)
+    y = direct(x)
+    expected = F.interpolate(y, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
+    torch.testing.assert_close(captioner_input(x, direct, y, "auto"), expected)
+    with pytest.raises(UserError, match="no pseudo-inverse"):
+        captioner_input(x, direct, y, "pinv")
+    torch.testing.assert_close(captioner_input(x, direct, y, "ground_truth"), x)
