@@ -477,3 +477,18 @@ def test_the_captioner_sees_the_pseudo_inverse_where_there_is_one_else_y_resized
     with pytest.raises(UserError, match="no pseudo-inverse"):
         captioner_input(x, direct, y, "pinv")
     torch.testing.assert_close(captioner_input(x, direct, y, "ground_truth"), x)
+
+
+def test_the_cost_estimate_says_what_captioning_comes_first(tmp_path):
+    """``prompt=caption`` adds one line before the solve's cost: 5 images in batches of 2 are at most 3 generate
+    calls; other sources add none (catches a run whose captioning pass is not announced)."""
+    from treg_exp.experiment import cost
+
+    runner = make_runner(tmp_path / "a", tmp_path / "cache", "data.limit=5", "prompt.captioner.batch_size=2")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        captioned = compose("config", overrides=[*CAPTIONED, "data.limit=5", "prompt.captioner.batch_size=2"])
+        given = compose("config", overrides=[*CAPTIONED[:-2], "data.limit=5"])
+    lines = cost.log_run_cost(captioned, runner.dataset, {})
+    assert lines[0].startswith("captions first: at most 5 images with tiny in 3 generate calls (≤ 2 images")
+    assert not any(line.startswith("captions") for line in cost.log_run_cost(given, runner.dataset, {}))

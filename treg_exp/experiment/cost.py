@@ -337,12 +337,25 @@ def shard_size(total: int, index: int, count: int) -> int:
     return len(range(index, total, max(count, 1))) if 0 <= index < max(count, 1) else 0
 
 
+def caption_cost(cfg: Any, images: int) -> list[str]:
+    """The captioning line of ``prompt=caption`` (``[]`` for other prompt sources): how many generate calls at most,
+    before the solves; captions already in the cache are not made again."""
+    captioner = (cfg.get("prompt") or {}).get("captioner")
+    if not captioner:
+        return []
+    batch = int(captioner.batch_size)
+    return [
+        f"captions first: at most {images} images with {captioner.name} in {-(-images // batch)} generate calls "
+        f"(≤ {batch} images, ≤ {captioner.max_new_tokens} new tokens each); cached captions are reused"
+    ]
+
+
 def log_run_cost(cfg: Any, dataset: Any, choices: Mapping[str, Any]) -> list[str]:
     """Print the cost lines of one run (the app calls it before anything is solved); never raises."""
     try:
         images = shard_size(len(dataset), int(cfg.shard.index), int(cfg.shard.count))
         cost = job_cost(cfg, images, choices)
-        lines = [f"cost per image: {describe_passes(cost.passes)}"] + summarise([cost])
+        lines = [*caption_cost(cfg, images), f"cost per image: {describe_passes(cost.passes)}", *summarise([cost])]
     except Exception as error:  # noqa: BLE001 - an estimate must never stop a run
         lines = [f"cost estimate unavailable ({type(error).__name__}: {error})"]
     for line in lines:
