@@ -3,6 +3,7 @@
     python scripts/fetch_weights.py --out /shared/treg-weights            # SD 1.5 + metrics
     python scripts/fetch_weights.py --out DIR --models sd15 sd14 sd21base
     python scripts/fetch_weights.py --out DIR --models adm_ffhq256 adm_imagenet512   # pixel ADM priors (.pt)
+    python scripts/fetch_weights.py --out DIR --models sd15 paligemma          # + a captioner (prompt=caption)
     python scripts/fetch_weights.py --out DIR --dry-run                   # list what would be fetched
 
 then run with ``paths.weights=DIR`` (``HF_HOME``, ``HF_HUB_OFFLINE``, ``TORCH_HOME`` and clean-fid's file are set
@@ -29,6 +30,14 @@ HF_MODELS = {
     "sd21base": "stabilityai/stable-diffusion-2-1-base",
     "clip": weights.CLIP_MODEL,
 }
+# the captioners of prompt=caption (conf/prompt/captioner/<key>.yaml): transformers folders, sharded safetensors
+CAPTIONERS = {
+    "paligemma": "google/paligemma2-3b-mix-224",
+    "blip2": "Salesforce/blip2-opt-2.7b",
+    "florence2": "florence-community/Florence-2-large",
+    "llava": "llava-hf/llava-1.5-7b-hf",
+}
+CAPTIONER_PATTERNS = ["*.json", "*.txt", "*.model", "*.jinja", "*.safetensors"]
 # fp32 safetensors of each diffusers component plus configs and tokenizers (not the fp16/EMA/ckpt duplicates)
 HF_PATTERNS = [
     "*.json",
@@ -61,6 +70,7 @@ def plan(out: Path, models: list[str]) -> list[Item]:
     """What ``--out out --models ...`` fetches, and where (CLIP and the metric weights are always included)."""
     hub = out / "huggingface" / "hub"
     items = [Item("hf", HF_MODELS[m], hub) for m in [*models, "clip"] if m in HF_MODELS]
+    items += [Item("hf", CAPTIONERS[m], hub) for m in models if m in CAPTIONERS]
     checkpoints = out / "torch" / "hub" / "checkpoints"
     # ADM's official .pt files sit where torch.hub keeps downloads; model=adm_* looks there (cache_dir=paths.weights)
     items += [Item("url", ADM_RELEASES[m].url, checkpoints / ADM_RELEASES[m].file) for m in models if m in ADM_RELEASES]
@@ -73,9 +83,9 @@ def fetch(item: Item) -> None:
     if item.kind == "hf":
         from huggingface_hub import snapshot_download
 
-        snapshot_download(
-            item.source, cache_dir=str(item.target), allow_patterns=HF_PATTERNS, ignore_patterns=HF_SKIPPED
-        )
+        captioner = item.source in CAPTIONERS.values()
+        patterns = CAPTIONER_PATTERNS if captioner else HF_PATTERNS
+        snapshot_download(item.source, cache_dir=str(item.target), allow_patterns=patterns, ignore_patterns=HF_SKIPPED)
     elif not item.target.is_file():
         import torch
 
@@ -86,9 +96,8 @@ def fetch(item: Item) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the cache folder (later: paths.weights=OUT)")
-    parser.add_argument(
-        "--models", nargs="*", default=["sd15"], choices=[*(m for m in HF_MODELS if m != "clip"), *ADM_RELEASES]
-    )
+    choices = [*(m for m in HF_MODELS if m != "clip"), *ADM_RELEASES, *CAPTIONERS]
+    parser.add_argument("--models", nargs="*", default=["sd15"], choices=choices)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and download nothing")
     args = parser.parse_args(argv)
     items = plan(args.out.expanduser().resolve(), args.models)

@@ -234,7 +234,7 @@ def _paper_loss(name: str, options: dict, operator, y: torch.Tensor):
         ("psld", {"renoise_residual": False, "gluing_transpose": "adjoint"}),
         ("psld", {"renoise_residual": False}),
         ("ldir", {}),
-        ("dps", {}),
+        ("dps", {"grid": "leading"}),  # a step at t = 500 (the respaced 2-step grid is 999, 0)
     ],
     ids=["ldps", "gml_dps", "psld_adjoint", "psld_official", "ldir", "dps"],
 )
@@ -413,7 +413,9 @@ def test_bad_options_fail_in_the_constructor_or_before_any_pass(tiny) -> None:
         (LDPS, {"sampler": "euler"}),
         (LDPS, {"step_size": -1.0}),
         (LDPS, {"clip_denoised": "sometimes"}),
-        (DPS, {"ddpm_variance": "learned"}),
+        (DPS, {"ddpm_variance": "learned_range"}),
+        (DPS, {"grid": "trailing"}),
+        (DPS, {"alpha_index_shift": 1}),  # respaced grid: guided-diffusion's textbook pairing only
         (GMLDPS, {"encode_mode": "mode"}),
         (PSLD, {"gluing_transpose": "pinv"}),
         (LDIR, {"beta1": 1.0}),
@@ -424,6 +426,8 @@ def test_bad_options_fail_in_the_constructor_or_before_any_pass(tiny) -> None:
     tiny.reset_counter()
     with pytest.raises(UserError, match="pixel-space"):
         LDPS(num_steps=2, clip_denoised=True).solve(y, operator, tiny, ["a", "b"], _gens(2), x.shape)
+    with pytest.raises(UserError, match="learned variance"):  # SD-shaped tiny prior: no variance channels
+        DPS(num_steps=2, ddpm_variance="learned").solve(y, operator, tiny, ["a", "b"], _gens(2), x.shape)
     # the truncated-SVD SR has no counterpart in the DPS code, whose transpose PSLD's default uses
     svd = instantiate(OmegaConf.load(ROOT / "conf/task/sr8.yaml"), impl="svd").draw(_gens(2), x.shape)
     with pytest.raises(UserError, match="gluing_transpose=adjoint"):

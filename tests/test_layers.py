@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"reporting"},
     {"experiment"},
-    {"solvers", "metrics"},
+    {"solvers", "metrics", "prompts"},
     {"data"},
     {"models", "operators"},
     {"tracking"},

@@ -21,6 +21,7 @@ from treg_exp.operators import (
     Inpainting,
     LinearOperator,
     MotionBlur,
+    RandomGaussianBlur,
     SeparableDownsample,
     SeparableSVD,
     gaussian_deblur,
@@ -129,6 +130,7 @@ def test_task_composes_and_instantiates(name: str) -> None:
         ("gauss_deblur", ["impl=direct", "padding=circular", "kernel_sigma=3.0"], Blur),
         ("gauss_deblur", ["padding=zeros"], Blur),
         ("gauss_deblur", ["impl=fft"], Blur),
+        ("gauss_deblur", ["random_sigma=true", "kernel_sigma=3.0", "padding=circular"], RandomGaussianBlur),
         ("motion_deblur", ["impl=direct", "padding=zeros"], MotionBlur),
         ("motion_deblur", ["impl=fft"], MotionBlur),
         ("sr16", ["impl=svd"], SeparableSVD),
@@ -158,6 +160,23 @@ def test_bad_options_are_user_errors() -> None:
         gaussian_deblur(padding="mirror")
     with pytest.raises(UserError, match="impl"):
         gaussian_deblur(impl="cuda")
+    with pytest.raises(UserError, match="random_sigma"):
+        gaussian_deblur(impl="svd", random_sigma=True)
+
+
+def test_random_sigma_draws_diffpirs_kernel_per_image() -> None:
+    """``task.random_sigma``: image ``b``'s kernel is DPS's Gaussian of σ = 3·|2U + 1| with U the first draw of its
+    measurement generator (DiffPIR's ``kernel_std * np.abs(np.random.rand()*2+1)``), so σ ∈ [3, 9), images differ,
+    and the saved kernels rebuild the same operator. Catches σ = 3·U, a shared σ, or a draw from the wrong stream."""
+    op = instantiate(compose_task("gauss_deblur", "random_sigma=true", "kernel_sigma=3.0", "padding=circular"))
+    drawn = op.draw(gens(3, 4), (2, 3, 64, 64))
+    for b, g in enumerate(gens(3, 4)):
+        sigma = 3.0 * abs(2.0 * float(torch.rand((), generator=g, dtype=torch.float64)) + 1.0)
+        assert 3.0 <= sigma < 9.0
+        assert torch.allclose(drawn.kernel[b, 0].double(), gaussian_kernel(61, sigma), atol=1e-7)
+    assert not torch.equal(drawn.kernel[0], drawn.kernel[1])
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    assert torch.equal(op.with_params(drawn.params())(x), drawn(x))
     with pytest.raises(UserError, match="larger than 30"):
         gaussian_deblur()(torch.zeros(1, 3, 16, 16))
     with pytest.raises(UserError, match="divisible"):

@@ -1,10 +1,10 @@
 """DDS, DiffPIR and RED (``treg_exp.solvers.{dds,diffpir,red}``) and the operators' closed-form data step.
 
-Checks: the closed-form ``(AᵀA + λI)⁻¹`` equals CG; DDS and DiffPIR equal straight-line float64 transcriptions of
-the official loops; RED-GD equals a transcription with the Gaussian prior's denoiser written from its definition;
-batching, determinism and per-image costs; calibration against the exact posterior of the Gaussian prior; RED-ADMM's
-fixed point against an independent solve of its linear system, and how close that is to the posterior mean; one run
-of each on the tiny latent model.
+Checks: the closed-form ``(AᵀA + λI)⁻¹`` equals CG; DiffPIR's quad grid is the official one (DDS and DiffPIR equal
+float64 transcriptions of the official loops in ``tests/test_official_pixel_parity.py``); RED-GD equals a
+transcription with the Gaussian prior's denoiser written from its definition; batching, determinism and per-image
+costs; calibration against the exact posterior of the Gaussian prior; RED-ADMM's fixed point against an independent
+solve of its linear system, and how close that is to the posterior mean; one run of each on the tiny latent model.
 
 Everything runs at 32 px on the exact Gaussian prior (float64), or at 64 px on ``model=tiny``, with few steps.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -102,96 +101,7 @@ def test_reflect_blur_has_no_closed_form_and_runs_cg() -> None:
     assert torch.equal(operator.prox_l2(y, x0, 0.1, cg_iters=7), operator.solve_damped(y, x0, 0.1, 7)[0])
 
 
-# --- straight-line transcriptions of the official loops -----------------------------------------------------------
-def official_dds(prior, A, At, y, generator, num_steps=10, eta=0.85, gamma=2.0, cg_iters=5, cg_eps=1e-5):
-    """``HJ-harry/DDS`` ``solver_2d.py`` (σ_y > 0 branch) and ``utils.CG`` for batch 1, float64; the only changes:
-    the network is the prior's ε, ``x_T`` its ``initial_noise``, the noise from ``generator``."""
-    alphas = torch.cat([torch.ones(1, dtype=torch.float64), prior.schedule.alphas_cumprod.double()])
-
-    def cg(a_fn, b, x, n_inner, eps):
-        r = b - a_fn(x)
-        p = r.clone()
-        rsold = (r * r).sum()
-        for _ in range(n_inner):
-            ap = a_fn(p)
-            a = rsold / (p * ap).sum()
-            x = x + a * p
-            r = r - a * ap
-            rsnew = (r * r).sum()
-            if rsnew.sqrt() < eps:
-                break
-            p = r + (rsnew / rsold) * p
-            rsold = rsnew
-        return x
-
-    skip = 1000 // num_steps
-    times = range(0, 1000, skip)
-    times_next = [-1, *list(times[:-1])]
-    x = prior.initial_noise(SHAPE1, [generator], dtype=torch.float64, alpha_bar=float(alphas[times[-1] + 1]))
-    for i, j in zip(reversed(times), reversed(times_next), strict=True):
-        at, at_next = alphas[i + 1], alphas[j + 1]
-        et = prior.eps(x, i, prior.embed_text([""]))
-        x0_t = (x - et * (1 - at).sqrt()) / at.sqrt()
-        bcg = x0_t + gamma * At(y)
-        x0_t_hat = cg(lambda v: v + gamma * At(A(v)), bcg, x0_t, cg_iters, cg_eps)
-        c1 = (1 - at_next).sqrt() * eta
-        c2 = (1 - at_next).sqrt() * ((1 - eta**2) ** 0.5)
-        if j != 0:
-            noise = torch.randn((3, RES, RES), generator=generator, dtype=torch.float32)[None].double()
-            x = at_next.sqrt() * x0_t_hat + c1 * noise + c2 * et
-        else:
-            x = x0_t_hat
-    return x.clamp(-1, 1)
-
-
-def test_dds_matches_official_transcription(prior) -> None:
-    """DDS equals the official loop (its CG on ``(I + γAᵀA)x = x̂0 + γAᵀy``, its c1/c2 re-noise, its unnoised step to
-    t = 0) to 1e-6 (the output is float32) — with γ = 2, so the λ = 1/γ rescaling of the system and of the
-    tolerance is exercised."""
-    _, operator, y = _problem(prior, Inpainting(mask_type="random"))
-    ours = DDS(num_steps=10, gamma=2.0).solve(y, operator, prior, [""], _gens(1, 9), SHAPE1)
-    theirs = official_dds(prior, operator, operator.adjoint, y, _gens(1, 9)[0])
-    assert float((ours.double() - theirs).abs().max()) < 1e-6
-
-
-def official_diffpir(prior, mask, y, sigma_y, generator, num_steps=12, lambda_=7.0, zeta=0.3):
-    """``yuanzhi-zhu/DiffPIR`` ``main_ddpir_inpainting.py`` (DiffPIR mode, pred_xstart, η = 0, U = 1) for batch 1,
-    float64: quad grid, clamped x̂0, ``(m·y + ρx̂0)/(m + ρ)``, ε̂ from the data-consistent x̂0, ζ re-noise, the state
-    as output. Changes: the prior's ε and ``initial_noise`` instead of the noised ``y``, noise from ``generator``,
-    σ_n = σ_y/2 (the official [0, 1] noise level)."""
-    alphas = prior.schedule.alphas_cumprod.double()
-    sqrt_a, sqrt_1m = alphas.sqrt(), (1 - alphas).sqrt()
-    reduced = sqrt_1m / sqrt_a
-    sigma = max(0.001, sigma_y / 2)
-    rhos = lambda_ * sigma**2 / reduced**2
-    seq = [int(s) for s in np.sqrt(np.linspace(0, 1000**2, num_steps))]
-    seq[-1] = seq[-1] - 1
-    sigmas = [float(reduced[999 - s]) for s in seq]
-    x = prior.initial_noise(SHAPE1, [generator], dtype=torch.float64, alpha_bar=float(alphas[999]))
-    cond = prior.embed_text([""])
-    for i in range(len(seq)):
-        t_i = int((reduced - sigmas[i]).abs().argmin())
-        eps_net = prior.eps(x, t_i, cond)
-        x0 = ((x - sqrt_1m[t_i] * eps_net) / sqrt_a[t_i]).clamp(-1, 1)
-        if seq[i] != seq[-1]:
-            x0 = (mask * y + rhos[t_i] * x0) / (mask + rhos[t_i])
-            t_im1 = int((reduced - sigmas[i + 1]).abs().argmin())
-            eps = (x - sqrt_a[t_i] * x0) / sqrt_1m[t_i]
-            noise = torch.randn((3, RES, RES), generator=generator, dtype=torch.float32)[None].double()
-            x = sqrt_a[t_im1] * x0 + np.sqrt(1 - zeta) * sqrt_1m[t_im1] * eps + np.sqrt(zeta) * sqrt_1m[t_im1] * noise
-    return x.clamp(-1, 1)
-
-
-def test_diffpir_matches_official_transcription(prior) -> None:
-    """DiffPIR (``output=state``) equals the official inpainting loop to 1e-6 (float32 output): catches a wrong ρ_t
-    (σ̄ vs σ̄², the σ_n scale), ε̂ taken from the network instead of the data-consistent x̂0, a missing clamp or a
-    wrong grid."""
-    _, operator, y = _problem(prior, Inpainting(mask_type="random"))
-    ours = DiffPIR(num_steps=12).solve(y, operator, prior, [""], _gens(1, 9), SHAPE1)
-    theirs = official_diffpir(prior, operator.mask.double(), y, operator.sigma_y, _gens(1, 9)[0])
-    assert float((ours.double() - theirs).abs().max()) < 1e-6
-
-
+# --- the official grid (the official loops: tests/test_official_pixel_parity.py) ----------------------------------
 def test_quad_grid_is_the_official_one() -> None:
     """``skip_type=quad``: 999, 899 (= 999 − ⌊√(10⁶/99)⌋), 857 (⌊√(2·10⁶/99)⌋ = 142) … 0, distinct, as the official
     ``np.sqrt(np.linspace(0, T², N))`` with the last one lowered by 1."""
@@ -257,8 +167,9 @@ def test_batch_of_two_equals_two_runs_and_seeds(prior, name: str) -> None:
     ("name", "unet", "decode", "encode"),
     [
         ("dds", 6, 6, 5),  # N passes, N decodes, N − 1 encodes (none after the last step)
-        ("diffpir", 5, 6, 5),  # output=state: no pass at t = 0; N − 1 decodes of x̂0 + the output's decode
-        ("diffpir_sub", 11, 11, 10),  # U = 2 on the N − 1 data steps, + the final x̂0
+        ("diffpir", 5, 6, 6),  # output=state: no pass at t = 0; N − 1 decodes of x̂0 + the output's decode; the
+        # encodes: N − 1 of x̂0(y) + 1 of the start (init=measurement)
+        ("diffpir_sub", 11, 11, 11),  # U = 2 on the N − 1 data steps, + the final x̂0
         ("red_gd", 5, 5, 5),  # one D_σ (encode, pass, decode) per iteration
         ("red_admm", 10, 10, 10),  # inner_iters = 2 per iteration
     ],
@@ -291,6 +202,7 @@ def test_bad_options_are_one_line_user_errors() -> None:
         lambda: DiffPIR(zeta=2.0),
         lambda: DiffPIR(skip_type="cosine"),
         lambda: DiffPIR(output="mean"),
+        lambda: DiffPIR(init="y"),
         lambda: RED(method="pgd"),
         lambda: RED(sigma_schedule="annealed", sigma=0.5, sigma_max=0.1),
         lambda: RED(step_size=-1.0),

@@ -180,6 +180,16 @@ def test_a_configuration_error_stops_the_run_with_its_line(tmp_path):
     assert not (tmp_path / "rows").exists()
 
 
+def test_a_solver_option_the_prior_cannot_take_stops_before_anything_is_written(tmp_path):
+    """``solver.ddpm_variance=learned`` on the Gaussian prior (no learned variance) fails in the runner's checks, with
+    one line, before the prior loads or the run directory is touched (``Solver.check_prior``)."""
+    runner = make_runner(tmp_path / "run", "model=gaussian", "solver=dps", "solver.ddpm_variance=learned")
+    with pytest.raises(UserError, match="learned variance") as error:
+        runner.run()
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resuming_with_other_settings_is_refused_and_loses_nothing(tmp_path):
     args = [
         "model=gaussian",

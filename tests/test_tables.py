@@ -100,10 +100,7 @@ def test_prepare_writes_the_listed_images_and_the_loader_checks_them(tmp_path):
 
     dataset = listed.ListedImageFolder(str(folder), str(tmp_path / "list.txt"), prompt="a photo of {label}")
     assert [s.prompt for s in (dataset[0], dataset[1])] == ["a photo of fried rice", "a photo of ice cream"]
-    mismatch = listed.ListedImageFolder(
-        str(folder), str(tmp_path / "list.txt"), prompt="a photo of {label}", label_prompts={"fried_rice": "spaghetti"}
-    )
-    assert mismatch[0].prompt == "spaghetti" and mismatch[1].prompt == "a photo of ice cream"
+    assert (dataset[0].label, dataset[0].label_set) == ("fried_rice", "list")  # what prompt=mismatch reads
 
     target = folder / "ice_cream" / "7.png"
     data = bytearray(target.read_bytes())
@@ -198,7 +195,7 @@ def test_sweep_plan_merges_layers_and_names_folders(tmp_path):
     _, mismatch = sweep_plan("experiment=treg_table3_mismatch", tmp_path=tmp_path)
     lrs = {(j.row, j.column): [o for o in j.overrides if o.startswith("solver.null_lr")] for j in mismatch.jobs}
     assert lrs[("TReg", "Deblur (gauss)")] == ["solver.null_lr=1.0e-3"] and lrs[("TReg", "SR (×16)")] == []
-    assert all(j.config.data.label_prompts.fried_rice == "a photo of spaghetti" for j in mismatch.to_run)
+    assert all(j.config.prompt.swaps.fried_rice == "a photo of spaghetti" for j in mismatch.to_run)
 
 
 def test_one_gpu_per_job(monkeypatch):

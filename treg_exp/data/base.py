@@ -24,12 +24,18 @@ class Sample:
     Attributes:
         id: a stable identifier (file stem); names the output files and seeds the image's random streams.
         image: ``[3, H, W]`` float32 in [−1, 1].
-        prompt: the text prompt for this image.
+        prompt: the text prompt for this image (the dataset's: its captions file or ``data.prompt``; a prompt
+            source of :mod:`treg_exp.prompts` may replace it before the solve).
+        label: the image's class (ImageNet's class name, Food-101's folder ``ice_cream``), ``None`` when unknown.
+        label_set: which list the label comes from (``imagenet_p2l_1k``, ``food101_treg``), so that a class-name
+            prompt can take that list's template; ``None`` for a plain folder.
     """
 
     id: str
     image: torch.Tensor
     prompt: str
+    label: str | None = None
+    label_set: str | None = None
 
 
 class ImageDataset(ABC):

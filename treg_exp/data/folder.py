@@ -182,4 +182,5 @@ class ImageFolder(ImageDataset):
             if self.strict:
                 raise UserError(f"{error} (data.strict=true stops at the first unreadable image)") from error
             raise
-        return Sample(id=image_id, image=tensor, prompt=prompt)
+        label = path.parent.name if path.parent != self.root else None
+        return Sample(id=image_id, image=tensor, prompt=prompt, label=label)

@@ -68,4 +68,5 @@ class GaussianImages(ImageDataset):
         image_id = self.ids[index]
         generator = seeding.image_generator(self.seed, image_id, DATA_STREAM)
         image = self.prior.sample(self.mean, [generator], self.resolution, self.resolution)[0]
-        return Sample(id=image_id, image=image.float(), prompt=self.prompt)
+        # the class of a Gaussian image is the prompt that names its mean
+        return Sample(id=image_id, image=image.float(), prompt=self.prompt, label=self.prompt)

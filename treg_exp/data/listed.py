@@ -9,8 +9,8 @@ by ``scripts/prepare_*.py``) when it is there: a listed file that is missing, or
 default) or SHA-256 (``verify: sha256``) differs from the manifest, stops the run with one line naming the first
 such file and the command that prepares the folder.
 
-Prompts: ``label_prompts`` (``{label: prompt}``, e.g. TReg's mismatched-prompt protocol) wins, then ``captions``,
-then ``prompt`` with ``{label}`` replaced by the label (its underscores as spaces).
+Prompts: ``captions`` wins, then ``prompt`` with ``{label}`` replaced by the label (its underscores as spaces); each
+sample also carries its label and the list's name, which ``prompt=class_name`` and ``prompt=mismatch`` read.
 """
 
 from __future__ import annotations
@@ -106,7 +106,6 @@ class ListedImageFolder(ImageFolder):
         list_file: a shipped list's name (``ffhq_1k``, ``imagenet_p2l_1k``, ``food101_treg``) or a path.
         resolution: output side; prepared files already have it, so they are not resampled again.
         prompt, captions, limit, stride: as :class:`ImageFolder`.
-        label_prompts: ``{label: prompt}`` overriding ``prompt`` for those labels.
         verify: ``size`` (default: sizes against the manifest), ``sha256`` (hash every file once) or ``none``.
         prepare_hint: the command named in the error when a file is missing.
     """
@@ -120,7 +119,6 @@ class ListedImageFolder(ImageFolder):
         captions: str | None = None,
         limit: int | None = None,
         stride: int = 1,
-        label_prompts: Mapping[str, str] | None = None,
         verify: str = "size",
         prepare_hint: str = "",
     ) -> None:
@@ -133,7 +131,6 @@ class ListedImageFolder(ImageFolder):
             raise UserError(f"{self.list_path} lists no image")
         self.entries = entries
         self.labels = {name: label for name, label in entries}
-        self.label_prompts = dict(label_prompts or {})
         self.verify = verify
         self.prepare_hint = prepare_hint
 
@@ -166,12 +163,10 @@ class ListedImageFolder(ImageFolder):
         label = self.label_of(path)
         if self.captions_path is not None and self._captions is None:
             self._captions = load_captions(self.captions_path)
-        if label in self.label_prompts:
-            prompt = self.label_prompts[label]
-        elif self._captions is not None and image_id in self._captions:
+        if self._captions is not None and image_id in self._captions:
             prompt = self._captions[image_id]
         else:
             prompt = self.prompt.format(label=label.replace("_", " "))
         with Image.open(path) as image:
             tensor = to_tensor(image, self.resolution)
-        return Sample(id=image_id, image=tensor, prompt=prompt)
+        return Sample(id=image_id, image=tensor, prompt=prompt, label=label, label_set=self.list_path.stem)

@@ -10,14 +10,14 @@ from treg_exp.common.errors import UserError
 from treg_exp.data.base import ImageDataset, Sample, check_subset_options, parse_ids, select
 from treg_exp.data.images import ImageReadError, to_tensor
 
-#: id → (scikit-image loader name, prompt)
-SAMPLES: dict[str, tuple[str, str]] = {
-    "astronaut": ("astronaut", "a photo of an astronaut"),
-    "coffee": ("coffee", "a photo of a cup of coffee"),
-    "chelsea": ("chelsea", "a photo of a cat"),
-    "rocket": ("rocket", "a photo of a rocket on a launch pad"),
-    "immunohistochemistry": ("immunohistochemistry", "a microscope image of stained tissue"),
-    "motorcycle": ("stereo_motorcycle", "a photo of a motorcycle"),
+#: id → (scikit-image loader name, prompt, class: what prompt=class_name names)
+SAMPLES: dict[str, tuple[str, str, str]] = {
+    "astronaut": ("astronaut", "a photo of an astronaut", "astronaut"),
+    "coffee": ("coffee", "a photo of a cup of coffee", "cup"),
+    "chelsea": ("chelsea", "a photo of a cat", "cat"),
+    "rocket": ("rocket", "a photo of a rocket on a launch pad", "rocket"),
+    "immunohistochemistry": ("immunohistochemistry", "a microscope image of stained tissue", "tissue"),
+    "motorcycle": ("stereo_motorcycle", "a photo of a motorcycle", "motorcycle"),
 }
 
 
@@ -74,7 +74,7 @@ class SampleImages(ImageDataset):
 
     def __getitem__(self, index: int) -> Sample:
         name = self.names[index]
-        loader, prompt = SAMPLES[name]
+        loader, prompt, label = SAMPLES[name]
         try:
             image = to_tensor(Image.fromarray(_load(loader)), self.resolution, f"skimage.data.{loader}")
         except Exception as error:  # noqa: BLE001 - a sample scikit-image cannot provide fails that image only
@@ -83,4 +83,4 @@ class SampleImages(ImageDataset):
                 raise UserError(f"{message} (data.strict=true stops at the first unreadable image)") from error
             raise ImageReadError(message) from error
         text = self.prompt.format(label=name) if self.prompt is not None else prompt
-        return Sample(id=name, image=image, prompt=text)
+        return Sample(id=name, image=image, prompt=text, label=label)

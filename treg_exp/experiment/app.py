@@ -36,6 +36,7 @@ from treg_exp.common.errors import UserError, find_user_error
 from treg_exp.experiment import cost
 from treg_exp.experiment.runner import Runner
 from treg_exp.models.weights import stage_weights
+from treg_exp.prompts.sources import GivenPrompt
 from treg_exp.tracking.files import locked, read_json, write_text
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def build_runner(
         solver=instantiate(cfg.solver),
         metrics=instantiate(cfg.metrics),
         logger=instantiate(cfg.logger),
+        prompt_source=instantiate(cfg.prompt) if cfg.get("prompt") is not None else GivenPrompt(),
         run_dir=run_dir,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
@@ -98,7 +100,7 @@ def build_runner(
 
 
 #: the parts of a config that decide what an image's result is; a run directory holds results of one such config
-RESULT_KEYS = ("data", "task", "model", "solver", "seed", "num_samples")
+RESULT_KEYS = ("data", "task", "model", "solver", "prompt", "seed", "num_samples")
 #: ...except which images are taken and how unreadable ones are handled: a larger ``data.limit`` resumes a run
 #: and adds images
 SUBSET_KEYS = ("data.limit", "data.ids", "data.strict")
@@ -125,6 +127,8 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     if not isinstance(old, dict):
         raise UserError(f"{saved} holds no config; restore it or choose a new hydra.run.dir")
     new = OmegaConf.to_container(cfg, resolve=True)
+    if "prompt" not in old and (new.get("prompt") or {}).get("_target_", "").endswith(".GivenPrompt"):
+        old["prompt"] = new["prompt"]  # written before the prompt group existed: the dataset's prompts, as given
     old_flat = _flatten({k: old.get(k) for k in RESULT_KEYS})
     new_flat = _flatten({k: new.get(k) for k in RESULT_KEYS})
     changed = sorted(

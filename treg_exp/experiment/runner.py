@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from treg_exp.experiment.summary import summarise
 from treg_exp.metrics.base import MetricSuite
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
+from treg_exp.prompts.sources import GivenPrompt, PromptContext, PromptSource
 from treg_exp.solvers.base import Solver
 from treg_exp.tracking.base import NullLogger, RunLogger
 from treg_exp.tracking.comparison import write_comparison
@@ -55,6 +56,7 @@ class Runner:
         metrics: per-image and dataset metrics.
         run_dir: where everything is written.
         logger: W&B or nothing.
+        prompt_source: where each image's prompt comes from (default: the dataset's own, unchanged).
         seed: the experiment seed; image ``i``'s streams derive from ``(seed, id, stream)``.
         batch_size: images per solver call.
         num_samples: reconstructions per measurement.
@@ -79,6 +81,7 @@ class Runner:
     metrics: MetricSuite
     run_dir: Path
     logger: RunLogger = field(default_factory=NullLogger)
+    prompt_source: PromptSource = field(default_factory=GivenPrompt)
     seed: int = 0
     batch_size: int = 1
     num_samples: int = 1
@@ -123,6 +126,7 @@ class Runner:
         location. :meth:`run` calls it first; the app calls it before comparing settings with a finished run.
         """
         self._check()
+        self.solver.check_prior(self.prior)
         indices = self.shard_indices()
         if not indices:
             raise UserError(f"shard {self.shard_index}/{self.shard_count} of the dataset holds no image")
@@ -137,8 +141,10 @@ class Runner:
         indices = self.check_inputs()
         ids = [self.store.order[k] for k in indices]
         device = resolve_device(self.device)
-        # missing weights stop the run here, before any image is solved (metric files first: they load fast)
+        # missing weights stop the run here, before any image is solved (metric and captioner files first: they are
+        # checked fast)
         self.metrics.prepare(device)
+        self.prompt_source.check()  # a captioner's files: seconds; its model loads only if something is uncaptioned
         self.prior.load(device)
         self.store.claim(self.config, self.shard_index, self.shard_count, len(ids))
         if self.on_claim is not None:
@@ -146,6 +152,16 @@ class Runner:
         done = self.store.finished_ids()
         todo = [k for k, image_id in zip(indices, ids, strict=True) if image_id not in done]
         log.info("%d images in shard, %d already done, %d to solve", len(ids), len(ids) - len(todo), len(todo))
+        context = PromptContext(
+            self.operator,
+            self.seed,
+            device,
+            self.prior.state_dtype,
+            getattr(self.prior, "tokenizer", None),
+            {k: self.config.get(k) for k in ("data", "task")},
+            self.progress,
+        )
+        self.prompt_source.prepare(self.dataset, todo, context)  # captioning: every image before any solve
         self.logger.start({**self.config, "choices": self.info.get("choices", {})}, self.run_dir)
         summary = None
         try:
@@ -174,7 +190,8 @@ class Runner:
         return summary
 
     def _load(self, chunk: Sequence[int]) -> tuple[list[Sample], list[Result]]:
-        """The chunk's samples; an image that cannot be read is that image's failure (a UserError stops the run)."""
+        """The chunk's samples with their prompts from the prompt source; an image that cannot be read is that
+        image's failure (a UserError stops the run)."""
         batch, failed = [], []
         for k in chunk:
             self.store.sources[self.dataset.image_id(k)] = self.dataset.source(k)
@@ -188,7 +205,8 @@ class Runner:
                 image_id = self.dataset.image_id(k)
                 log.warning("could not load %s: %s", image_id, error)
                 failed.append((self.store.write_failure(image_id, None, "load", error), {}))
-        return batch, failed
+        prompts = self.prompt_source.prompts(batch) if batch else []
+        return [replace(s, prompt=p) for s, p in zip(batch, prompts, strict=True)], failed
 
     def _process(self, batch: Sequence[Sample], device: torch.device) -> list[Result]:
         """Solve, save and score one batch; an exception fails the batch's images, not the run."""

@@ -23,7 +23,7 @@ from treg_exp.data.images import to_pil
 from treg_exp.metrics.base import MetricContext, MetricSuite
 from treg_exp.metrics.image import psnr, to_uint8_levels
 from treg_exp.models.base import DiffusionPrior
-from treg_exp.operators.base import LinearOperator
+from treg_exp.operators.base import LinearOperator, measure_images
 from treg_exp.solvers.base import Solver
 from treg_exp.tracking.run_store import RunStore
 
@@ -79,9 +79,7 @@ def solve_batch(
     ids = [s.id for s in batch]
     prompts = [s.prompt for s in batch]
     x = torch.stack([s.image for s in batch]).to(device=device, dtype=prior.state_dtype)
-    measurement_streams = seeding.batch_generators(seed, ids, seeding.MEASUREMENT)
-    operator = operator.draw(measurement_streams, x.shape).to(device)
-    y = operator.measure(x, measurement_streams)
+    operator, y = measure_images(operator, x, ids, seed)
 
     diagnostics: dict[str, dict[str, list]] = {i: defaultdict(list) for i in ids}
     trajectory: list[tuple[int, str, torch.Tensor]] = []

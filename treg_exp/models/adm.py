@@ -654,7 +654,8 @@ class AdmPrior(DiffusionPrior):
         return z.clone()
 
     def model_output(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network's 6 output channels split as ``(ε, v)``, each ``[B, 3, H, W]`` in ``z_t``'s dtype.
+        """The network's 6 output channels split as ``(ε, v)``, each ``[B, 3, H, W]`` in ``z_t``'s dtype (``v`` is
+        ``None`` for a network without learned variance).
 
         ``v`` (nominally in [−1, 1]) interpolates the log-variance (:func:`learned_range_log_variance`). One
         ``unet`` call of B rows; the UNet runs in ``self.dtype`` and is differentiable with respect to ``z_t``.
@@ -674,10 +675,24 @@ class AdmPrior(DiffusionPrior):
         timestep = torch.tensor(t, device=z_t.device, dtype=torch.long)
         out = self.unet(z_t.to(self.dtype), timestep, class_labels=labels, return_dict=False)[0].to(z_t.dtype)
         self.counter.add("unet", z_t.shape[0], out.requires_grad)
-        if out.shape[1] == 3:  # a model without learned variance: v = 0 is the midpoint of the range
-            return out, torch.zeros_like(out)
+        if out.shape[1] == 3:  # a model without learned variance
+            return out, None
         eps, v = out.split(3, dim=1)
         return eps, v
+
+    @property
+    def has_learned_variance(self) -> bool:
+        """True: the ADM checkpoints have ``learn_sigma`` (6 output channels, guided-diffusion's ``learned_range``)."""
+        return self.architecture.learn_sigma
+
+    def learned_log_variance(
+        self, v: torch.Tensor | None, alpha_bars: Sequence[float], index: int
+    ) -> torch.Tensor | None:
+        """guided-diffusion's ``LEARNED_RANGE`` log σ² (:func:`learned_range_log_variance`; formula in
+        :meth:`DiffusionPrior.learned_log_variance`), ``None`` for ``v = None``."""
+        if v is None:
+            return None
+        return learned_range_log_variance(v, alpha_bars, index, self.schedule.final_alpha_cumprod)
 
     def eps(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         """ε(x_t, t, c) ``[B, 3, H, W]``: the first 3 of the network's 6 output channels (learned variance)."""

@@ -111,6 +111,30 @@ class DiffusionPrior(nn.Module, ABC):
     def eps(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         """Noise prediction ε(z_t, t, c) ``[B, C, h, w]`` (v-prediction models are converted to ε)."""
 
+    #: whether :meth:`model_output` returns the variance channels ``v`` of a learned DDPM variance (ADM's
+    #: ``learn_sigma``); :meth:`learned_log_variance` turns them into the ancestral step's log σ².
+    has_learned_variance: bool = False
+
+    def model_output(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's raw output split as ``(ε, v)``, each ``[B, C, h, w]``; one network call.
+
+        ``v`` (nominally in [−1, 1]) is the learned-variance interpolation of :meth:`learned_log_variance`; ``None``
+        where the prior has no learned variance (this default: ``(eps(z_t, t, c), None)``).
+        """
+        return self.eps(z_t, t, cond), None
+
+    def learned_log_variance(
+        self, v: torch.Tensor | None, alpha_bars: Sequence[float], index: int
+    ) -> torch.Tensor | None:
+        """``log σ²`` ``[B, C, h, w]`` of the DDPM ancestral step ``index`` of a grid from :meth:`model_output`'s v.
+
+        guided-diffusion's ``LEARNED_RANGE`` (``p_mean_variance``): for the step ᾱ_t → ᾱ_prev of the grid
+        (``alpha_bars``, noisiest first, ᾱ = 1 after the last), ``β_t = 1 − ᾱ_t/ᾱ_prev``,
+        ``β̃_t = β_t·(1 − ᾱ_prev)/(1 − ᾱ_t)`` and ``log σ² = f·log β_t + (1 − f)·log β̃_t`` with ``f = (v + 1)/2``.
+        ``None`` where the prior has no learned variance (this default).
+        """
+        return None
+
     @abstractmethod
     def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text conditioning ``c`` for each prompt, ``[B, ...]`` (SD: ``[B, 77, D]`` CLIP hidden states)."""

@@ -78,6 +78,11 @@ FETCH_KEYS = {
     "CompVis/stable-diffusion-v1-4": "sd14",
     "stabilityai/stable-diffusion-2-1-base": "sd21base",
     "openai/clip-vit-large-patch14": None,
+    # the captioners of prompt=caption (conf/prompt/captioner/)
+    "google/paligemma2-3b-mix-224": "paligemma",
+    "Salesforce/blip2-opt-2.7b": "blip2",
+    "florence-community/Florence-2-large": "florence2",
+    "llava-hf/llava-1.5-7b-hf": "llava",
 }
 
 

@@ -1,7 +1,7 @@
 """Forward operators ``y = A x + σ_y n`` of the papers (see ``conf/task/*.yaml``) and batched conjugate gradient."""
 
 from treg_exp.operators.base import LinearOperator, compute_dtype
-from treg_exp.operators.blur import Blur, MotionBlur, gaussian_deblur, motion_deblur
+from treg_exp.operators.blur import Blur, MotionBlur, RandomGaussianBlur, gaussian_deblur, motion_deblur
 from treg_exp.operators.cg import conjugate_gradient
 from treg_exp.operators.denoise import Denoising
 from treg_exp.operators.inpaint import Inpainting
@@ -14,6 +14,7 @@ __all__ = [
     "Inpainting",
     "LinearOperator",
     "MotionBlur",
+    "RandomGaussianBlur",
     "SeparableDownsample",
     "SeparableSVD",
     "compute_dtype",

@@ -132,3 +132,17 @@ class LinearOperator(nn.Module, ABC):
             x0 = x0.to(dtype)
             return self.normal_inverse(self.adjoint(y.to(dtype)) + lam * x0, lam)
         return self.solve_damped(y, x0, lam, cg_iters, cg_tol)[0]
+
+
+def measure_images(
+    operator: LinearOperator, x: torch.Tensor, image_ids: Sequence[str], seed: int
+) -> tuple[LinearOperator, torch.Tensor]:
+    """Image ``b``'s operator parameters and measurement noise, both from its measurement stream
+    ``(seed, image_ids[b], "measurement")``: ``(A drawn for the batch, y = A x + σ_y n)``.
+
+    The one place a measurement is drawn, so that the solve and the captioner of ``prompt=caption`` see the same
+    ``y`` whatever the batch.
+    """
+    generators = seeding.batch_generators(seed, image_ids, seeding.MEASUREMENT)
+    operator = operator.draw(generators, x.shape).to(x.device)
+    return operator, operator.measure(x, generators)

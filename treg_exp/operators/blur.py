@@ -189,11 +189,35 @@ class Blur(LinearOperator):
         return circulant_normal_inverse(rhs, self.normal_spectrum(rhs), lam)
 
 
-class MotionBlur(Blur):
+class DrawnKernelBlur(Blur):
+    """A blur whose kernel is drawn per image (:meth:`draw_kernel`, from the image's measurement generator);
+    :meth:`params` returns the kernels (``{"kernel": [B, 1, k, k]}``) to be saved beside the measurement."""
+
+    def __init__(
+        self, kernel_size: int, padding: str, impl: str, sigma_y: float, name: str, kernel: torch.Tensor | None
+    ) -> None:
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise UserError(f"task.kernel_size must be an odd number ≥ 3, got {kernel_size}")
+        super().__init__(kernel, padding=padding, impl=impl, sigma_y=sigma_y, name=name)
+        self.kernel_size = int(kernel_size)
+
+    def draw_kernel(self, generator: torch.Generator) -> torch.Tensor:
+        """One ``[kernel_size, kernel_size]`` kernel from ``generator``."""
+        raise NotImplementedError
+
+    def draw(self, generators: Sequence[torch.Generator], image_shape: Sequence[int]) -> Blur:
+        """One kernel per image, kernel ``b`` from ``generators[b]``."""
+        kernels = torch.stack([self.draw_kernel(g) for g in generators])
+        return self._with_kernel(kernels.unsqueeze(1))
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {} if self.kernel is None else {"kernel": self.kernel}
+
+
+class MotionBlur(DrawnKernelBlur):
     """DPS's motion deblurring: one Borodenko trajectory kernel (61×61, intensity 0.5) per image.
 
-    :meth:`draw` takes each kernel from the image's measurement generator; :meth:`params` returns them
-    (``{"kernel": [B, 1, k, k]}``) to be saved beside the measurement.
+    :meth:`draw` takes each kernel from the image's measurement generator (:class:`DrawnKernelBlur`).
     """
 
     def __init__(
@@ -206,12 +230,9 @@ class MotionBlur(Blur):
         name: str = "motion_deblur",
         kernel: torch.Tensor | None = None,
     ) -> None:
-        if kernel_size < 3 or kernel_size % 2 == 0:
-            raise UserError(f"task.kernel_size must be an odd number ≥ 3, got {kernel_size}")
         if not 0.0 <= intensity <= 1.0:
             raise UserError(f"task.intensity must be in [0, 1], got {intensity}")
-        super().__init__(kernel, padding=padding, impl=impl, sigma_y=sigma_y, name=name)
-        self.kernel_size = int(kernel_size)
+        super().__init__(kernel_size, padding, impl, sigma_y, name, kernel)
         self.intensity = float(intensity)
 
     def _with_kernel(self, kernel: torch.Tensor) -> MotionBlur:
@@ -219,13 +240,43 @@ class MotionBlur(Blur):
             self.kernel_size, self.intensity, self.padding, self.impl, self.sigma_y, self.name, kernel=kernel
         )
 
-    def draw(self, generators: Sequence[torch.Generator], image_shape: Sequence[int]) -> MotionBlur:
-        """One kernel per image, kernel ``b`` from ``generators[b]``."""
-        kernels = torch.stack([motion_kernel(self.kernel_size, self.intensity, g) for g in generators])
-        return self._with_kernel(kernels.unsqueeze(1))
+    def draw_kernel(self, generator: torch.Generator) -> torch.Tensor:
+        """A Borodenko trajectory kernel (:func:`motion_kernel`)."""
+        return motion_kernel(self.kernel_size, self.intensity, generator)
 
-    def params(self) -> dict[str, torch.Tensor]:
-        return {} if self.kernel is None else {"kernel": self.kernel}
+
+class RandomGaussianBlur(DrawnKernelBlur):
+    """DiffPIR's benchmark Gaussian deblurring: a Gaussian kernel whose σ is drawn per image.
+
+    ``σ_b = kernel_sigma·|2U_b + 1|``, ``U_b ~ U[0, 1)`` from image ``b``'s measurement generator (the official
+    ``main_ddpir_deblur.py``: ``kernel_std * np.abs(np.random.rand()*2+1)`` with ``kernel_std = 3.0`` and numpy seeded
+    with ``10·index`` per image), so σ ∈ [kernel_sigma, 3·kernel_sigma).
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 61,
+        kernel_sigma: float = 3.0,
+        padding: str = "reflect",
+        impl: str = "auto",
+        sigma_y: float = 0.01,
+        name: str = "gauss_deblur",
+        kernel: torch.Tensor | None = None,
+    ) -> None:
+        if not kernel_sigma > 0:
+            raise UserError(f"task.kernel_sigma must be positive, got {kernel_sigma}")
+        super().__init__(kernel_size, padding, impl, sigma_y, name, kernel)
+        self.kernel_sigma = float(kernel_sigma)
+
+    def _with_kernel(self, kernel: torch.Tensor) -> RandomGaussianBlur:
+        return RandomGaussianBlur(
+            self.kernel_size, self.kernel_sigma, self.padding, self.impl, self.sigma_y, self.name, kernel=kernel
+        )
+
+    def draw_kernel(self, generator: torch.Generator) -> torch.Tensor:
+        """DPS's Gaussian kernel of ``σ = kernel_sigma·|2U + 1|``, U the generator's next uniform draw."""
+        sigma = self.kernel_sigma * abs(2.0 * float(torch.rand((), generator=generator, dtype=torch.float64)) + 1.0)
+        return gaussian_kernel(self.kernel_size, sigma)
 
 
 def _as_batched_kernel(kernel: torch.Tensor) -> torch.Tensor:
@@ -250,14 +301,20 @@ def gaussian_deblur(
     svd_threshold: float = 0.03,
     name: str = "gauss_deblur",
     svd_pairing: str = "official",
+    random_sigma: bool = False,
 ) -> LinearOperator:
     """The Gaussian deblurring task: DPS's 61×61 kernel (σ = 5.0 TReg, 3.0 DPS/P2L) by ``auto``/``fft``/``direct``
     convolution with ``padding``, or ``impl=svd``: TReg's separable truncated-SVD blur (zero boundary, 1-D
     singular values below ``svd_threshold`` dropped, paired with the coefficients by ``svd_pairing``: ``official``
     as the official code computes it, ``consistent`` the intended operator; see :mod:`treg_exp.operators.svd`).
     ``padding`` does not apply to ``svd``, ``svd_threshold`` and ``svd_pairing`` only to it (the pairing is still
-    checked)."""
+    checked). ``random_sigma``: DiffPIR's benchmark, σ drawn per image as ``kernel_sigma·|2U + 1|``
+    (:class:`RandomGaussianBlur`; not with ``impl=svd``)."""
     check_pairing(svd_pairing)
+    if random_sigma:
+        if impl == "svd":
+            raise UserError("task.random_sigma draws a kernel per image, which impl=svd (one fixed SVD) cannot take")
+        return RandomGaussianBlur(kernel_size, kernel_sigma, padding, impl, sigma_y, name)
     if impl == "svd":
         return svd_gaussian_blur(
             kernel_size, kernel_sigma, svd_threshold, sigma_y=sigma_y, name=name, svd_pairing=svd_pairing

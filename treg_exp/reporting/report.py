@@ -43,6 +43,7 @@ tr.paper td { color: #666; font-style: italic; } tr.delta td { color: #888; font
 tr.skipped td { color: #999; text-align: left; }
 table.grid td { padding: 2px; text-align: center; font-size: 11px; vertical-align: top; }
 table.grid img { display: block; image-rendering: pixelated; }
+table.grid div.prompt { max-width: 128px; color: #555; font-style: italic; overflow-wrap: anywhere; }
 ol.notes { font-size: 12px; color: #444; max-width: 1000px; }
 div.plots svg { margin: 4px 12px 4px 0; border: 1px solid #ddd; }
 """
@@ -133,6 +134,15 @@ def _paper_html(table: Table, row: str, metrics: list[str]) -> list[str]:
     return lines
 
 
+def tile(runs: list[Path], folder: str, image_id: str, prompt: str | None = None) -> str:
+    """One image of a grid (``—`` when no run has it), with its prompt under it when given."""
+    path = image_of(runs, folder, image_id)
+    if path is None:
+        return "<td>—</td>"
+    caption = f'<div class="prompt">{html.escape(str(prompt))}</div>' if prompt is not None else ""
+    return f'<td><img src="{thumbnail(path)}" alt="{folder} {html.escape(image_id)}">{caption}</td>'
+
+
 def grids_html(table: Table, grid_images: int) -> str:
     parts = []
     for column in table.columns:
@@ -148,19 +158,11 @@ def grids_html(table: Table, grid_images: int) -> str:
         header += "<td>ground truth</td></tr>"
         rows = []
         for image_id in ids:
-            tiles = []
             first_runs = methods[0][1].runs
-            for folder, runs in [
-                ("measurement", first_runs),
-                *[("recon", c.runs) for _, c in methods],
-                ("gt", first_runs),
-            ]:
-                path = image_of(runs, folder, image_id)
-                tiles.append(
-                    f'<td><img src="{thumbnail(path)}" alt="{folder} {html.escape(image_id)}"></td>'
-                    if path
-                    else "<td>—</td>"
-                )
+            tiles = [tile(first_runs, "measurement", image_id)]
+            # each reconstruction with the prompt its solver was given (rows of prompt=caption differ per image)
+            tiles += [tile(c.runs, "recon", image_id, c.rows[image_id].get("prompt")) for _, c in methods]
+            tiles.append(tile(first_runs, "gt", image_id))
             rows.append("<tr>" + "".join(tiles) + "</tr>")
         parts.append(f'<h2>{html.escape(column)}</h2><table class="grid">{header}{"".join(rows)}</table>')
     return "".join(parts)

@@ -111,12 +111,14 @@ def run_key(summary: dict[str, Any]) -> tuple[str, str, str, str, str]:
     """(data, task, model, solver, settings): runs with the same key are one configuration."""
     choices = summary.get("choices", {})
     groups = set(choices)
+    # the prompt source is a setting unless it is the dataset's own (runs from before the group existed say nothing)
+    prompt = [f"{g}={choices[g]}" for g in ("prompt", "prompt/captioner") if choices.get(g, "given") != "given"]
     return (
         choices.get("data", "?"),
         choices.get("task", "?"),
         choices.get("model", "?"),
         choices.get("solver", "?"),
-        " ".join(settings(summary.get("overrides", []), exclude_keys=tuple(groups))),
+        " ".join([*prompt, *settings(summary.get("overrides", []), exclude_keys=tuple(groups))]),
     )
 
 

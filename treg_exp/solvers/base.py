@@ -26,6 +26,10 @@ class Solver(ABC):
     #: False for solvers that ignore the measurement (plain text-to-image sampling).
     uses_measurement: bool = True
 
+    def check_prior(self, prior: DiffusionPrior) -> None:  # noqa: B027 - most solvers take any prior
+        """One-line :class:`UserError` when this solver's options cannot run on ``prior`` (built, weights not needed);
+        the runner calls it before anything is written."""
+
     @abstractmethod
     def solve(
         self,

@@ -100,6 +100,51 @@ def ddim_plan(schedule: NoiseSchedule, num_steps: int, alpha_index_shift: int = 
     ]
 
 
+#: the grids of the DDPM-ancestral (DPS-family) solvers: ``leading`` = :func:`ddim_plan`, ``respaced`` =
+#: :func:`respaced_plan` (guided-diffusion's ``timestep_respacing: N``)
+GRIDS = ("leading", "respaced")
+
+
+def respaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
+    """guided-diffusion's ``space_timesteps(T, [N])`` (``timestep_respacing: N``), descending.
+
+    One section of T steps strided by ``(T − 1)/(N − 1)``: ``t_k = round(Σ_{j<k} (T − 1)/(N − 1))`` for
+    k = 0 … N−1 (1 for N = 1), the stride accumulated in float64 and rounded half to even, as the official loop does,
+    so the ties fall the same way (a closed form ``round(k·(T − 1)/(N − 1))`` differs for 283 of the 1000 N).
+    50 of 1000: 999, 979, 958, …, 41, 20, 0 (both ends always in the grid; ``ddim_plan``'s has 980, …, 0).
+    """
+    big_t = int(num_train_timesteps)
+    if not 0 < num_steps <= big_t:
+        raise UserError(f"num_steps must be in 1..{big_t}, got {num_steps}")
+    stride = 1.0 if num_steps <= 1 else (big_t - 1) / (num_steps - 1)
+    grid, position = [], 0.0
+    for _ in range(num_steps):
+        grid.append(round(position))
+        position += stride
+    return grid[::-1]
+
+
+def plan_from_timesteps(schedule: NoiseSchedule, timesteps: Sequence[int], alpha_index_shift: int = 0) -> list[Step]:
+    """The :class:`Step` s of a descending grid whose ``t_prev`` is the next grid point (−1 after the last, where the
+    schedule's ``final_alpha_cumprod`` is used): the grid's own β between neighbours, as guided-diffusion respaces."""
+    nexts = [*timesteps[1:], -1]
+    return [
+        Step(
+            index=i,
+            t=int(t),
+            t_prev=int(tp),
+            alpha_bar=alpha_bar_at(schedule, int(t), alpha_index_shift),
+            alpha_bar_prev=alpha_bar_at(schedule, int(tp), alpha_index_shift),
+        )
+        for i, (t, tp) in enumerate(zip(timesteps, nexts, strict=True))
+    ]
+
+
+def respaced_plan(schedule: NoiseSchedule, num_steps: int) -> list[Step]:
+    """The ``respaced`` grid (:func:`respaced_timesteps`) as steps, textbook ᾱ_t (guided-diffusion's pairing)."""
+    return plan_from_timesteps(schedule, respaced_timesteps(schedule.num_train_timesteps, num_steps))
+
+
 def tweedie(z_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
     """Tweedie estimate ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t``."""
     return (z_t - (1.0 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
@@ -274,6 +319,7 @@ def ddpm_step(
     alpha_bar_prev: float,
     noise: torch.Tensor | None = None,
     variance: str = "small",
+    log_variance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDPM ancestral step: a draw from ``q(z_prev | z_t, ẑ0)`` (Ho et al. 2020, eq. 6–7), on any grid.
 
@@ -285,6 +331,8 @@ def ddpm_step(
     Args:
         z_t: ``[B, C, h, w]`` the current state; z0: ``[B, C, h, w]`` its clean estimate ẑ0.
         noise: ξ ``[B, C, h, w]``, required unless σ = 0 (``ᾱ_prev = 1``, or ``ᾱ_prev = ᾱ_t``).
+        log_variance: a per-element log σ² (a learned variance, ``DiffusionPrior.learned_log_variance``) used
+            instead of ``variance``'s σ²; still no noise on the step to ``ᾱ_prev = 1``.
     """
     if variance not in DDPM_VARIANCES:
         raise UserError(f"DDPM variance must be one of {DDPM_VARIANCES}, got {variance!r}")
@@ -300,7 +348,8 @@ def ddpm_step(
     if sigma2 > 0.0:
         if noise is None:
             raise ValueError("ddpm_step with a positive variance needs noise")
-        z_prev = z_prev + sigma2**0.5 * noise
+        sigma = sigma2**0.5 if log_variance is None else (0.5 * log_variance).exp()
+        z_prev = z_prev + sigma * noise
     return z_prev
 
 
@@ -327,3 +376,12 @@ def renoise(
             raise ValueError("renoise with sigma > 0 needs noise")
         z_prev = z_prev + sigma * noise
     return z_prev
+
+
+def timestep_for_sigma(schedule: NoiseSchedule, sigma: float) -> tuple[int, float]:
+    """``(t, ᾱ_t)`` with ``σ̄_t = √((1−ᾱ_t)/ᾱ_t)`` nearest to σ (ties to the smaller t): RED's denoiser level, DiffPIR's
+    ``t_y`` (the official ``find_nearest(reduced_alpha_cumprod, σ)``)."""
+    alphas = schedule.alphas_cumprod.to(torch.float64)
+    levels = ((1.0 - alphas) / alphas).sqrt()
+    t = int(torch.argmin((levels - float(sigma)).abs()))
+    return t, alpha_bar_at(schedule, t)

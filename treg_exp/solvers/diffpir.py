@@ -7,8 +7,16 @@ The method, as the official code (``yuanzhi-zhu/DiffPIR``: ``main_ddpir_deblur.p
 
 Grid (``skip_type``): ``quad`` (official) takes ``s_i = ⌊√(i·T²/(N−1))⌋`` for i = 0 … N−1, with the last one
 lowered by 1, and ``t_i = T − 1 − s_i``: N = ``num_steps`` (100) steps from t = 999 to t = 0, dense near t = 0;
-``uniform`` takes the shared DDIM grid (``core.ddim_plan``). From ``x_T`` (the prior's ``initial_noise``), at every
-step but the last:
+``uniform`` takes the shared DDIM grid (``core.ddim_plan``).
+
+Start (``init``): ``measurement`` (official, ``main_ddpir_deblur.py``) noises the measurement, brought to image size,
+from its own noise level to the first grid point T: ``x_T = √(ᾱ_T/ᾱ_{t_y})·ỹ + √((1−ᾱ_T) − (ᾱ_T/ᾱ_{t_y})(1−ᾱ_{t_y}))·ξ``
+with ``t_y`` the t whose ``σ̄_t`` is nearest σ_y (``core.timestep_for_sigma``; the official
+``find_nearest(reduced_alpha_cumprod, 2·noise_level_img)``, σ_y on [−1, 1]) and ``ỹ = y`` where ``y`` has the
+image's shape (blur, inpainting), else the bicubic upsampling of the operator's ``measurement_image(y)`` (SR; the
+official SR script's ``cv2.resize(..., INTER_CUBIC)``); on a latent prior ``E(ỹ)`` (``encode_mode``). With ADM's
+schedule the weight of ``ỹ`` is 0.0064/√ᾱ_{t_y}, so the start is nearly pure noise. ``noise`` starts from the prior's
+``initial_noise``. Then at every step but the last:
 
 1. ``x̂0 = D(ẑ0)``, ``ẑ0 = (x_t − √(1−ᾱ_t)·ε(x_t, t))/√ᾱ_t``, clamped to [−1, 1] (``clip_x0``: the official
    ``p_sample(..., clip_denoised=True)`` returns the clamped ``pred_xstart``);
@@ -41,19 +49,18 @@ Latent priors: the network runs on latents, the data step in pixel space: ``x̂0
 (``encode_mode``: ``mean`` by default) enters step 3. There is no official latent DiffPIR.
 
 Cost per image: ``num_steps − 1`` (``output=state``) or ``num_steps`` (``output=x0``) network calls per sub-iteration
-of 1 row (2 with CFG), as many decodes, ``(num_steps − 1)·U`` encodes (identities counted on a pixel prior) and data
-steps (closed form: one ``Aᵀ`` and an FFT pair or four small matmuls; CG: up to ``cg_iters + 1`` ``AᵀA``), plus one
-decode of the output; no backward pass.
+of 1 row (2 with CFG), as many decodes, ``(num_steps − 1)·U`` encodes (one more for ``init=measurement``;
+identities counted on a pixel prior) and data steps (closed form: one ``Aᵀ`` and an FFT pair or four small
+matmuls; CG: up to ``cg_iters + 1`` ``AᵀA``), plus one decode of the output; no backward pass.
 
 Diagnostics via ``callback(step_index, values)``, each ``[B]``: ``rho`` (ρ_t) and ``dc/residual_after``
 (‖A x̂0(y) − y‖, one extra operator application).
 
 Departures from the official code, and why:
 
-- Initial state: the official code starts from ``y`` (deblur: the blurred image; SR: its bicubic upsampling;
-  inpainting: the masked image) noised to t = 999, i.e. ``√(ᾱ_999/ᾱ_{t_y})·y`` plus noise of variance nearly 1; with
-  ADM's schedule that weight is 0.0064/√ᾱ_{t_y} (below 0.007 for the σ_y used), so the start is pure noise here
-  (the prior's ``initial_noise``), which needs no operator-specific upsampling.
+- Initial state (``init=measurement``): the deblurring script's formula for every task. The official SR script
+  noises its upsampled ``y`` with ``√ᾱ_999`` and ``√(1−ᾱ_999)`` (no ``t_y``), the inpainting script uses the masked
+  ``y`` on the [0, 1] scale; both weights are below 0.007, as here.
 - The wasted network pass at t = 0 with ``output=state`` is skipped (same output, one pass fewer).
 - ``skip_type=uniform``: the official uniform grid has N + 1 points (``i·skip`` plus 999); here it is the shared
   DDIM grid of exactly ``num_steps`` points, so that every solver's ``num_steps`` counts its steps.
@@ -83,10 +90,20 @@ from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import Step, alpha_bar_at, check_batch, ddim_plan, guided_eps, renoise, tweedie
+from treg_exp.solvers.core import (
+    Step,
+    check_batch,
+    ddim_plan,
+    guided_eps,
+    plan_from_timesteps,
+    renoise,
+    timestep_for_sigma,
+    tweedie,
+)
 
 SKIP_TYPES = ("quad", "uniform")
 OUTPUTS = ("state", "x0")
+INITS = ("measurement", "noise")
 ENCODE_MODES = ("mean", "sample")
 
 
@@ -111,11 +128,7 @@ def diffpir_plan(schedule: NoiseSchedule, num_steps: int, skip_type: str = "quad
     grid = quad_timesteps(big_t, num_steps)
     if len(set(grid)) != len(grid):
         raise UserError(f"skip_type=quad with num_steps={num_steps} repeats timesteps; use fewer steps")
-    nexts = [*grid[1:], -1]
-    return [
-        Step(index=i, t=t, t_prev=tp, alpha_bar=alpha_bar_at(schedule, t), alpha_bar_prev=alpha_bar_at(schedule, tp))
-        for i, (t, tp) in enumerate(zip(grid, nexts, strict=True))
-    ]
+    return plan_from_timesteps(schedule, grid)
 
 
 class DiffPIR(Solver):
@@ -133,6 +146,7 @@ class DiffPIR(Solver):
         cg_iters, cg_tol: the CG of operators without a closed-form data step.
         cfg_scale, null_prompt: classifier-free guidance with a text prior (0 = null prompt only).
         encode_mode: ``mean`` or ``sample`` of the encoder posterior (latent priors).
+        init: ``measurement`` (official: ``y`` noised to the first grid point) or ``noise``.
     """
 
     def __init__(
@@ -151,7 +165,10 @@ class DiffPIR(Solver):
         cfg_scale: float = 0.0,
         null_prompt: str = "",
         encode_mode: str = "mean",
+        init: str = "measurement",
     ) -> None:
+        if init not in INITS:
+            raise UserError(f"solver.init must be one of {INITS}, got {init!r}")
         if skip_type not in SKIP_TYPES:
             raise UserError(f"solver.skip_type must be one of {SKIP_TYPES}, got {skip_type!r}")
         if int(num_steps) < 2:
@@ -186,6 +203,32 @@ class DiffPIR(Solver):
         self.cfg_scale = float(cfg_scale)
         self.null_prompt = str(null_prompt)
         self.encode_mode = encode_mode
+        self.init = init
+
+    def measurement_start(
+        self,
+        y: torch.Tensor,
+        operator: LinearOperator,
+        prior: DiffusionPrior,
+        first: Step,
+        image_shape: Sequence[int],
+        generators: Sequence[torch.Generator],
+    ) -> torch.Tensor:
+        """The official start ``x_T = √(ᾱ_T/ᾱ_{t_y})·E(ỹ) + √((1−ᾱ_T) − (ᾱ_T/ᾱ_{t_y})(1−ᾱ_{t_y}))·ξ`` (module
+        docstring), ``[B, C, h, w]`` in the prior's state dtype; ξ is the image's first solver draw."""
+        dtype = prior.state_dtype
+        if tuple(y.shape) == tuple(image_shape):
+            image = y.to(dtype)
+        else:
+            picture = operator.measurement_image(y).to(dtype)
+            image = torch.nn.functional.interpolate(
+                picture, size=tuple(image_shape[-2:]), mode="bicubic", align_corners=False
+            )
+        start = prior.encode(image, generators, mode=self.encode_mode).to(dtype)
+        _, alpha_bar_y = timestep_for_sigma(prior.schedule, operator.sigma_y)
+        weight2 = first.alpha_bar / alpha_bar_y
+        noise = seeding.randn(start.shape[1:], generators, device=start.device, dtype=dtype)
+        return weight2**0.5 * start + max((1.0 - first.alpha_bar) - weight2 * (1.0 - alpha_bar_y), 0.0) ** 0.5 * noise
 
     def rho(self, sigma_y: float, alpha_bar: float) -> float:
         """``ρ_t = λ·σ_n²/σ̄_t²`` with ``σ_n = max(sigma_n_min, sigma_n_scale·σ_y)``, ``σ̄_t² = (1−ᾱ_t)/ᾱ_t``."""
@@ -211,7 +254,10 @@ class DiffPIR(Solver):
             cond = prior.embed_text(list(prompts)).to(dtype)
             uncond = prior.null_embedding(batch, self.null_prompt).to(dtype)
             shape = prior.latent_shape(image_shape)
-            z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar).to(device)
+            if self.init == "measurement":
+                z = self.measurement_start(y, operator, prior, plan[0], image_shape, generators).to(device)
+            else:
+                z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar).to(device)
 
             def denoised(z_t: torch.Tensor, step: Step) -> torch.Tensor:
                 eps = guided_eps(prior, z_t, step.t, cond, uncond, self.cfg_scale).to(dtype)

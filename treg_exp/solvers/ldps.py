@@ -24,8 +24,18 @@ step; with ``gradient_checkpointing`` (on by default) the UNet and VAE recompute
 
 Options shared by the family:
 
-- ``sampler``: ``ddim`` (η = ``eta``; η = 0 deterministic) or ``ddpm`` (ancestral, :func:`core.ddpm_step`, σ² = β̃
-  or β with ``ddpm_variance``); with ``ddpm`` the last step goes to ᾱ = 1 (DDPM's ``ᾱ_{−1} = 1``), so it returns ẑ0.
+- ``sampler``: ``ddim`` (η = ``eta``; η = 0 deterministic) or ``ddpm`` (ancestral, :func:`core.ddpm_step`); with
+  ``ddpm`` the last step goes to ᾱ = 1 (DDPM's ``ᾱ_{−1} = 1``), so it returns ẑ0.
+- ``ddpm_variance`` (``sampler=ddpm``): ``learned`` = the prior's own variance
+  (:meth:`DiffusionPrior.learned_log_variance`, guided-diffusion's ``learned_range``: ``log σ² = f·log β +
+  (1 − f)·log β̃``, ``f = (v + 1)/2`` from the network's extra channels, read in the same network call as ε),
+  ``small`` = β̃ (the posterior variance), ``large`` = β; ``auto`` = ``learned`` where the prior has a learned
+  variance (the ADM checkpoints) and one network branch runs (``cfg_scale`` 0 or 1), else ``small``. ``learned``
+  on a prior without one, or with two CFG branches, is a one-line error.
+- ``grid``: ``leading`` (:func:`core.ddim_plan`: t = k·(T // N) + offset, the LDM/diffusers DDIM grid and
+  guided-diffusion's ``ddimN``) or ``respaced`` (:func:`core.respaced_plan`: guided-diffusion's
+  ``timestep_respacing: N``, ``space_timesteps``; 999, 979, 958, …, 20, 0 for 50 steps; textbook ᾱ pairing
+  only). Both are N steps (same cost); each step's β is the grid's own ``1 − ᾱ_t/ᾱ_prev``.
 - ``renoise_residual``: the official PSLD quirk, ``L = ‖y − (A(D(ẑ0)) + σ_y n)‖₂`` with a fresh ``n`` every step
   (``noiser(meas_pred)`` in ``psld.py``).
 - ``clip_denoised``: clamp ẑ0 to [−1, 1] before the loss and the step (DPS's ``clip_denoised``), meaningful only where
@@ -80,6 +90,7 @@ SAMPLERS = ("ddim", "ddpm")
 OUTPUTS = ("latent", "x0")
 CLIP_MODES = (True, False, "auto")
 ALPHA_INDEX_SHIFTS = (0, 1, "auto")
+DDPM_VARIANCE_MODES = ("auto", "learned", *core.DDPM_VARIANCES)
 
 
 def ldm_alpha_index_shift(schedule: NoiseSchedule, num_steps: int) -> int:
@@ -119,7 +130,8 @@ class DPSFamily(Solver):
         step_size: ρ, the weight of ``∇‖y − A(D(ẑ0))‖₂`` (LDPS ω, DPS ζ, LDIR η).
         sampler: ``ddim`` or ``ddpm`` (ancestral).
         eta: DDIM η (``sampler=ddim``).
-        ddpm_variance: ``small`` (β̃, the posterior variance) or ``large`` (β) (``sampler=ddpm``).
+        ddpm_variance: ``auto``, ``learned`` (the prior's), ``small`` (β̃) or ``large`` (β) (``sampler=ddpm``).
+        grid: ``leading`` (``core.ddim_plan``) or ``respaced`` (guided-diffusion's ``space_timesteps``).
         cfg_scale: CFG scale; 0 runs only the null branch (the baselines use the null text).
         null_prompt: the text of ``c_∅``.
         alpha_index_shift: 1 = ᾱ_{t−1} pairing (TReg code; PSLD code at 1000 steps), 0 = textbook, ``auto`` = the
@@ -139,7 +151,8 @@ class DPSFamily(Solver):
         step_size: float = 1.0,
         sampler: str = "ddim",
         eta: float = 0.0,
-        ddpm_variance: str = "small",
+        ddpm_variance: str = "auto",
+        grid: str = "leading",
         cfg_scale: float = 0.0,
         null_prompt: str = "",
         alpha_index_shift: int | str = 1,
@@ -156,8 +169,15 @@ class DPSFamily(Solver):
             raise UserError(f"solver.sampler must be one of {SAMPLERS}, got {sampler!r}")
         if not eta >= 0:
             raise UserError(f"solver.eta must be >= 0, got {eta}")
-        if ddpm_variance not in core.DDPM_VARIANCES:
-            raise UserError(f"solver.ddpm_variance must be one of {core.DDPM_VARIANCES}, got {ddpm_variance!r}")
+        if ddpm_variance not in DDPM_VARIANCE_MODES:
+            raise UserError(f"solver.ddpm_variance must be one of {DDPM_VARIANCE_MODES}, got {ddpm_variance!r}")
+        if grid not in core.GRIDS:
+            raise UserError(f"solver.grid must be one of {core.GRIDS}, got {grid!r}")
+        if grid == "respaced" and alpha_index_shift != 0:
+            raise UserError(
+                f"solver.grid=respaced pairs t with ᾱ_t (guided-diffusion); set solver.alpha_index_shift=0, "
+                f"got {alpha_index_shift!r}"
+            )
         if not cfg_scale >= 0:
             raise UserError(f"solver.cfg_scale must be >= 0, got {cfg_scale}")
         if alpha_index_shift not in ALPHA_INDEX_SHIFTS:
@@ -171,6 +191,7 @@ class DPSFamily(Solver):
         self.sampler = sampler
         self.eta = float(eta)
         self.ddpm_variance = ddpm_variance
+        self.grid = grid
         self.cfg_scale = float(cfg_scale)
         self.null_prompt = str(null_prompt)
         self.alpha_index_shift = alpha_index_shift if alpha_index_shift == "auto" else int(alpha_index_shift)
@@ -199,13 +220,45 @@ class DPSFamily(Solver):
         self, y: torch.Tensor, prior: DiffusionPrior, operator: LinearOperator, image_shape: Sequence[int]
     ) -> None:
         """One-line errors before any network pass (subclasses add theirs)."""
+        self.check_prior(prior)
+
+    def check_prior(self, prior: DiffusionPrior) -> None:
+        """The options that depend on the prior (also called by the runner before anything is written)."""
         if self.clip_denoised is True and prior.latent_factor != 1:
             raise UserError(
                 f"{self.name}: clip_denoised clamps ẑ0 to [-1, 1], which is an image only on a pixel-space prior; "
                 "set solver.clip_denoised=false (or auto)"
             )
+        if self.ddpm_variance == "learned" and not prior.has_learned_variance:
+            raise UserError(
+                f"{self.name}: solver.ddpm_variance=learned needs a prior with a learned variance (ADM), "
+                f"{type(prior).__name__} has none; use small or large"
+            )
+        if self.ddpm_variance == "learned" and self.cfg_scale not in (0.0, 1.0):
+            raise UserError(
+                f"{self.name}: the learned variance is read from one network branch, so it needs cfg_scale 0 or 1 "
+                f"(got {self.cfg_scale}); set solver.ddpm_variance=small"
+            )
 
     # --- shared pieces -----------------------------------------------------------------------------------------
+    def uses_learned_variance(self, prior: DiffusionPrior) -> bool:
+        """Whether the ancestral steps take the prior's learned variance: ``ddpm_variance=learned``, or ``auto`` on a
+        prior that has one when one network branch runs (``cfg_scale`` 0 or 1; else ``auto`` takes β̃)."""
+        single_branch = self.cfg_scale in (0.0, 1.0)
+        wanted = self.ddpm_variance == "learned" or (
+            self.ddpm_variance == "auto" and prior.has_learned_variance and single_branch
+        )
+        return self.sampler == "ddpm" and wanted
+
+    def plan(self, schedule: NoiseSchedule) -> list[core.Step]:
+        """The sampling grid (``grid``, ``num_steps``, ``alpha_index_shift``)."""
+        if self.grid == "respaced":
+            return core.respaced_plan(schedule, self.num_steps)
+        shift = self.alpha_index_shift
+        if shift == "auto":
+            shift = ldm_alpha_index_shift(schedule, self.num_steps)
+        return core.ddim_plan(schedule, self.num_steps, shift)
+
     def measurement_norm(self, x0: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """``‖y − A(x̂0)‖₂`` per image ``[B]``; with ``renoise_residual`` ``‖y − (A(x̂0) + σ_y n)‖₂``, fresh ``n``."""
         x0 = x0.clamp(-1.0, 1.0) if self._clips(ctx.prior) else x0
@@ -228,11 +281,14 @@ class DPSFamily(Solver):
         eps: torch.Tensor,
         step: core.Step,
         noise: torch.Tensor | None,
+        log_variance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``z′`` from ``z_t`` and ẑ0 (DDIM with η, or DDPM ancestral, whose last step goes to ᾱ = 1)."""
+        """``z′`` from ``z_t`` and ẑ0 (DDIM with η, or DDPM ancestral, whose last step goes to ᾱ = 1; with the
+        learned ``log_variance`` where given, else ``ddpm_variance``'s fixed one)."""
         if self.sampler == "ddpm":
             alpha_bar_prev = 1.0 if step.is_last else step.alpha_bar_prev
-            return core.ddpm_step(z, z0, step.alpha_bar, alpha_bar_prev, noise, self.ddpm_variance)
+            fixed = self.ddpm_variance if self.ddpm_variance in core.DDPM_VARIANCES else "small"
+            return core.ddpm_step(z, z0, step.alpha_bar, alpha_bar_prev, noise, fixed, log_variance)
         return core.ddim_step(z0, eps, step.alpha_bar, step.alpha_bar_prev, self.eta, noise)
 
     def _needs_noise(self, step: core.Step) -> bool:
@@ -257,10 +313,9 @@ class DPSFamily(Solver):
         dtype = prior.state_dtype
         device = y.device
         core.configure_checkpointing(prior, self.gradient_checkpointing)
-        shift = self.alpha_index_shift
-        if shift == "auto":
-            shift = ldm_alpha_index_shift(prior.schedule, self.num_steps)
-        plan = core.ddim_plan(prior.schedule, self.num_steps, shift)
+        plan = self.plan(prior.schedule)
+        learned = self.uses_learned_variance(prior)
+        alpha_bars = [step.alpha_bar for step in plan]
         with torch.no_grad():
             null = prior.null_embedding(batch, self.null_prompt).to(dtype)
             cond = prior.embed_text(list(prompts)).to(dtype) if self.cfg_scale > 0 else null
@@ -274,12 +329,20 @@ class DPSFamily(Solver):
                 seeding.randn(shape[1:], generators, device=device, dtype=dtype) if self._needs_noise(step) else None
             )
             ctx = StepContext(y=y, operator=operator, prior=prior, generators=generators, step=step)
+            variance_channels: dict[str, torch.Tensor | None] = {}
+            if learned:  # ε and v from one call of the one branch run (cfg_scale 0: c_∅, 1: c)
+
+                def eps_fn(z_in, t=step.t, out=variance_channels):
+                    eps, out["v"] = prior.model_output(z_in, t, cond if self.cfg_scale == 1.0 else null)
+                    return eps
+
+            else:
+
+                def eps_fn(z_in, t=step.t):
+                    return core.guided_eps(prior, z_in, t, cond, null, self.cfg_scale)
+
             result = core.denoiser_gradient(
-                prior,
-                z,
-                step.alpha_bar,
-                eps_fn=lambda z_in, t=step.t: core.guided_eps(prior, z_in, t, cond, null, self.cfg_scale),
-                loss_fn=lambda z0, x0, ctx=ctx: self.loss(z0, x0, ctx),
+                prior, z, step.alpha_bar, eps_fn=eps_fn, loss_fn=lambda z0, x0, ctx=ctx: self.loss(z0, x0, ctx)
             )
             with torch.no_grad():
                 z0, eps = result.z0, result.eps
@@ -287,7 +350,11 @@ class DPSFamily(Solver):
                     # DPS's clip_denoised: the step uses the clamped x̂0 and the ε consistent with it
                     z0 = z0.clamp(-1.0, 1.0)
                     eps = (z - step.alpha_bar**0.5 * z0) / (1.0 - step.alpha_bar) ** 0.5
-                z_prime = self._sampler_step(z, z0, eps, step, noise)
+                log_variance = None
+                if learned:
+                    v = variance_channels["v"].detach().to(dtype)
+                    log_variance = prior.learned_log_variance(v, alpha_bars, step.index)
+                z_prime = self._sampler_step(z, z0, eps, step, noise, log_variance)
                 z = (z_prime - self.direction(result.grad, state)).detach()
             if callback is not None:
                 callback(step.index, {"dps/residual": ctx.residual, "dps/loss": result.loss, **ctx.extras})

@@ -57,24 +57,15 @@ import torch
 from treg_exp.common.batch import batch_dot, batch_norm, per_image
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
-from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import alpha_bar_at, check_batch, guided_eps, tweedie
+from treg_exp.solvers.core import check_batch, guided_eps, timestep_for_sigma, tweedie
 
 METHODS = ("gd", "admm")
 SIGMA_SCHEDULES = ("fixed", "annealed")
 ENCODE_MODES = ("mean", "sample")
 #: power iterations for ``L = ‖AᵀA‖`` when ``step_size`` is null
 POWER_ITERATIONS = 20
-
-
-def timestep_for_sigma(schedule: NoiseSchedule, sigma: float) -> tuple[int, float]:
-    """``(t, ᾱ_t)`` with ``σ̄_t = √((1−ᾱ_t)/ᾱ_t)`` nearest to σ (ties to the smaller t): the denoiser's noise level."""
-    alphas = schedule.alphas_cumprod.to(torch.float64)
-    levels = ((1.0 - alphas) / alphas).sqrt()
-    t = int(torch.argmin((levels - float(sigma)).abs()))
-    return t, alpha_bar_at(schedule, t)
 
 
 def operator_norm_squared(operator: LinearOperator, like: torch.Tensor) -> torch.Tensor:

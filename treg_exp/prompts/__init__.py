@@ -1,0 +1,1 @@
+"""Where each image's prompt comes from (``conf/prompt/``): given, class name, mismatch, none, or a caption."""
