@@ -15,3 +15,17 @@ def test_license_citation_changelog() -> None:
     identifiers = {i["value"] for ref in citation["references"] for i in ref["identifiers"]}
     assert identifiers == {"arXiv:2311.15658", "arXiv:2310.01110"}
     assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+
+
+def test_cuda_without_cuda_suggests_auto() -> None:
+    """Catches a refusal of device=cuda on a CPU-only machine that does not say device=auto is the portable choice."""
+    import pytest
+    import torch
+
+    from treg_exp.common.devices import resolve_device
+    from treg_exp.common.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: device=cuda is not refused here")
+    with pytest.raises(UserError, match="device=auto"):
+        resolve_device("cuda")
