@@ -29,3 +29,10 @@ def test_cuda_without_cuda_suggests_auto() -> None:
         pytest.skip("this machine has CUDA: device=cuda is not refused here")
     with pytest.raises(UserError, match="device=auto"):
         resolve_device("cuda")
+
+
+def test_readme_names_hydra_inspection() -> None:
+    """Catches a README that leaves a newcomer unaware of --cfg job, --info and shell completion."""
+    readme = (ROOT / "README.md").read_text()
+    for flag in ("--cfg job", "--info", "-sc install=bash"):
+        assert flag in readme, flag
