@@ -16,7 +16,9 @@ def resolve_device(device: str) -> torch.device:
     except RuntimeError as error:
         raise UserError(f"device={device} is not a device ({error})") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={device} requested but CUDA is not available")
+        raise UserError(
+            f"device={device} requested but CUDA is not available; device=auto uses CUDA when present, else the CPU"
+        )
     return resolved
 
 
