@@ -48,16 +48,13 @@ Departures from the official code, and why:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from treg_exp.common.errors import UserError
-from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback
 from treg_exp.solvers.core import ddim_plan, renoise
-from treg_exp.solvers.plug_and_play import PlugAndPlaySolver
+from treg_exp.solvers.plug_and_play import BatchDenoiser, PlugAndPlaySolver
 
 
 class DDS(PlugAndPlaySolver):
@@ -101,36 +98,26 @@ class DDS(PlugAndPlaySolver):
         tol = self.cg_tol / self.gamma if operator.sigma_y > 0 else self.cg_tol
         return operator.solve_damped(y, x0, lam, self.cg_iters, tol)[0]
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        operator: LinearOperator,
-        prior: DiffusionPrior,
-        prompts: Sequence[str],
-        generators: Sequence[torch.Generator],
-        image_shape: Sequence[int],
-        callback: Callback | None = None,
+    def iterate(
+        self, y: torch.Tensor, operator: LinearOperator, denoiser: BatchDenoiser, callback: Callback | None
     ) -> torch.Tensor:
-        """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
-        with torch.no_grad():
-            denoiser = self.denoiser(y, prior, prompts, generators, image_shape)
-            plan = ddim_plan(prior.schedule, self.num_steps)
-            z = prior.initial_noise(denoiser.shape, generators, dtype=denoiser.dtype, alpha_bar=plan[0].alpha_bar)
-            z = z.to(denoiser.device)
-            x = None
-            for step in plan:
-                eps = denoiser.eps(z, step.t)
-                x0 = denoiser.x0(z, eps, step.alpha_bar)
-                x = self.data_consistency(y, operator, x0).to(denoiser.dtype)
-                if callback is not None:
-                    before, after = denoiser.residual(operator, x0, y), denoiser.residual(operator, x, y)
-                    callback(step.index, {"dc/residual_before": before, "dc/residual_after": after})
-                if step.is_last:
-                    break
-                z0 = denoiser.encode(x)
-                if step.t_prev == 0:  # the official `j != 0` branch: the step to t = 0 adds nothing
-                    z = z0
-                    continue
-                sigma = self.eta * (1.0 - step.alpha_bar_prev) ** 0.5
-                z = renoise(z0, eps, step.alpha_bar_prev, sigma, denoiser.noise())
-        return x.clamp(-1.0, 1.0).float()
+        """The DDS loop (module docstring, steps 1–4): ``y`` ``[B, ...]`` → the last step's ``x̂`` ``[B, 3, H, W]``."""
+        plan = ddim_plan(denoiser.prior.schedule, self.num_steps)
+        z = denoiser.initial_noise(plan[0].alpha_bar)
+        x = None
+        for step in plan:
+            eps = denoiser.eps(z, step.t)
+            x0 = denoiser.x0(z, eps, step.alpha_bar)
+            x = self.data_consistency(y, operator, x0).to(denoiser.dtype)
+            if callback is not None:
+                before, after = denoiser.residual(operator, x0, y), denoiser.residual(operator, x, y)
+                callback(step.index, {"dc/residual_before": before, "dc/residual_after": after})
+            if step.is_last:
+                break
+            z0 = denoiser.encode(x)
+            if step.t_prev == 0:  # the official `j != 0` branch: the step to t = 0 adds nothing
+                z = z0
+                continue
+            sigma = self.eta * (1.0 - step.alpha_bar_prev) ** 0.5
+            z = renoise(z0, eps, step.alpha_bar_prev, sigma, denoiser.noise())
+        return x

@@ -78,13 +78,10 @@ Departures from the official code, and why:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
 from treg_exp.common.errors import UserError
-from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback
@@ -190,16 +187,15 @@ class DiffPIR(PlugAndPlaySolver):
         operator: LinearOperator,
         denoiser: BatchDenoiser,
         first: Step,
-        image_shape: Sequence[int],
     ) -> torch.Tensor:
         """The official start ``x_T = √(ᾱ_T/ᾱ_{t_y})·E(ỹ) + √((1−ᾱ_T) − (ᾱ_T/ᾱ_{t_y})(1−ᾱ_{t_y}))·ξ`` (module
         docstring), ``[B, C, h, w]`` in the prior's state dtype; ξ is the image's first solver draw."""
-        if tuple(y.shape) == tuple(image_shape):
+        if tuple(y.shape) == denoiser.image_shape:
             image = y.to(denoiser.dtype)
         else:
             picture = operator.measurement_image(y).to(denoiser.dtype)
             image = torch.nn.functional.interpolate(
-                picture, size=tuple(image_shape[-2:]), mode="bicubic", align_corners=False
+                picture, size=denoiser.image_shape[-2:], mode="bicubic", align_corners=False
             )
         start = denoiser.encode(image)
         _, alpha_bar_y = timestep_for_sigma(denoiser.prior.schedule, operator.sigma_y)
@@ -212,43 +208,33 @@ class DiffPIR(PlugAndPlaySolver):
         sigma_n = max(self.sigma_n_min, self.sigma_n_scale * float(sigma_y))
         return self.rho_lambda * sigma_n**2 * alpha_bar / (1.0 - alpha_bar)
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        operator: LinearOperator,
-        prior: DiffusionPrior,
-        prompts: Sequence[str],
-        generators: Sequence[torch.Generator],
-        image_shape: Sequence[int],
-        callback: Callback | None = None,
+    def iterate(
+        self, y: torch.Tensor, operator: LinearOperator, denoiser: BatchDenoiser, callback: Callback | None
     ) -> torch.Tensor:
-        """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
-        with torch.no_grad():
-            denoiser = self.denoiser(y, prior, prompts, generators, image_shape)
-            plan = diffpir_plan(prior.schedule, self.num_steps, self.skip_type)
-            if self.init == "measurement":
-                z = self.measurement_start(y, operator, denoiser, plan[0], image_shape).to(denoiser.device)
-            else:
-                z = prior.initial_noise(denoiser.shape, generators, dtype=denoiser.dtype, alpha_bar=plan[0].alpha_bar)
-                z = z.to(denoiser.device)
+        """The DiffPIR loop (module docstring, steps 1–4): ``y`` ``[B, ...]`` → ``x_0`` or ``x̂0`` ``[B, 3, H, W]``."""
+        plan = diffpir_plan(denoiser.prior.schedule, self.num_steps, self.skip_type)
+        if self.init == "measurement":
+            z = self.measurement_start(y, operator, denoiser, plan[0]).to(denoiser.device)
+        else:
+            z = denoiser.initial_noise(plan[0].alpha_bar)
 
-            def denoised(z_t: torch.Tensor, step: Step) -> torch.Tensor:
-                x0 = denoiser.x0(z_t, denoiser.eps(z_t, step.t), step.alpha_bar)
-                return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
+        def denoised(z_t: torch.Tensor, step: Step) -> torch.Tensor:
+            x0 = denoiser.x0(z_t, denoiser.eps(z_t, step.t), step.alpha_bar)
+            return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
 
-            for step in plan[:-1]:
-                ab, abp = step.alpha_bar, step.alpha_bar_prev
-                rho = self.rho(operator.sigma_y, ab)
-                for u in range(self.sub_iters):
-                    x0 = denoised(z, step)
-                    x0y = operator.prox_l2(y, x0, rho, self.cg_iters, self.cg_tol).to(denoiser.dtype)
-                    z0y = denoiser.encode(x0y)
-                    eps_hat = (z - ab**0.5 * z0y) / (1.0 - ab) ** 0.5
-                    z = renoise(z0y, eps_hat, abp, (self.zeta * (1.0 - abp)) ** 0.5, denoiser.noise())
-                    if u < self.sub_iters - 1:  # back from t' to t (RePaint-style repetition)
-                        z = (ab / abp) ** 0.5 * z + max(1.0 - ab / abp, 0.0) ** 0.5 * denoiser.noise()
-                if callback is not None:
-                    rhos = torch.full((denoiser.batch,), rho)
-                    callback(step.index, {"rho": rhos, "dc/residual_after": denoiser.residual(operator, x0y, y)})
-            x = denoised(z, plan[-1]) if self.output == "x0" else denoiser.decode(z)
-        return x.clamp(-1.0, 1.0).float()
+        for step in plan[:-1]:
+            ab, abp = step.alpha_bar, step.alpha_bar_prev
+            rho = self.rho(operator.sigma_y, ab)
+            for u in range(self.sub_iters):
+                x0 = denoised(z, step)
+                x0y = operator.prox_l2(y, x0, rho, self.cg_iters, self.cg_tol).to(denoiser.dtype)
+                z0y = denoiser.encode(x0y)
+                eps_hat = (z - ab**0.5 * z0y) / (1.0 - ab) ** 0.5
+                z = renoise(z0y, eps_hat, abp, (self.zeta * (1.0 - abp)) ** 0.5, denoiser.noise())
+                if u < self.sub_iters - 1:  # back from t' to t (RePaint-style repetition)
+                    z = (ab / abp) ** 0.5 * z + max(1.0 - ab / abp, 0.0) ** 0.5 * denoiser.noise()
+            if callback is not None:
+                rhos = torch.full((denoiser.batch,), rho)
+                callback(step.index, {"rho": rhos, "dc/residual_after": denoiser.residual(operator, x0y, y)})
+        x = denoised(z, plan[-1]) if self.output == "x0" else denoiser.decode(z)
+        return x

@@ -16,6 +16,7 @@ Each solver's module keeps its own loop, so that it reads like its paper's algor
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +26,7 @@ from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
-from treg_exp.solvers.base import Solver
+from treg_exp.solvers.base import Callback, Solver
 from treg_exp.solvers.core import check_batch, guided_eps, tweedie
 
 ENCODE_MODES = ("mean", "sample")
@@ -41,7 +42,7 @@ class BatchDenoiser:
         cfg_scale, null_prompt, encode_mode: the solver's options (:class:`PlugAndPlaySolver`).
 
     Attributes:
-        batch: B; dtype: the prior's state dtype; device: that of ``y``;
+        batch: B; dtype: the prior's state dtype; device: that of ``y``; image_shape: ``[B, 3, H, W]``;
         shape: the prior's state shape ``[B, C, h, w]`` for ``image_shape`` (a size the prior cannot take fails
         here, before any network pass).
     """
@@ -67,7 +68,14 @@ class BatchDenoiser:
         self.device = y.device
         self.cond = prior.embed_text(list(prompts)).to(self.dtype)
         self.uncond = prior.null_embedding(self.batch, null_prompt).to(self.dtype)
+        self.image_shape = tuple(image_shape)
         self.shape = prior.latent_shape(image_shape)
+
+    def initial_noise(self, alpha_bar: float) -> torch.Tensor:
+        """The prior's starting state ``z_T`` ``[B, C, h, w]`` at ``ᾱ_T`` (:meth:`DiffusionPrior.initial_noise`)."""
+        return self.prior.initial_noise(self.shape, self.generators, dtype=self.dtype, alpha_bar=alpha_bar).to(
+            self.device
+        )
 
     def eps(self, z_t: torch.Tensor, t: int) -> torch.Tensor:
         """``ε̂(z_t, t)`` with classifier-free guidance (:func:`~treg_exp.solvers.core.guided_eps`): ``[B, C, h, w]``."""
@@ -117,16 +125,37 @@ class PlugAndPlaySolver(Solver):
         self.null_prompt = str(null_prompt)
         self.encode_mode = encode_mode
 
-    def denoiser(
+    def solve(
         self,
         y: torch.Tensor,
+        operator: LinearOperator,
         prior: DiffusionPrior,
         prompts: Sequence[str],
         generators: Sequence[torch.Generator],
         image_shape: Sequence[int],
-    ) -> BatchDenoiser:
-        """The batch's :class:`BatchDenoiser` with this solver's guidance and encoding options (call under no_grad)."""
-        name = type(self).__name__
-        return BatchDenoiser(
-            name, y, prior, prompts, generators, image_shape, self.cfg_scale, self.null_prompt, self.encode_mode
-        )
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1].
+
+        Builds the batch's :class:`BatchDenoiser` and runs :meth:`iterate` without gradients (no network gradient
+        is taken by these methods); its result is clamped and returned in float32."""
+        with torch.no_grad():
+            denoiser = BatchDenoiser(
+                type(self).__name__,
+                y,
+                prior,
+                prompts,
+                generators,
+                image_shape,
+                self.cfg_scale,
+                self.null_prompt,
+                self.encode_mode,
+            )
+            x = self.iterate(y, operator, denoiser, callback)
+        return x.clamp(-1.0, 1.0).float()
+
+    @abstractmethod
+    def iterate(
+        self, y: torch.Tensor, operator: LinearOperator, denoiser: BatchDenoiser, callback: Callback | None
+    ) -> torch.Tensor:
+        """The method's algorithm box: ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in the prior's state dtype."""

@@ -50,17 +50,14 @@ Diagnostics via ``callback(step_index, values)``, each ``[B]``: ``sigma`` (σ̄_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from treg_exp.common.batch import batch_dot, batch_norm, per_image
 from treg_exp.common.errors import UserError
-from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback
 from treg_exp.solvers.core import timestep_for_sigma
-from treg_exp.solvers.plug_and_play import PlugAndPlaySolver
+from treg_exp.solvers.plug_and_play import BatchDenoiser, PlugAndPlaySolver
 
 METHODS = ("gd", "admm")
 SIGMA_SCHEDULES = ("fixed", "annealed")
@@ -155,54 +152,43 @@ class RED(PlugAndPlaySolver):
             raise UserError("RED with solver.alpha=null needs σ_y > 0 (α = σ_y²/σ²); set solver.alpha")
         return float(sigma_y) ** 2 / sigma_eff**2
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        operator: LinearOperator,
-        prior: DiffusionPrior,
-        prompts: Sequence[str],
-        generators: Sequence[torch.Generator],
-        image_shape: Sequence[int],
-        callback: Callback | None = None,
+    def iterate(
+        self, y: torch.Tensor, operator: LinearOperator, denoiser: BatchDenoiser, callback: Callback | None
     ) -> torch.Tensor:
-        """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
-        with torch.no_grad():
-            denoiser = self.denoiser(y, prior, prompts, generators, image_shape)
-            dtype = denoiser.dtype
-            y = y.to(dtype)
+        """``num_steps`` RED iterations (gd or admm, module docstring) from ``Aᵀy``: ``y`` ``[B, ...]`` → the last x."""
+        dtype = denoiser.dtype
+        y = y.to(dtype)
 
-            def denoise(x: torch.Tensor, t: int, alpha_bar: float) -> torch.Tensor:
-                """``D_σ(x)``: Tweedie's estimate from ``z_t = √ᾱ_t·E(x)`` at the t of σ."""
-                z_t = alpha_bar**0.5 * denoiser.encode(x)
-                return denoiser.x0(z_t, denoiser.eps(z_t, t), alpha_bar)
+        def denoise(x: torch.Tensor, t: int, alpha_bar: float) -> torch.Tensor:
+            """``D_σ(x)``: Tweedie's estimate from ``z_t = √ᾱ_t·E(x)`` at the t of σ."""
+            z_t = alpha_bar**0.5 * denoiser.encode(x)
+            return denoiser.x0(z_t, denoiser.eps(z_t, t), alpha_bar)
 
-            x = operator.adjoint(y).to(dtype)
-            lipschitz = operator_norm_squared(operator, x) if self.method == "gd" and self.step_size is None else None
-            v, u = x.clone(), torch.zeros_like(x)
-            for k, sigma in enumerate(self.sigmas()):
-                t, alpha_bar = timestep_for_sigma(prior.schedule, sigma)
-                sigma_eff = ((1.0 - alpha_bar) / alpha_bar) ** 0.5
-                alpha = self.weight(operator.sigma_y, sigma_eff)
-                previous = x
-                if self.method == "gd":
-                    grad = operator.adjoint(operator(x).to(dtype) - y).to(dtype) + alpha * (
-                        x - denoise(x, t, alpha_bar)
-                    )
-                    mu = self.step_size if self.step_size is not None else per_image(1.0 / (lipschitz + alpha), x)
-                    x = x - mu * grad
-                else:
-                    beta = self.admm_beta if self.admm_beta is not None else alpha
-                    x = operator.prox_l2(y, v - u, beta, self.cg_iters, self.cg_tol).to(dtype)
-                    for _ in range(self.inner_iters):
-                        v = (beta * (x + u) + alpha * denoise(v, t, alpha_bar)) / (alpha + beta)
-                    u = u + x - v
-                if callback is not None:
-                    callback(
-                        k,
-                        {
-                            "sigma": torch.full((denoiser.batch,), sigma_eff),
-                            "red/change": batch_norm(x - previous) / batch_norm(previous).clamp_min(1e-30),
-                            "red/residual": denoiser.residual(operator, x, y),
-                        },
-                    )
-        return x.clamp(-1.0, 1.0).float()
+        x = operator.adjoint(y).to(dtype)
+        lipschitz = operator_norm_squared(operator, x) if self.method == "gd" and self.step_size is None else None
+        v, u = x.clone(), torch.zeros_like(x)
+        for k, sigma in enumerate(self.sigmas()):
+            t, alpha_bar = timestep_for_sigma(denoiser.prior.schedule, sigma)
+            sigma_eff = ((1.0 - alpha_bar) / alpha_bar) ** 0.5
+            alpha = self.weight(operator.sigma_y, sigma_eff)
+            previous = x
+            if self.method == "gd":
+                grad = operator.adjoint(operator(x).to(dtype) - y).to(dtype) + alpha * (x - denoise(x, t, alpha_bar))
+                mu = self.step_size if self.step_size is not None else per_image(1.0 / (lipschitz + alpha), x)
+                x = x - mu * grad
+            else:
+                beta = self.admm_beta if self.admm_beta is not None else alpha
+                x = operator.prox_l2(y, v - u, beta, self.cg_iters, self.cg_tol).to(dtype)
+                for _ in range(self.inner_iters):
+                    v = (beta * (x + u) + alpha * denoise(v, t, alpha_bar)) / (alpha + beta)
+                u = u + x - v
+            if callback is not None:
+                callback(
+                    k,
+                    {
+                        "sigma": torch.full((denoiser.batch,), sigma_eff),
+                        "red/change": batch_norm(x - previous) / batch_norm(previous).clamp_min(1e-30),
+                        "red/residual": denoiser.residual(operator, x, y),
+                    },
+                )
+        return x
