@@ -135,28 +135,24 @@ class Blur(LinearOperator):
         """``fft`` or ``direct``: :attr:`impl` with ``auto`` resolved for the current kernel size."""
         return self.impl if self.impl != "auto" else auto_impl(self._drawn_kernel().shape[-1])
 
-    def _pad_mode(self) -> str:
-        return "constant" if self.padding == "zeros" else self.padding
+    def _convolve(self, x: torch.Tensor, direct: Callable, fft: Callable) -> torch.Tensor:
+        """``x`` (float32 for half inputs) through deepinv's ``direct`` or ``fft`` function (by
+        :attr:`effective_impl`) with the kernel and the padding."""
+        x = compute_dtype(x)
+        convolve = fft if self.effective_impl == "fft" else direct
+        return convolve(x, self._filter(x), padding="constant" if self.padding == "zeros" else self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``k ⋆ x``: ``[B, 3, H, W]`` → ``[B, 3, H, W]`` (float32 for half inputs)."""
         from deepinv.physics.functional import conv2d, conv2d_fft
 
-        x = compute_dtype(x)
-        f = self._filter(x)
-        if self.effective_impl == "fft":
-            return conv2d_fft(x, f, padding=self._pad_mode())
-        return conv2d(x, f, padding=self._pad_mode())
+        return self._convolve(x, conv2d, conv2d_fft)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``Aᵀ y`` (transposed correlation, padding folded back): ``[B, 3, H, W]`` → ``[B, 3, H, W]``."""
         from deepinv.physics.functional import conv_transpose2d, conv_transpose2d_fft
 
-        y = compute_dtype(y)
-        f = self._filter(y)
-        if self.effective_impl == "fft":
-            return conv_transpose2d_fft(y, f, padding=self._pad_mode())
-        return conv_transpose2d(y, f, padding=self._pad_mode())
+        return self._convolve(y, conv_transpose2d, conv_transpose2d_fft)
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return tuple(y.shape)
