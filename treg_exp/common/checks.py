@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from treg_exp.common.errors import UserError
@@ -65,6 +66,13 @@ def boolean(name: str, value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise UserError(f"{name} must be true or false, got {value!r}")
+
+
+def choice(name: str, value: Any, choices: Sequence[str], note: str = "") -> str:
+    """``value`` when it is one of ``choices``; otherwise one line naming them (and ``note``, e.g. another place)."""
+    if value not in choices:
+        raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}{note}")
+    return value
 
 
 def text(name: str, value: Any) -> str:

@@ -18,7 +18,7 @@ def compute_dtype(x: torch.Tensor) -> torch.Tensor:
 
 
 class LinearOperator(nn.Module, ABC):
-    """A linear forward model ``A`` with Gaussian measurement noise ``σ_y`` (on the [−1, 1] scale).
+    """A linear forward model ``A`` with Gaussian measurement noise ``σ_y`` (on the [−1, 1] scale), named ``name``.
 
     Subclasses implement :meth:`forward` (noiseless ``A x``) and may override :meth:`adjoint` with a closed form;
     the default adjoint is the vector–Jacobian product of :meth:`forward`. Operators with random parameters
@@ -29,9 +29,10 @@ class LinearOperator(nn.Module, ABC):
     Inputs in bfloat16/float16 are computed in float32 (and returned in float32).
     """
 
-    def __init__(self, sigma_y: float = 0.01) -> None:
+    def __init__(self, sigma_y: float = 0.01, name: str = "operator") -> None:
         super().__init__()
         self.sigma_y = checks.number("task.sigma_y", sigma_y, minimum=0.0)
+        self.name = name  # the task's name, in messages and diagnostics
 
     # --- per-image parameters ------------------------------------------------------------------------------
     def draw(self, generators: Sequence[torch.Generator], image_shape: Sequence[int]) -> LinearOperator:

@@ -45,9 +45,11 @@ faster; k = 15 for 4 images at 512 px: direct 2× faster). Measured on the CPU o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
+from treg_exp.common import checks
 from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import gaussian_kernel, motion_kernel
@@ -87,23 +89,21 @@ class Blur(LinearOperator):
         sigma_y: float = 0.01,
         name: str = "blur",
     ) -> None:
-        super().__init__(sigma_y=sigma_y)
-        if padding not in PADDINGS:
-            raise UserError(f"unknown task.padding {padding!r}; choose one of {', '.join(PADDINGS)}")
-        if impl not in IMPLS:
-            raise UserError(
-                f"unknown blur task.impl {impl!r}; choose one of {', '.join(IMPLS)} (or svd for gauss_deblur)"
-            )
-        self.padding = padding
-        self.impl = impl
-        self.name = name
+        super().__init__(sigma_y=sigma_y, name=name)
+        self.padding = checks.choice("task.padding", padding, PADDINGS)
+        self.impl = checks.choice("task.impl", impl, IMPLS, " (or svd for gauss_deblur)")
         if kernel is not None:
             kernel = _as_batched_kernel(kernel)
         self.register_buffer("kernel", kernel)
 
     # --- parameters ------------------------------------------------------------------------------------------
+    def settings(self) -> dict[str, object]:
+        """The constructor's arguments but ``kernel``: what :meth:`_with_kernel` rebuilds the operator from."""
+        return {"padding": self.padding, "impl": self.impl, "sigma_y": self.sigma_y, "name": self.name}
+
     def _with_kernel(self, kernel: torch.Tensor) -> Blur:
-        return Blur(kernel, padding=self.padding, impl=self.impl, sigma_y=self.sigma_y, name=self.name)
+        """The same operator (same class and settings) with ``kernel``."""
+        return type(self)(kernel=kernel, **self.settings())
 
     def with_params(self, params: dict[str, torch.Tensor]) -> Blur:
         """The operator with saved per-image kernels ``params["kernel"]`` ``[B, 1, k, k]``."""
@@ -112,50 +112,47 @@ class Blur(LinearOperator):
         return self._with_kernel(params["kernel"])
 
     # --- the model -------------------------------------------------------------------------------------------
-    def _filter(self, x: torch.Tensor) -> torch.Tensor:
+    def _drawn_kernel(self) -> torch.Tensor:
+        """The kernels ``[B or 1, 1, k, k]``; one line if they are still to be drawn."""
         if self.kernel is None:
             raise UserError(f"{self.name}: the blur kernel is drawn per image; call draw(generators, shape) first")
+        return self.kernel
+
+    def _filter(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self._drawn_kernel()
         batch = x.shape[0]
-        if self.kernel.shape[0] not in (1, batch):
-            raise UserError(f"{self.name}: {self.kernel.shape[0]} kernels for a batch of {batch} images")
-        k = self.kernel.shape[-1]
+        if kernel.shape[0] not in (1, batch):
+            raise UserError(f"{self.name}: {kernel.shape[0]} kernels for a batch of {batch} images")
+        k = kernel.shape[-1]
         h, w = x.shape[-2:]
         if self.padding == "reflect" and (k // 2 >= h or k // 2 >= w):
             raise UserError(f"{self.name}: reflect padding of a {k}×{k} kernel needs images larger than {k // 2} px")
         # deepinv convolves (flips the filter); flipping here makes the net operation DPS's cross-correlation.
-        return self.kernel.to(device=x.device, dtype=x.dtype).flip(-1, -2)
+        return kernel.to(device=x.device, dtype=x.dtype).flip(-1, -2)
 
     @property
     def effective_impl(self) -> str:
         """``fft`` or ``direct``: :attr:`impl` with ``auto`` resolved for the current kernel size."""
-        if self.impl != "auto":
-            return self.impl
-        if self.kernel is None:
-            raise UserError(f"{self.name}: the blur kernel is drawn per image; call draw(generators, shape) first")
-        return auto_impl(self.kernel.shape[-1])
+        return self.impl if self.impl != "auto" else auto_impl(self._drawn_kernel().shape[-1])
 
-    def _pad_mode(self) -> str:
-        return "constant" if self.padding == "zeros" else self.padding
+    def _convolve(self, x: torch.Tensor, direct: Callable, fft: Callable) -> torch.Tensor:
+        """``x`` (float32 for half inputs) through deepinv's ``direct`` or ``fft`` function (by
+        :attr:`effective_impl`) with the kernel and the padding."""
+        x = compute_dtype(x)
+        convolve = fft if self.effective_impl == "fft" else direct
+        return convolve(x, self._filter(x), padding="constant" if self.padding == "zeros" else self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``k ⋆ x``: ``[B, 3, H, W]`` → ``[B, 3, H, W]`` (float32 for half inputs)."""
         from deepinv.physics.functional import conv2d, conv2d_fft
 
-        x = compute_dtype(x)
-        f = self._filter(x)
-        if self.effective_impl == "fft":
-            return conv2d_fft(x, f, padding=self._pad_mode())
-        return conv2d(x, f, padding=self._pad_mode())
+        return self._convolve(x, conv2d, conv2d_fft)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``Aᵀ y`` (transposed correlation, padding folded back): ``[B, 3, H, W]`` → ``[B, 3, H, W]``."""
         from deepinv.physics.functional import conv_transpose2d, conv_transpose2d_fft
 
-        y = compute_dtype(y)
-        f = self._filter(y)
-        if self.effective_impl == "fft":
-            return conv_transpose2d_fft(y, f, padding=self._pad_mode())
-        return conv_transpose2d(y, f, padding=self._pad_mode())
+        return self._convolve(y, conv_transpose2d, conv_transpose2d_fft)
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return tuple(y.shape)
@@ -191,15 +188,30 @@ class Blur(LinearOperator):
 
 class DrawnKernelBlur(Blur):
     """A blur whose kernel is drawn per image (:meth:`draw_kernel`, from the image's measurement generator);
-    :meth:`params` returns the kernels (``{"kernel": [B, 1, k, k]}``) to be saved beside the measurement."""
+    :meth:`params` returns the kernels (``{"kernel": [B, 1, k, k]}``) to be saved beside the measurement.
+
+    Args:
+        kernel_size: ``k`` of the ``k × k`` kernels (odd, ≥ 3).
+        padding, impl, sigma_y, name: as :class:`Blur`'s; kernel: already drawn kernels (``None`` until :meth:`draw`).
+    """
 
     def __init__(
-        self, kernel_size: int, padding: str, impl: str, sigma_y: float, name: str, kernel: torch.Tensor | None
+        self,
+        kernel_size: int,
+        *,
+        padding: str = "reflect",
+        impl: str = "auto",
+        sigma_y: float = 0.01,
+        name: str = "blur",
+        kernel: torch.Tensor | None = None,
     ) -> None:
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise UserError(f"task.kernel_size must be an odd number ≥ 3, got {kernel_size}")
         super().__init__(kernel, padding=padding, impl=impl, sigma_y=sigma_y, name=name)
         self.kernel_size = int(kernel_size)
+
+    def settings(self) -> dict[str, object]:
+        return {"kernel_size": self.kernel_size, **super().settings()}
 
     def draw_kernel(self, generator: torch.Generator) -> torch.Tensor:
         """One ``[kernel_size, kernel_size]`` kernel from ``generator``."""
@@ -220,25 +232,16 @@ class MotionBlur(DrawnKernelBlur):
     :meth:`draw` takes each kernel from the image's measurement generator (:class:`DrawnKernelBlur`).
     """
 
-    def __init__(
-        self,
-        kernel_size: int = 61,
-        intensity: float = 0.5,
-        padding: str = "reflect",
-        impl: str = "auto",
-        sigma_y: float = 0.01,
-        name: str = "motion_deblur",
-        kernel: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, kernel_size: int = 61, intensity: float = 0.5, **blur: Any) -> None:
+        """``blur``: :class:`DrawnKernelBlur`'s keywords ``padding``, ``impl``, ``sigma_y``, ``kernel`` and ``name``
+        (here ``motion_deblur`` by default)."""
         if not 0.0 <= intensity <= 1.0:
             raise UserError(f"task.intensity must be in [0, 1], got {intensity}")
-        super().__init__(kernel_size, padding, impl, sigma_y, name, kernel)
+        super().__init__(kernel_size, **{"name": "motion_deblur", **blur})
         self.intensity = float(intensity)
 
-    def _with_kernel(self, kernel: torch.Tensor) -> MotionBlur:
-        return MotionBlur(
-            self.kernel_size, self.intensity, self.padding, self.impl, self.sigma_y, self.name, kernel=kernel
-        )
+    def settings(self) -> dict[str, object]:
+        return {"intensity": self.intensity, **super().settings()}
 
     def draw_kernel(self, generator: torch.Generator) -> torch.Tensor:
         """A Borodenko trajectory kernel (:func:`motion_kernel`)."""
@@ -253,25 +256,16 @@ class RandomGaussianBlur(DrawnKernelBlur):
     with ``10·index`` per image), so σ ∈ [kernel_sigma, 3·kernel_sigma).
     """
 
-    def __init__(
-        self,
-        kernel_size: int = 61,
-        kernel_sigma: float = 3.0,
-        padding: str = "reflect",
-        impl: str = "auto",
-        sigma_y: float = 0.01,
-        name: str = "gauss_deblur",
-        kernel: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, kernel_size: int = 61, kernel_sigma: float = 3.0, **blur: Any) -> None:
+        """``blur``: :class:`DrawnKernelBlur`'s keywords ``padding``, ``impl``, ``sigma_y``, ``kernel`` and ``name``
+        (here ``gauss_deblur`` by default)."""
         if not kernel_sigma > 0:
             raise UserError(f"task.kernel_sigma must be positive, got {kernel_sigma}")
-        super().__init__(kernel_size, padding, impl, sigma_y, name, kernel)
+        super().__init__(kernel_size, **{"name": "gauss_deblur", **blur})
         self.kernel_sigma = float(kernel_sigma)
 
-    def _with_kernel(self, kernel: torch.Tensor) -> RandomGaussianBlur:
-        return RandomGaussianBlur(
-            self.kernel_size, self.kernel_sigma, self.padding, self.impl, self.sigma_y, self.name, kernel=kernel
-        )
+    def settings(self) -> dict[str, object]:
+        return {"kernel_sigma": self.kernel_sigma, **super().settings()}
 
     def draw_kernel(self, generator: torch.Generator) -> torch.Tensor:
         """DPS's Gaussian kernel of ``σ = kernel_sigma·|2U + 1|``, U the generator's next uniform draw."""
@@ -314,7 +308,7 @@ def gaussian_deblur(
     if random_sigma:
         if impl == "svd":
             raise UserError("task.random_sigma draws a kernel per image, which impl=svd (one fixed SVD) cannot take")
-        return RandomGaussianBlur(kernel_size, kernel_sigma, padding, impl, sigma_y, name)
+        return RandomGaussianBlur(kernel_size, kernel_sigma, padding=padding, impl=impl, sigma_y=sigma_y, name=name)
     if impl == "svd":
         return svd_gaussian_blur(
             kernel_size, kernel_sigma, svd_threshold, sigma_y=sigma_y, name=name, svd_pairing=svd_pairing
@@ -332,7 +326,7 @@ def motion_deblur(
     name: str = "motion_deblur",
 ) -> MotionBlur:
     """The motion deblurring task (one random trajectory kernel per image, drawn in :meth:`MotionBlur.draw`)."""
-    return MotionBlur(kernel_size, intensity, padding, impl, sigma_y, name)
+    return MotionBlur(kernel_size, intensity, padding=padding, impl=impl, sigma_y=sigma_y, name=name)
 
 
 def _time(fn: Callable[[], object], budget: float = 0.5) -> float:  # pragma: no cover

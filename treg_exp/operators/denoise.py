@@ -15,8 +15,7 @@ class Denoising(LinearOperator):
     """``A = Aᵀ = I`` on ``[B, 3, H, W]``; ``sigma_y`` on the [−1, 1] scale."""
 
     def __init__(self, sigma_y: float = 0.01, name: str = "denoise") -> None:
-        super().__init__(sigma_y=sigma_y)
-        self.name = name
+        super().__init__(sigma_y=sigma_y, name=name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (float32 for half inputs)."""

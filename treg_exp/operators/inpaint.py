@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from treg_exp.common import seeding
+from treg_exp.common import checks, seeding
 from treg_exp.common.errors import UserError
 from treg_exp.operators import masks as mask_lib
 from treg_exp.operators.base import LinearOperator, compute_dtype
@@ -52,9 +52,8 @@ class Inpainting(LinearOperator):
         mask: torch.Tensor | None = None,
         file_masks: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(sigma_y=sigma_y)
-        if mask_type not in MASK_TYPES:
-            raise UserError(f"unknown task.mask_type {mask_type!r}; choose one of {', '.join(MASK_TYPES)}")
+        super().__init__(sigma_y=sigma_y, name=name)
+        checks.choice("task.mask_type", mask_type, MASK_TYPES)
         if mask_type == "file" and not mask_file:
             raise UserError("task.mask_type=file needs task.mask_file=<path to .npz>")
         self.options = dict(
@@ -68,7 +67,6 @@ class Inpainting(LinearOperator):
             sigma_y=sigma_y,
             name=name,
         )
-        self.name = name
         # validate the cheap options now, before any image is loaded
         if mask_type == "box":
             mask_lib.box_mask(16, 16, torch.Generator().manual_seed(0), box_fraction, placement)

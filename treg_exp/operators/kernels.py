@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from treg_exp.common import seeding
+from treg_exp.common import checks, seeding
 from treg_exp.common.errors import UserError
 
 
@@ -163,6 +163,11 @@ def keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return torch.where(ax <= 1, near, torch.where(ax < 2, far, torch.zeros_like(ax)))
 
 
+#: the 1-D filters of :func:`downsample_matrix` and its boundary rules
+SR_KERNELS = ("bicubic", "box")
+SR_BOUNDARIES = ("reflect", "renormalize")
+
+
 def downsample_matrix(n: int, factor: int, kernel: str = "bicubic", boundary: str = "reflect") -> torch.Tensor:
     """1-D antialiased downsampling matrix ``[n // factor, n]`` (float64, rows sum to 1).
 
@@ -175,10 +180,8 @@ def downsample_matrix(n: int, factor: int, kernel: str = "bicubic", boundary: st
     """
     if factor < 1 or n % factor != 0:
         raise UserError(f"image size {n} is not divisible by the SR factor {factor}")
-    if kernel not in ("bicubic", "box"):
-        raise UserError(f"unknown SR kernel {kernel!r}; use 'bicubic' or 'box'")
-    if boundary not in ("reflect", "renormalize"):
-        raise UserError(f"unknown SR boundary {boundary!r}; use 'reflect' or 'renormalize'")
+    checks.choice("task.kernel", kernel, SR_KERNELS)
+    checks.choice("task.boundary", boundary, SR_BOUNDARIES)
     m = n // factor
     if kernel == "box":
         mat = torch.zeros(m, n, dtype=torch.float64)

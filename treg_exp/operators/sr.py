@@ -19,9 +19,10 @@ from collections.abc import Sequence
 
 import torch
 
+from treg_exp.common import checks
 from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
-from treg_exp.operators.kernels import downsample_matrix
+from treg_exp.operators.kernels import SR_BOUNDARIES, SR_KERNELS, downsample_matrix
 from treg_exp.operators.prox import SeparableNormalInverse
 from treg_exp.operators.svd import check_pairing, svd_downsample
 
@@ -45,17 +46,10 @@ class SeparableDownsample(SeparableNormalInverse, LinearOperator):
         sigma_y: float = 0.01,
         name: str = "sr",
     ) -> None:
-        super().__init__(sigma_y=sigma_y)
-        if int(factor) != factor or factor < 1:
-            raise UserError(f"task.factor must be a positive integer, got {factor}")
-        self.factor = int(factor)
-        self.kernel = kernel
-        self.boundary = boundary
-        self.name = name
-        if kernel not in ("bicubic", "box"):
-            raise UserError(f"unknown task.kernel {kernel!r} for SR; use 'bicubic' or 'box' (average pooling)")
-        if boundary not in ("reflect", "renormalize"):
-            raise UserError(f"unknown task.boundary {boundary!r} for SR; use 'reflect' or 'renormalize'")
+        super().__init__(sigma_y=sigma_y, name=name)
+        self.factor = checks.integer("task.factor", factor, minimum=1)
+        self.kernel = checks.choice("task.kernel", kernel, SR_KERNELS, " (box: average pooling)")
+        self.boundary = checks.choice("task.boundary", boundary, SR_BOUNDARIES)
         self._cache: dict[tuple[int, str, torch.dtype], torch.Tensor] = {}
 
     def matrix(self, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -53,6 +53,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from treg_exp.common import checks
 from treg_exp.common.errors import UserError
 from treg_exp.operators.base import LinearOperator, compute_dtype
 from treg_exp.operators.kernels import downsample_matrix, svd_gaussian_taps
@@ -137,7 +138,7 @@ class SeparableSVD(SeparableNormalInverse, LinearOperator):
         name: str = "svd",
         pairing: str = "consistent",
     ) -> None:
-        super().__init__(sigma_y=sigma_y)
+        super().__init__(sigma_y=sigma_y, name=name)
         if threshold < 0:
             raise UserError(f"task.svd_threshold must be ≥ 0, got {threshold}")
         self.pairing = check_pairing(pairing)
@@ -146,7 +147,6 @@ class SeparableSVD(SeparableNormalInverse, LinearOperator):
         self.matrix_fn = matrix_fn
         self.threshold = float(threshold)
         self.factor = int(factor)
-        self.name = name
         self._svds: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._factors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -286,13 +286,12 @@ def svd_downsample(
     ``SRConv`` pairs singular values consistently, so ``svd_pairing`` ``official`` and ``consistent`` are the same
     operator here (the value is checked, then the consistent form is built)."""
     check_pairing(svd_pairing)
-    if int(factor) != factor or factor < 1:
-        raise UserError(f"task.factor must be a positive integer, got {factor}")
-    downsample_matrix(4 * int(factor), int(factor), kernel, boundary)  # validates kernel and boundary names early
+    factor = checks.integer("task.factor", factor, minimum=1)
+    downsample_matrix(4 * factor, factor, kernel, boundary)  # validates kernel and boundary names early
     return SeparableSVD(
-        lambda n: downsample_matrix(n, int(factor), kernel, boundary),
+        lambda n: downsample_matrix(n, factor, kernel, boundary),
         svd_threshold,
-        int(factor),
+        factor,
         sigma_y=sigma_y,
         name=name,
     )

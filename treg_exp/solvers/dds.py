@@ -48,22 +48,16 @@ Departures from the official code, and why:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from treg_exp.common import seeding
-from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
-from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
-from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import check_batch, ddim_plan, guided_eps, renoise, tweedie
+from treg_exp.solvers.base import Callback
+from treg_exp.solvers.core import ddim_plan, renoise
+from treg_exp.solvers.plug_and_play import BatchDenoiser, PlugAndPlaySolver
 
-ENCODE_MODES = ("mean", "sample")
 
-
-class DDS(Solver):
+class DDS(PlugAndPlaySolver):
     """Decomposed diffusion sampling (see the module docstring for the method and its departures).
 
     Args:
@@ -93,20 +87,10 @@ class DDS(Solver):
             raise UserError(f"solver.eta (DDS's noise fraction) must be in [0, 1], got {eta}")
         if not float(gamma) > 0.0:
             raise UserError(f"solver.gamma must be positive, got {gamma}")
-        if int(cg_iters) < 0 or float(cg_tol) < 0:
-            raise UserError("solver.cg_iters and solver.cg_tol must be >= 0")
-        if float(cfg_scale) < 0:
-            raise UserError(f"solver.cfg_scale must be >= 0, got {cfg_scale}")
-        if encode_mode not in ENCODE_MODES:
-            raise UserError(f"solver.encode_mode must be one of {ENCODE_MODES}, got {encode_mode!r}")
+        super().__init__(cg_iters, cg_tol, cfg_scale, null_prompt, encode_mode)
         self.num_steps = int(num_steps)
         self.eta = float(eta)
         self.gamma = float(gamma)
-        self.cg_iters = int(cg_iters)
-        self.cg_tol = float(cg_tol)
-        self.cfg_scale = float(cfg_scale)
-        self.null_prompt = str(null_prompt)
-        self.encode_mode = encode_mode
 
     def data_consistency(self, y: torch.Tensor, operator: LinearOperator, x0: torch.Tensor) -> torch.Tensor:
         """``cg_iters`` CG iterations on ``(I + γAᵀA)x = x̂0 + γAᵀy`` from ``x̂0`` (``AᵀAx = Aᵀy`` when σ_y = 0)."""
@@ -114,45 +98,26 @@ class DDS(Solver):
         tol = self.cg_tol / self.gamma if operator.sigma_y > 0 else self.cg_tol
         return operator.solve_damped(y, x0, lam, self.cg_iters, tol)[0]
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        operator: LinearOperator,
-        prior: DiffusionPrior,
-        prompts: Sequence[str],
-        generators: Sequence[torch.Generator],
-        image_shape: Sequence[int],
-        callback: Callback | None = None,
+    def iterate(
+        self, y: torch.Tensor, operator: LinearOperator, denoiser: BatchDenoiser, callback: Callback | None
     ) -> torch.Tensor:
-        """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
-        batch = check_batch("DDS", y, prompts, generators, image_shape)
-        dtype = prior.state_dtype
-        device = y.device
-        plan = ddim_plan(prior.schedule, self.num_steps)
-        with torch.no_grad():
-            cond = prior.embed_text(list(prompts)).to(dtype)
-            uncond = prior.null_embedding(batch, self.null_prompt).to(dtype)
-            shape = prior.latent_shape(image_shape)
-            z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar).to(device)
-            x = None
-            for step in plan:
-                eps = guided_eps(prior, z, step.t, cond, uncond, self.cfg_scale).to(dtype)
-                x0 = prior.decode(tweedie(z, eps, step.alpha_bar)).to(dtype)
-                x = self.data_consistency(y, operator, x0).to(dtype)
-                if callback is not None:
-                    callback(
-                        step.index,
-                        {
-                            "dc/residual_before": batch_norm(operator(x0).to(dtype) - y.to(dtype)),
-                            "dc/residual_after": batch_norm(operator(x).to(dtype) - y.to(dtype)),
-                        },
-                    )
-                if step.is_last:
-                    break
-                z0 = prior.encode(x, generators, mode=self.encode_mode).to(dtype)
-                if step.t_prev == 0:  # the official `j != 0` branch: the step to t = 0 adds nothing
-                    z = z0
-                    continue
-                noise = seeding.randn(shape[1:], generators, device=device, dtype=dtype)
-                z = renoise(z0, eps, step.alpha_bar_prev, self.eta * (1.0 - step.alpha_bar_prev) ** 0.5, noise)
-        return x.clamp(-1.0, 1.0).float()
+        """The DDS loop (module docstring, steps 1–4): ``y`` ``[B, ...]`` → the last step's ``x̂`` ``[B, 3, H, W]``."""
+        plan = ddim_plan(denoiser.prior.schedule, self.num_steps)
+        z = denoiser.initial_noise(plan[0].alpha_bar)
+        x = None
+        for step in plan:
+            eps = denoiser.eps(z, step.t)
+            x0 = denoiser.x0(z, eps, step.alpha_bar)
+            x = self.data_consistency(y, operator, x0).to(denoiser.dtype)
+            if callback is not None:
+                before, after = denoiser.residual(operator, x0, y), denoiser.residual(operator, x, y)
+                callback(step.index, {"dc/residual_before": before, "dc/residual_after": after})
+            if step.is_last:
+                break
+            z0 = denoiser.encode(x)
+            if step.t_prev == 0:  # the official `j != 0` branch: the step to t = 0 adds nothing
+                z = z0
+                continue
+            sigma = self.eta * (1.0 - step.alpha_bar_prev) ** 0.5
+            z = renoise(z0, eps, step.alpha_bar_prev, sigma, denoiser.noise())
+        return x

@@ -78,33 +78,19 @@ Departures from the official code, and why:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
-from treg_exp.common import seeding
-from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
-from treg_exp.models.base import DiffusionPrior
 from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
-from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import (
-    Step,
-    check_batch,
-    ddim_plan,
-    guided_eps,
-    plan_from_timesteps,
-    renoise,
-    timestep_for_sigma,
-    tweedie,
-)
+from treg_exp.solvers.base import Callback
+from treg_exp.solvers.core import Step, ddim_plan, plan_from_timesteps, renoise, timestep_for_sigma
+from treg_exp.solvers.plug_and_play import BatchDenoiser, PlugAndPlaySolver
 
 SKIP_TYPES = ("quad", "uniform")
 OUTPUTS = ("state", "x0")
 INITS = ("measurement", "noise")
-ENCODE_MODES = ("mean", "sample")
 
 
 def quad_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
@@ -131,7 +117,7 @@ def diffpir_plan(schedule: NoiseSchedule, num_steps: int, skip_type: str = "quad
     return plan_from_timesteps(schedule, grid)
 
 
-class DiffPIR(Solver):
+class DiffPIR(PlugAndPlaySolver):
     """DiffPIR (see the module docstring for the method, the per-task values and the departures).
 
     Args:
@@ -183,12 +169,7 @@ class DiffPIR(Solver):
             raise UserError(f"solver.sub_iters must be at least 1, got {sub_iters}")
         if output not in OUTPUTS:
             raise UserError(f"solver.output must be one of {OUTPUTS}, got {output!r}")
-        if int(cg_iters) < 0 or float(cg_tol) < 0:
-            raise UserError("solver.cg_iters and solver.cg_tol must be >= 0")
-        if float(cfg_scale) < 0:
-            raise UserError(f"solver.cfg_scale must be >= 0, got {cfg_scale}")
-        if encode_mode not in ENCODE_MODES:
-            raise UserError(f"solver.encode_mode must be one of {ENCODE_MODES}, got {encode_mode!r}")
+        super().__init__(cg_iters, cg_tol, cfg_scale, null_prompt, encode_mode)
         self.num_steps = int(num_steps)
         self.rho_lambda = float(rho_lambda)
         self.zeta = float(zeta)
@@ -198,36 +179,28 @@ class DiffPIR(Solver):
         self.clip_x0 = bool(clip_x0)
         self.sub_iters = int(sub_iters)
         self.output = output
-        self.cg_iters = int(cg_iters)
-        self.cg_tol = float(cg_tol)
-        self.cfg_scale = float(cfg_scale)
-        self.null_prompt = str(null_prompt)
-        self.encode_mode = encode_mode
         self.init = init
 
     def measurement_start(
         self,
         y: torch.Tensor,
         operator: LinearOperator,
-        prior: DiffusionPrior,
+        denoiser: BatchDenoiser,
         first: Step,
-        image_shape: Sequence[int],
-        generators: Sequence[torch.Generator],
     ) -> torch.Tensor:
         """The official start ``x_T = √(ᾱ_T/ᾱ_{t_y})·E(ỹ) + √((1−ᾱ_T) − (ᾱ_T/ᾱ_{t_y})(1−ᾱ_{t_y}))·ξ`` (module
         docstring), ``[B, C, h, w]`` in the prior's state dtype; ξ is the image's first solver draw."""
-        dtype = prior.state_dtype
-        if tuple(y.shape) == tuple(image_shape):
-            image = y.to(dtype)
+        if tuple(y.shape) == denoiser.image_shape:
+            image = y.to(denoiser.dtype)
         else:
-            picture = operator.measurement_image(y).to(dtype)
+            picture = operator.measurement_image(y).to(denoiser.dtype)
             image = torch.nn.functional.interpolate(
-                picture, size=tuple(image_shape[-2:]), mode="bicubic", align_corners=False
+                picture, size=denoiser.image_shape[-2:], mode="bicubic", align_corners=False
             )
-        start = prior.encode(image, generators, mode=self.encode_mode).to(dtype)
-        _, alpha_bar_y = timestep_for_sigma(prior.schedule, operator.sigma_y)
+        start = denoiser.encode(image)
+        _, alpha_bar_y = timestep_for_sigma(denoiser.prior.schedule, operator.sigma_y)
         weight2 = first.alpha_bar / alpha_bar_y
-        noise = seeding.randn(start.shape[1:], generators, device=start.device, dtype=dtype)
+        noise = denoiser.noise()
         return weight2**0.5 * start + max((1.0 - first.alpha_bar) - weight2 * (1.0 - alpha_bar_y), 0.0) ** 0.5 * noise
 
     def rho(self, sigma_y: float, alpha_bar: float) -> float:
@@ -235,55 +208,33 @@ class DiffPIR(Solver):
         sigma_n = max(self.sigma_n_min, self.sigma_n_scale * float(sigma_y))
         return self.rho_lambda * sigma_n**2 * alpha_bar / (1.0 - alpha_bar)
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        operator: LinearOperator,
-        prior: DiffusionPrior,
-        prompts: Sequence[str],
-        generators: Sequence[torch.Generator],
-        image_shape: Sequence[int],
-        callback: Callback | None = None,
+    def iterate(
+        self, y: torch.Tensor, operator: LinearOperator, denoiser: BatchDenoiser, callback: Callback | None
     ) -> torch.Tensor:
-        """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
-        batch = check_batch("DiffPIR", y, prompts, generators, image_shape)
-        dtype = prior.state_dtype
-        device = y.device
-        plan = diffpir_plan(prior.schedule, self.num_steps, self.skip_type)
-        with torch.no_grad():
-            cond = prior.embed_text(list(prompts)).to(dtype)
-            uncond = prior.null_embedding(batch, self.null_prompt).to(dtype)
-            shape = prior.latent_shape(image_shape)
-            if self.init == "measurement":
-                z = self.measurement_start(y, operator, prior, plan[0], image_shape, generators).to(device)
-            else:
-                z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar).to(device)
+        """The DiffPIR loop (module docstring, steps 1–4): ``y`` ``[B, ...]`` → ``x_0`` or ``x̂0`` ``[B, 3, H, W]``."""
+        plan = diffpir_plan(denoiser.prior.schedule, self.num_steps, self.skip_type)
+        if self.init == "measurement":
+            z = self.measurement_start(y, operator, denoiser, plan[0]).to(denoiser.device)
+        else:
+            z = denoiser.initial_noise(plan[0].alpha_bar)
 
-            def denoised(z_t: torch.Tensor, step: Step) -> torch.Tensor:
-                eps = guided_eps(prior, z_t, step.t, cond, uncond, self.cfg_scale).to(dtype)
-                x0 = prior.decode(tweedie(z_t, eps, step.alpha_bar)).to(dtype)
-                return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
+        def denoised(z_t: torch.Tensor, step: Step) -> torch.Tensor:
+            x0 = denoiser.x0(z_t, denoiser.eps(z_t, step.t), step.alpha_bar)
+            return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
 
-            for step in plan[:-1]:
-                ab, abp = step.alpha_bar, step.alpha_bar_prev
-                rho = self.rho(operator.sigma_y, ab)
-                for u in range(self.sub_iters):
-                    x0 = denoised(z, step)
-                    x0y = operator.prox_l2(y, x0, rho, self.cg_iters, self.cg_tol).to(dtype)
-                    z0y = prior.encode(x0y, generators, mode=self.encode_mode).to(dtype)
-                    eps_hat = (z - ab**0.5 * z0y) / (1.0 - ab) ** 0.5
-                    noise = seeding.randn(shape[1:], generators, device=device, dtype=dtype)
-                    z = renoise(z0y, eps_hat, abp, (self.zeta * (1.0 - abp)) ** 0.5, noise)
-                    if u < self.sub_iters - 1:  # back from t' to t (RePaint-style repetition)
-                        noise = seeding.randn(shape[1:], generators, device=device, dtype=dtype)
-                        z = (ab / abp) ** 0.5 * z + max(1.0 - ab / abp, 0.0) ** 0.5 * noise
-                if callback is not None:
-                    callback(
-                        step.index,
-                        {
-                            "rho": torch.full((batch,), rho),
-                            "dc/residual_after": batch_norm(operator(x0y).to(dtype) - y.to(dtype)),
-                        },
-                    )
-            x = denoised(z, plan[-1]) if self.output == "x0" else prior.decode(z).to(dtype)
-        return x.clamp(-1.0, 1.0).float()
+        for step in plan[:-1]:
+            ab, abp = step.alpha_bar, step.alpha_bar_prev
+            rho = self.rho(operator.sigma_y, ab)
+            for u in range(self.sub_iters):
+                x0 = denoised(z, step)
+                x0y = operator.prox_l2(y, x0, rho, self.cg_iters, self.cg_tol).to(denoiser.dtype)
+                z0y = denoiser.encode(x0y)
+                eps_hat = (z - ab**0.5 * z0y) / (1.0 - ab) ** 0.5
+                z = renoise(z0y, eps_hat, abp, (self.zeta * (1.0 - abp)) ** 0.5, denoiser.noise())
+                if u < self.sub_iters - 1:  # back from t' to t (RePaint-style repetition)
+                    z = (ab / abp) ** 0.5 * z + max(1.0 - ab / abp, 0.0) ** 0.5 * denoiser.noise()
+            if callback is not None:
+                rhos = torch.full((denoiser.batch,), rho)
+                callback(step.index, {"rho": rhos, "dc/residual_after": denoiser.residual(operator, x0y, y)})
+        x = denoised(z, plan[-1]) if self.output == "x0" else denoiser.decode(z)
+        return x

@@ -50,20 +50,17 @@ Diagnostics via ``callback(step_index, values)``, each ``[B]``: ``sigma`` (σ̄_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from treg_exp.common.batch import batch_dot, batch_norm, per_image
 from treg_exp.common.errors import UserError
-from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
-from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import check_batch, guided_eps, timestep_for_sigma, tweedie
+from treg_exp.solvers.base import Callback
+from treg_exp.solvers.core import timestep_for_sigma
+from treg_exp.solvers.plug_and_play import BatchDenoiser, PlugAndPlaySolver
 
 METHODS = ("gd", "admm")
 SIGMA_SCHEDULES = ("fixed", "annealed")
-ENCODE_MODES = ("mean", "sample")
 #: power iterations for ``L = ‖AᵀA‖`` when ``step_size`` is null
 POWER_ITERATIONS = 20
 
@@ -81,7 +78,7 @@ def operator_norm_squared(operator: LinearOperator, like: torch.Tensor) -> torch
     return value
 
 
-class RED(Solver):
+class RED(PlugAndPlaySolver):
     """RED with the prior's Tweedie denoiser, by gradient descent or ADMM (see the module docstring).
 
     Args:
@@ -127,12 +124,9 @@ class RED(Solver):
         for name, value in (("alpha", alpha), ("step_size", step_size), ("admm_beta", admm_beta)):
             if value is not None and not float(value) > 0:
                 raise UserError(f"solver.{name} must be positive or null, got {value}")
-        if int(inner_iters) < 1 or int(cg_iters) < 0 or float(cg_tol) < 0:
-            raise UserError("solver.inner_iters must be >= 1, solver.cg_iters and solver.cg_tol >= 0")
-        if float(cfg_scale) < 0:
-            raise UserError(f"solver.cfg_scale must be >= 0, got {cfg_scale}")
-        if encode_mode not in ENCODE_MODES:
-            raise UserError(f"solver.encode_mode must be one of {ENCODE_MODES}, got {encode_mode!r}")
+        if int(inner_iters) < 1:
+            raise UserError(f"solver.inner_iters must be at least 1, got {inner_iters}")
+        super().__init__(cg_iters, cg_tol, cfg_scale, null_prompt, encode_mode)
         self.method = method
         self.num_steps = int(num_steps)
         self.sigma = float(sigma)
@@ -142,11 +136,6 @@ class RED(Solver):
         self.step_size = None if step_size is None else float(step_size)
         self.admm_beta = None if admm_beta is None else float(admm_beta)
         self.inner_iters = int(inner_iters)
-        self.cg_iters = int(cg_iters)
-        self.cg_tol = float(cg_tol)
-        self.cfg_scale = float(cfg_scale)
-        self.null_prompt = str(null_prompt)
-        self.encode_mode = encode_mode
 
     def sigmas(self) -> list[float]:
         """The requested noise level of each iteration ``[num_steps]``."""
@@ -163,57 +152,43 @@ class RED(Solver):
             raise UserError("RED with solver.alpha=null needs σ_y > 0 (α = σ_y²/σ²); set solver.alpha")
         return float(sigma_y) ** 2 / sigma_eff**2
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        operator: LinearOperator,
-        prior: DiffusionPrior,
-        prompts: Sequence[str],
-        generators: Sequence[torch.Generator],
-        image_shape: Sequence[int],
-        callback: Callback | None = None,
+    def iterate(
+        self, y: torch.Tensor, operator: LinearOperator, denoiser: BatchDenoiser, callback: Callback | None
     ) -> torch.Tensor:
-        """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
-        batch = check_batch("RED", y, prompts, generators, image_shape)
-        dtype = prior.state_dtype
-        with torch.no_grad():
-            cond = prior.embed_text(list(prompts)).to(dtype)
-            uncond = prior.null_embedding(batch, self.null_prompt).to(dtype)
-            prior.latent_shape(image_shape)  # a size the prior cannot take fails here, before any pass
-            y = y.to(dtype)
+        """``num_steps`` RED iterations (gd or admm, module docstring) from ``Aᵀy``: ``y`` ``[B, ...]`` → the last x."""
+        dtype = denoiser.dtype
+        y = y.to(dtype)
 
-            def denoise(x: torch.Tensor, t: int, alpha_bar: float) -> torch.Tensor:
-                z_t = alpha_bar**0.5 * prior.encode(x, generators, mode=self.encode_mode).to(dtype)
-                eps = guided_eps(prior, z_t, t, cond, uncond, self.cfg_scale).to(dtype)
-                return prior.decode(tweedie(z_t, eps, alpha_bar)).to(dtype)
+        def denoise(x: torch.Tensor, t: int, alpha_bar: float) -> torch.Tensor:
+            """``D_σ(x)``: Tweedie's estimate from ``z_t = √ᾱ_t·E(x)`` at the t of σ."""
+            z_t = alpha_bar**0.5 * denoiser.encode(x)
+            return denoiser.x0(z_t, denoiser.eps(z_t, t), alpha_bar)
 
-            x = operator.adjoint(y).to(dtype)
-            lipschitz = operator_norm_squared(operator, x) if self.method == "gd" and self.step_size is None else None
-            v, u = x.clone(), torch.zeros_like(x)
-            for k, sigma in enumerate(self.sigmas()):
-                t, alpha_bar = timestep_for_sigma(prior.schedule, sigma)
-                sigma_eff = ((1.0 - alpha_bar) / alpha_bar) ** 0.5
-                alpha = self.weight(operator.sigma_y, sigma_eff)
-                previous = x
-                if self.method == "gd":
-                    grad = operator.adjoint(operator(x).to(dtype) - y).to(dtype) + alpha * (
-                        x - denoise(x, t, alpha_bar)
-                    )
-                    mu = self.step_size if self.step_size is not None else per_image(1.0 / (lipschitz + alpha), x)
-                    x = x - mu * grad
-                else:
-                    beta = self.admm_beta if self.admm_beta is not None else alpha
-                    x = operator.prox_l2(y, v - u, beta, self.cg_iters, self.cg_tol).to(dtype)
-                    for _ in range(self.inner_iters):
-                        v = (beta * (x + u) + alpha * denoise(v, t, alpha_bar)) / (alpha + beta)
-                    u = u + x - v
-                if callback is not None:
-                    callback(
-                        k,
-                        {
-                            "sigma": torch.full((batch,), sigma_eff),
-                            "red/change": batch_norm(x - previous) / batch_norm(previous).clamp_min(1e-30),
-                            "red/residual": batch_norm(operator(x).to(dtype) - y),
-                        },
-                    )
-        return x.clamp(-1.0, 1.0).float()
+        x = operator.adjoint(y).to(dtype)
+        lipschitz = operator_norm_squared(operator, x) if self.method == "gd" and self.step_size is None else None
+        v, u = x.clone(), torch.zeros_like(x)
+        for k, sigma in enumerate(self.sigmas()):
+            t, alpha_bar = timestep_for_sigma(denoiser.prior.schedule, sigma)
+            sigma_eff = ((1.0 - alpha_bar) / alpha_bar) ** 0.5
+            alpha = self.weight(operator.sigma_y, sigma_eff)
+            previous = x
+            if self.method == "gd":
+                grad = operator.adjoint(operator(x).to(dtype) - y).to(dtype) + alpha * (x - denoise(x, t, alpha_bar))
+                mu = self.step_size if self.step_size is not None else per_image(1.0 / (lipschitz + alpha), x)
+                x = x - mu * grad
+            else:
+                beta = self.admm_beta if self.admm_beta is not None else alpha
+                x = operator.prox_l2(y, v - u, beta, self.cg_iters, self.cg_tol).to(dtype)
+                for _ in range(self.inner_iters):
+                    v = (beta * (x + u) + alpha * denoise(v, t, alpha_bar)) / (alpha + beta)
+                u = u + x - v
+            if callback is not None:
+                callback(
+                    k,
+                    {
+                        "sigma": torch.full((denoiser.batch,), sigma_eff),
+                        "red/change": batch_norm(x - previous) / batch_norm(previous).clamp_min(1e-30),
+                        "red/residual": denoiser.residual(operator, x, y),
+                    },
+                )
+        return x
