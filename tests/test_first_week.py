@@ -36,3 +36,86 @@ def test_readme_names_hydra_inspection() -> None:
     readme = (ROOT / "README.md").read_text()
     for flag in ("--cfg job", "--info", "-sc install=bash"):
         assert flag in readme, flag
+
+
+# --- sweeps that tabulate ------------------------------------------------------------------------------------------
+def fake_run(run_dir: Path, solver: str, task: str, psnr: float, *overrides: str) -> Path:
+    """A finished run as make_table reads it: summary.json and one ok row per image (two images)."""
+    import json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "choices": {"data": "samples", "task": task, "model": "gaussian", "solver": solver},
+        "overrides": [f"solver={solver}", f"task={task}", *overrides],
+        "shard": {"index": 0, "count": 1},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "metrics.csv").write_text(f"id,status,psnr\na,ok,{psnr}\nb,ok,{psnr + 2}\n")
+    return run_dir
+
+
+def markdown_rows(markdown: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines() if line.startswith("|")]
+
+
+def test_plain_sweep_pivots_methods_by_tasks(tmp_path) -> None:
+    """Catches the diagonal table of a plain sweep (one row per job folder, labelled by its path): a sweep
+    ``solver=ddim,dds task=gauss_deblur,sr4`` must give 2 method rows × 2 task columns, every cell filled, labels
+    without the settings all jobs share (those go to one footnote); and catches a sweep written into a shared folder
+    or ending without its table."""
+    from tests.test_tables import run_cli
+
+    common = ["model=gaussian", "data.resolution=32", "data.limit=1", "solver.num_steps=3"]
+    result = run_cli("-m", *common, "solver=ddim,dds", "task=gauss_deblur,sr4", f"paths.output_root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    assert sweep_dir.name == ",".join(sorted([*common[:2], common[3], "solver=ddim,dds", "task=gauss_deblur,sr4"]))
+    markdown = (sweep_dir / "table.md").read_text()
+    header, _, *rows = markdown_rows(markdown)
+    assert header == ["Method", "gauss_deblur PSNR", "gauss_deblur SSIM", "sr4 PSNR", "sr4 SSIM"]
+    assert [r[0] for r in rows] == ["DDIM", "DDS"] and all("—" not in c for r in rows for c in r)
+    assert "Shared by every cell: data.resolution=32, model=gaussian, solver.num_steps=3." in markdown
+    # the end of the multirun prints the table and where it and the report are
+    assert markdown.splitlines()[2] in result.stdout and str(sweep_dir / "report.html") in result.stdout
+    # another sweep gets its own folder and leaves the first one's record alone
+    before = (sweep_dir / "sweep.json").read_text()
+    result = run_cli("-m", *common, "solver=ddim", "task=sr4", f"paths.output_root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "sweeps").iterdir())) == 2 and (sweep_dir / "sweep.json").read_text() == before
+
+
+def test_a_folder_of_two_sweeps_keeps_and_tabulates_both(tmp_path, capsys) -> None:
+    """Catches a second, different sweep into one folder (hydra.sweep.dir given twice) replacing the first one's
+    sweep.json without a word, and make_table then tabulating only the last."""
+    from treg_exp.experiment import sweep
+    from treg_exp.reporting import make_table
+
+    def plan(solver: str) -> sweep.SweepPlan:
+        job = sweep.PlannedJob(overrides=[f"solver={solver}", "task=sr4"], task="sr4", solver=solver, model="gaussian")
+        job.folder = f"sr4/{solver}/default"
+        fake_run(tmp_path / job.folder, solver, "sr4", 20.0 if solver == "ddim" else 25.0)
+        return sweep.SweepPlan(jobs=[job])
+
+    sweep.write_sweep_file(tmp_path, plan("ddim"), None, None, None, [])
+    sweep.write_sweep_file(tmp_path, plan("dds"), None, None, None, [])
+    assert "kept as sweep-" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("sweep-*.json"))) == 1
+    assert make_table.main([str(tmp_path), "--no-dataset-metrics"]) == 0
+    (earlier,) = tmp_path.glob("table-*.md")
+    assert markdown_rows((tmp_path / "table.md").read_text())[2][:2] == ["DDS", "26.00 ± 1.41"]
+    assert markdown_rows(earlier.read_text())[2][:2] == ["DDIM", "21.00 ± 1.41"]
+
+
+def test_table_of_a_compare_folder_labels_methods_and_keeps_its_table(tmp_path, capsys) -> None:
+    """Catches ``treg-exp table`` on a demo (``compare=``) folder labelling rows by the whole compare list or as
+    ``? (?, ?)`` for a run that recorded no settings, and overwriting the folder's own table.md."""
+    from treg_exp.reporting import make_table
+
+    compare = "compare=['solver=ddim','solver=red']"
+    fake_run(tmp_path / "solver=ddim", "ddim", "gauss_deblur", 10.0, "experiment=demo", compare)
+    fake_run(tmp_path / "solver=red", "red", "gauss_deblur", 20.0, "experiment=demo", compare)
+    (tmp_path / "table.md").write_text("the demo's own table\n")
+    assert make_table.main([str(tmp_path), "--no-dataset-metrics"]) == 0
+    assert (tmp_path / "table.md").read_text() == "the demo's own table\n"
+    rows = markdown_rows((tmp_path / "pooled_table.md").read_text())
+    assert [r[0] for r in rows[2:]] == ["DDIM", "RED"] and "?" not in capsys.readouterr().out

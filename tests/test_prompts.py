@@ -312,7 +312,7 @@ def test_the_prompt_source_ablation_runs_and_renders_one_table_with_a_column_per
         f"paths.output_root={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep_dir = tmp_path / "prompt_sources"
+    (sweep_dir,) = tmp_path.glob("prompt_sources+*")  # a smoke run of the preset: its own folder
     assert make_table.main([str(sweep_dir)]) == 0
     header, _, treg, p2l = (sweep_dir / "table.md").read_text().split("\n\n")[1].splitlines()[:4]
     assert [c.split()[0] for c in header.strip("| ").split(" | ")[1::2]] == ["given", "class_name", "caption", "none"]

@@ -366,7 +366,9 @@ def test_p2l_table_sweep_runs_the_grid_and_make_table_writes_both_tables(tmp_pat
     result = run_cli("-m", "experiment=p2l_table2_ffhq", *FAST, f"paths.output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "40 jobs, 40 to run, 0 skipped" in result.stdout
-    sweep_dir = tmp_path / "p2l_table2_ffhq"
+    # a smoke run of the preset (FAST changes the prior and the steps): its own folder, named by what it changes
+    (sweep_dir,) = tmp_path.glob("p2l_table2_ffhq+*")
+    assert sweep_dir.name == "p2l_table2_ffhq+" + ",".join(sorted(o for o in FAST if not o.startswith("data.limit")))
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     ran = [j for j in plan["jobs"] if j["status"] == "run"]
     assert len(ran) == 40 and all(len(list((sweep_dir / j["folder"] / "recon").glob("*.png"))) == 2 for j in ran)
@@ -399,9 +401,9 @@ def test_killed_sweep_resumes_and_treg_table(tmp_path):
     process = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    sweep_dir = tmp_path / "treg_table1_sr16"
+    sweep_dir = tmp_path / ("treg_table1_sr16+" + ",".join(sorted(o for o in FAST if not o.startswith("data.limit"))))
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(sweep_dir.glob("*/*/*/rows/*.json")):
+    while time.monotonic() < deadline and not list(sweep_dir.glob("*/*/*/recon/*.png")):
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -7,12 +7,14 @@ run, so it must stay cheap).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 
 class TableSweeper(Sweeper):
@@ -62,20 +64,50 @@ class TableSweeper(Sweeper):
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         loader = self.hydra_context.config_loader
         plan = table.plan_sweep(self.config, loader, arguments, self.params, self.rows, self.columns, self.cells)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir = table.sweep_dir_of(self.config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         lines = table.plan_lines(plan, sweep_dir)
         print("\n".join(lines), flush=True)
         experiment = OmegaConf.select(self.config, "hydra.runtime.choices.experiment", default=None)
         table.write_sweep_file(sweep_dir, plan, experiment, self.reference, self.title, lines)
-        jobs = [job.launch_overrides() for job in plan.to_run]
+        jobs = [job.launch_overrides(sweep_dir) for job in plan.to_run]
         size = len(jobs) if not self.max_batch_size or self.max_batch_size < 1 else int(self.max_batch_size)
         returns = []
-        for start in range(0, len(jobs), size or 1):
-            batch = jobs[start : start + size]
-            results = self.launcher.launch(batch, initial_job_idx=start)
-            for result in results:
-                _ = result.return_value  # a failed job raises here, as with Hydra's basic sweeper
-            returns.append(results)
+        with _sweep_dir_set(self.config, sweep_dir):  # the launcher's own files (.submitit/) go there too
+            for start in range(0, len(jobs), size or 1):
+                batch = jobs[start : start + size]
+                results = self.launcher.launch(batch, initial_job_idx=start)
+                for result in results:
+                    _ = result.return_value  # a failed job raises here, as with Hydra's basic sweeper
+                returns.append(results)
+        _print_table(sweep_dir)
         return returns
+
+
+@contextmanager
+def _sweep_dir_set(config: DictConfig, sweep_dir: Path) -> Iterator[None]:
+    """``config.hydra.sweep.dir`` set to ``sweep_dir`` while the launcher runs, then restored (the callbacks that
+    come after derive the folder from the original again)."""
+    original = config.hydra.sweep.dir
+    with read_write(config), open_dict(config):
+        config.hydra.sweep.dir = str(sweep_dir)
+    try:
+        yield
+    finally:
+        with read_write(config), open_dict(config):
+            config.hydra.sweep.dir = original
+
+
+def _print_table(sweep_dir: Path) -> None:
+    """The sweep's table (per-image means; FID pooled over shards only by ``treg-exp table``) and where it is."""
+    from treg_exp.reporting import make_table
+
+    try:
+        code = make_table.main([str(sweep_dir), "--sweep", "sweep.json", "--no-dataset-metrics"])
+    except Exception as error:  # noqa: BLE001 - the runs are done and kept; the table can be made again
+        print(f"note: no table at the end of the sweep ({type(error).__name__}: {error})")
+        print(f"  make it with: treg-exp table {sweep_dir}")
+        return
+    if code == 0:
+        print(f"(FID pooled over shards: treg-exp table {sweep_dir})")

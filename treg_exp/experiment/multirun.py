@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from treg_exp.common.errors import UserError
+from treg_exp.experiment.sweep import sweep_dir_of
 from treg_exp.tracking.files import check_output_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class JobReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_location(config, "hydra.sweep.dir")
-        folder = Path(str(config.hydra.sweep.dir)) / JOBS_FOLDER
+        folder = sweep_dir_of(config) / JOBS_FOLDER
         for stale in folder.glob("*.json") if folder.is_dir() else []:  # a previous sweep into the same folder
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -81,7 +82,7 @@ class JobReport(Callback):
             log.warning("job %s: outcome not recorded: %s", record["num"], error)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        folder = Path(str(config.hydra.sweep.dir)) / JOBS_FOLDER
+        folder = sweep_dir_of(config) / JOBS_FOLDER
         records = [read_json(p) for p in folder.glob("*.json")] if folder.is_dir() else []
         records = sorted((r for r in records if isinstance(r, dict)), key=lambda r: r.get("num", 0))
         failed = [r for r in records if r.get("status") != "ok"]

@@ -22,8 +22,10 @@ The sweep writes ``<sweep dir>/sweep.json`` (rows, columns, every job and its fo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from treg_exp.experiment import cost as costs
-from treg_exp.tracking.files import write_json
+from treg_exp.tracking.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,53 @@ def safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+@:-]+", "_", text).strip("_") or "_"
 
 
+#: folder names longer than this keep their start and end with a hash of the whole in place of the middle
+MAX_NAME = 120
+
+
+def settings_name(overrides: Sequence[str], exclude_keys: Sequence[str] = FOLDER_GROUPS) -> str:
+    """The settings of ``overrides`` as one folder name (``""`` when none): ``a=1,b=x`` made safe, a long one cut to
+    :data:`MAX_NAME` characters with a hash of the whole, so that different settings never share a name."""
+    kept = settings(overrides, exclude_keys)
+    name = safe(",".join(kept)) if kept else ""
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    keep = (MAX_NAME - len(digest) - 2) // 2
+    return f"{name[:keep]}-{digest}-{name[-keep:]}"
+
+
+def run_folder_name(command_line: Sequence[str]) -> str:
+    """A single run's folder below ``<solver>_<task>/``: its command line's settings (``default`` when none), so
+    that the same command run again finds its folder and resumes (the ``settings_folder`` resolver of
+    ``conf/config.yaml``'s ``hydra.run.dir``)."""
+    return settings_name([str(o) for o in command_line], ("task", "solver")) or "default"
+
+
+def sweep_dir_of(config: Any) -> Path:
+    """Where a table sweep (``config``: the multirun's own) writes: ``hydra.sweep.dir`` when the command line sets
+    it or another sweeper runs; else a plain multirun's ``<hydra.sweep.dir>/<its settings>`` (each sweep its own
+    folder) and a preset's ``<hydra.sweep.dir>`` — or, when the command line changes what is computed
+    (``model=tiny solver.num_steps=2``: a smoke run), ``<hydra.sweep.dir>+<those settings>``, never the folder of
+    the real run."""
+    from omegaconf import OmegaConf
+
+    base = Path(str(config.hydra.sweep.dir))
+    command_line = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
+    hydra_line = [str(o) for o in OmegaConf.select(config, "hydra.overrides.hydra", default=None) or []]
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    if not sweeper.endswith("TableSweeper") or any(override_key(o) == "hydra.sweep.dir" for o in hydra_line):
+        return base
+    name = settings_name(command_line, ("experiment",))
+    if OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None):
+        return base.with_name(f"{base.name}+{name}") if name else base
+    return base / (name or "default")
+
+
 def folder_for(task: str, solver: str, overrides: Sequence[str], shard_index: int, shard_count: int) -> str:
     """``<task>/<solver>/<settings or "default">[/shard-<i>-of-<n>]`` (relative to the sweep dir)."""
-    name = ",".join(settings(overrides))
-    parts = [safe(task), safe(solver), safe(name) if name else "default"]
+    name = settings_name(overrides)
+    parts = [safe(task), safe(solver), name or "default"]
     if shard_count > 1:
         parts.append(f"shard-{shard_index}-of-{shard_count}")
     return "/".join(parts)
@@ -139,9 +184,9 @@ class PlannedJob:
     cost: costs.JobCost | None = None
     config: Any = None  # the composed config (with its hydra node)
 
-    def launch_overrides(self) -> list[str]:
-        """The overrides the launcher gets: the job's own and its fixed folder."""
-        return [*self.overrides, f"hydra.sweep.subdir='{self.folder}'"]
+    def launch_overrides(self, sweep_dir: Path) -> list[str]:
+        """The overrides the launcher gets: the job's own, the sweep's folder and the job's fixed folder in it."""
+        return [*self.overrides, f"hydra.sweep.dir='{sweep_dir}'", f"hydra.sweep.subdir='{self.folder}'"]
 
 
 @dataclass
@@ -305,8 +350,18 @@ def write_sweep_file(
         "cost": lines,
     }
     path = Path(sweep_dir) / SWEEP_FILE
+    earlier = read_json(path) if path.is_file() else None
+    if isinstance(earlier, dict) and job_folders(earlier) != job_folders(data):
+        kept = path.with_name(f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(path.stat().st_mtime))}.json")
+        path.replace(kept)
+        print(f"note: {path} held another sweep (other jobs); kept as {kept.name} (make_table tabulates each)")
     write_json(path, data)
     return path
+
+
+def job_folders(sweep: Mapping[str, Any]) -> list[Any]:
+    """What makes two sweep records the same sweep: their jobs' folders (or, for skipped jobs, overrides)."""
+    return [job.get("folder") or job.get("overrides") for job in sweep.get("jobs", [])]
 
 
 def pin_gpu_of_job(enabled: bool, job_num: int | None) -> str | None:

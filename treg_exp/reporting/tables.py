@@ -60,6 +60,9 @@ PAPER_NAMES = {
     "dps": "DPS",
     "diffpir": "DiffPIR",
     "treg": "TReg",
+    "ddim": "DDIM",
+    "red": "RED",
+    "resample": "ReSample",
 }
 
 
@@ -88,6 +91,8 @@ class Table:
     metrics: list[str]
     footnotes: list[str] = field(default_factory=list)
     sweep: dict[str, Any] | None = None
+    #: ``key=value`` settings every cell shares (rows and columns are labelled only by what varies)
+    shared: list[str] = field(default_factory=list)
 
 
 # --- reading runs -----------------------------------------------------------------------------------------------
@@ -118,8 +123,71 @@ def run_key(summary: dict[str, Any]) -> tuple[str, str, str, str, str]:
         choices.get("task", "?"),
         choices.get("model", "?"),
         choices.get("solver", "?"),
-        " ".join([*prompt, *settings(summary.get("overrides", []), exclude_keys=tuple(groups))]),
+        " ".join([*prompt, *settings(summary.get("overrides", []), exclude_keys=(*groups, *RUN_LIST_KEYS))]),
     )
+
+
+#: keys that list other runs (the demo's ``compare``), not settings of the run that records them
+RUN_LIST_KEYS = ("compare",)
+
+
+# --- labels: rows are the settings that vary across methods, columns the task and its varying knobs -------------
+def split_setting(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key, value
+
+
+def is_task_key(key: str) -> bool:
+    return key == "task" or key.startswith("task.")
+
+
+def varying(items: Sequence[dict[str, str]]) -> list[str]:
+    """The keys whose value (or presence) differs between ``items``, sorted."""
+    keys = sorted({k for item in items for k in item})
+    return [k for k in keys if len({item.get(k) for item in items}) > 1]
+
+
+def label(item: dict[str, str], shown: Sequence[str], lead: str | None) -> str:
+    """``lead`` then ``key=value`` for each of ``shown`` that ``item`` has (a missing key is the default)."""
+    parts = [lead] if lead else []
+    parts += [f"{k}={item[k]}" for k in shown if k in item and k not in ("solver", "task")]
+    return " ".join(parts) or "default"
+
+
+def pivot(items: Sequence[dict[str, str]]) -> tuple[list[str], list[str], list[str]]:
+    """Row and column labels of ``items`` (one ``{key: value}`` of settings per run or job, ``solver`` and ``task``
+    among them) and the settings they all share.
+
+    A row is a method: the solver (as the papers name it) and the non-task settings that vary across ``items``; a
+    column is a task and the task settings that vary. What every item shares labels nothing (it is returned for a
+    footnote), so a sweep ``solver=ddim,dds,treg task=gauss_deblur,sr4`` gives 3 rows × 2 columns.
+    """
+    keys = varying(items)
+    row_keys = [k for k in keys if not is_task_key(k)]
+    column_keys = [k for k in keys if is_task_key(k)]
+    rows = [label(i, row_keys, PAPER_NAMES.get(i.get("solver", ""), i.get("solver"))) for i in items]
+    columns = [label(i, column_keys, i.get("task")) for i in items]
+    common = sorted({k for i in items for k in i} - set(keys))
+    shared = [f"{k}={items[0][k]}" for k in common if k not in ("solver", "task")] if items else []
+    return rows, columns, shared
+
+
+def run_settings(run_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
+    """A run's settings as ``{key: value}`` for :func:`pivot`: its data, task, model, solver and prompt choices and
+    its result-changing overrides; a run that recorded no choices is known by its folder."""
+    choices = summary.get("choices") or {}
+    if not choices:
+        return {"solver": run_dir.name, "task": "task"}
+    data, task, model, solver, setting = run_key(summary)
+    found = dict(split_setting(s) for s in setting.split())
+    return {"data": data, "task": task, "model": model, "solver": solver, **found}
+
+
+def job_settings(job: dict[str, Any]) -> dict[str, str]:
+    """A sweep job's settings as ``{key: value}`` for :func:`pivot` (its solver, task and model as composed)."""
+    found = dict(split_setting(s) for s in settings(job.get("overrides", []), exclude_keys=("experiment",)))
+    found.update({k: str(job[k]) for k in ("solver", "task", "model") if job.get(k)})
+    return found
 
 
 def as_float(value: Any) -> float | None:
@@ -195,17 +263,27 @@ def job_runs(sweep_dir: Path, folder: str) -> list[Path]:
     return [c for c in candidates if (c / "summary.json").is_file()]
 
 
+def sweep_files(root: Path) -> list[Path]:
+    """The sweep records of a folder: ``sweep.json`` (the latest sweep) first, then those of earlier, different
+    sweeps into the same folder (``sweep-<time>.json``, kept by :func:`treg_exp.experiment.sweep.write_sweep_file`)."""
+    root = Path(root)
+    latest = [root / SWEEP_FILE] if (root / SWEEP_FILE).is_file() else []
+    return latest + sorted(p for p in root.glob("sweep-*.json") if p.is_file())
+
+
 def build(
     roots: Sequence[Path],
     reference: Path | None = None,
     dataset: str | None = None,
     dataset_metrics: bool = True,
+    sweeps: Sequence[Path] | None = None,
 ) -> Table:
-    """The table of ``roots`` (sweep folders with ``sweep.json``, or any folders of runs)."""
+    """The table of ``roots`` (sweep folders with ``sweep.json``, or any folders of runs); ``sweeps``: the sweep
+    records to read instead of each sweep folder's ``sweep.json``."""
     roots = [Path(r) for r in roots]
-    sweep_roots = [r for r in roots if (r / SWEEP_FILE).is_file()]
-    if sweep_roots:
-        table = _from_sweeps(sweep_roots, dataset_metrics)
+    sweeps = list(sweeps) if sweeps else [r / SWEEP_FILE for r in roots if (r / SWEEP_FILE).is_file()]
+    if sweeps:
+        table = _from_sweeps(sweeps, dataset_metrics)
     else:
         table = _from_runs(find_runs(roots), dataset_metrics)
     if reference is not None and dataset is not None:
@@ -215,26 +293,28 @@ def build(
     return table
 
 
-def _from_sweeps(sweep_roots: list[Path], dataset_metrics: bool) -> Table:
-    sweeps = [json.loads((r / SWEEP_FILE).read_text()) for r in sweep_roots]
+def _from_sweeps(sweep_paths: list[Path], dataset_metrics: bool) -> Table:
+    sweep_roots = [p.parent for p in sweep_paths]
+    sweeps = [json.loads(p.read_text()) for p in sweep_paths]
     first = sweeps[0]
     rows: list[str] = []
     columns: list[str] = []
     cells: dict[tuple[str, str], Cell] = {}
-    for root, sweep in zip(sweep_roots, sweeps, strict=True):
-        for job in sweep["jobs"]:
-            row = job.get("row") or f"{job.get('solver')} {job.get('folder', '')}".strip()
-            column = job.get("column") or job.get("task") or "?"
-            if row not in rows:
-                rows.append(row)
-            if column not in columns:
-                columns.append(column)
-            cell = cells.setdefault((row, column), Cell())
-            if job["status"] == "skipped":
-                cell.status, cell.reason, cell.task = "skipped", job.get("reason", ""), job.get("task")
-                continue
-            cell.status, cell.task = "run", job.get("task")
-            cell.runs += job_runs(root, job["folder"])
+    jobs = [(root, job) for root, sweep in zip(sweep_roots, sweeps, strict=True) for job in sweep["jobs"]]
+    row_labels, column_labels, shared = pivot([job_settings(job) for _, job in jobs])
+    for (root, job), row_label, column_label in zip(jobs, row_labels, column_labels, strict=True):
+        row = job.get("row") or row_label
+        column = job.get("column") or column_label
+        if row not in rows:
+            rows.append(row)
+        if column not in columns:
+            columns.append(column)
+        cell = cells.setdefault((row, column), Cell())
+        if job["status"] == "skipped":
+            cell.status, cell.reason, cell.task = "skipped", job.get("reason", ""), job.get("task")
+            continue
+        cell.status, cell.task = "run", job.get("task")
+        cell.runs += job_runs(root, job["folder"])
     for cell in cells.values():
         if cell.runs:
             pool(cell, dataset_metrics)
@@ -244,33 +324,32 @@ def _from_sweeps(sweep_roots: list[Path], dataset_metrics: bool) -> Table:
         reference = read_reference(Path(spec["file"]), spec["dataset"])
     elif isinstance(spec, dict):
         note = spec.get("note")
-    return Table(first.get("title"), rows, columns, cells, reference, note, [], sweep=first)
+    return Table(first.get("title"), rows, columns, cells, reference, note, [], sweep=first, shared=shared)
 
 
 def _from_runs(runs: list[Path], dataset_metrics: bool) -> Table:
     rows: list[str] = []
     columns: list[str] = []
     cells: dict[tuple[str, str], Cell] = {}
-    for run_dir in runs:
-        key = run_key(read_summary(run_dir))
-        data, task, model, solver, setting = key
-        row = " ".join(p for p in (PAPER_NAMES.get(solver, solver), setting, f"({model}, {data})") if p)
+    items = [run_settings(run_dir, read_summary(run_dir)) for run_dir in runs]
+    row_labels, column_labels, shared = pivot(items)
+    for run_dir, item, row, column in zip(runs, items, row_labels, column_labels, strict=True):
         if row not in rows:
             rows.append(row)
-        if task not in columns:
-            columns.append(task)
-        cell = cells.setdefault((row, task), Cell(task=task))
+        if column not in columns:
+            columns.append(column)
+        cell = cells.setdefault((row, column), Cell(task=item.get("task")))
         cell.runs.append(run_dir)
     for cell in cells.values():
         pool(cell, dataset_metrics)
-    return Table(None, rows, columns, cells, {}, None, [])
+    return Table(None, rows, columns, cells, {}, None, [], shared=shared)
 
 
 def paper_name(row: str) -> str:
     """The name a row has in the reference CSV: the row's own (sweep rows are named as the paper prints them), or
     the first word mapped through :data:`PAPER_NAMES` for rows named by solver."""
     first = row.split(" ")[0]
-    return PAPER_NAMES.get(first, row)
+    return first if first in PAPER_NAMES.values() else PAPER_NAMES.get(first, row)
 
 
 def reference_of(table: Table, row: str, column: str) -> dict[str, float] | None:
@@ -330,6 +409,8 @@ def footnotes(table: Table) -> list[str]:
     """The FID protocol and the scoring departures of the runs (from their summaries and configs)."""
     notes: list[str] = []
     runs = [run for cell in table.cells.values() for run in cell.runs]
+    if table.shared:
+        notes.append("Shared by every cell: " + ", ".join(table.shared) + ".")
     counts = sorted({len(c.rows) for c in table.cells.values() if c.runs})
     if counts:
         notes.append(f"Images per cell: {', '.join(map(str, counts))} (mean ± sample std over images).")
