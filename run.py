@@ -3,7 +3,12 @@
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from treg_exp.experiment.sweep import run_folder_name
+
+# hydra.run.dir's last part (conf/config.yaml): the command line's settings, so that the same command resumes
+OmegaConf.register_new_resolver("settings_folder", lambda command_line: run_folder_name(command_line), replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +20,6 @@ def test_license_citation_changelog() -> None:
 
 def test_cuda_without_cuda_suggests_auto() -> None:
     """Catches a refusal of device=cuda on a CPU-only machine that does not say device=auto is the portable choice."""
-    import pytest
     import torch
 
     from treg_exp.common.devices import resolve_device
@@ -39,13 +39,13 @@ def test_readme_names_hydra_inspection() -> None:
 
 
 # --- sweeps that tabulate ------------------------------------------------------------------------------------------
-def fake_run(run_dir: Path, solver: str, task: str, psnr: float, *overrides: str) -> Path:
+def fake_run(run_dir: Path, solver: str, task: str, psnr: float, *overrides: str, model: str = "gaussian") -> Path:
     """A finished run as make_table reads it: summary.json and one ok row per image (two images)."""
     import json
 
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = {
-        "choices": {"data": "samples", "task": task, "model": "gaussian", "solver": solver},
+        "choices": {"data": "samples", "task": task, "model": model, "solver": solver},
         "overrides": [f"solver={solver}", f"task={task}", *overrides],
         "shard": {"index": 0, "count": 1},
     }
@@ -119,3 +119,73 @@ def test_table_of_a_compare_folder_labels_methods_and_keeps_its_table(tmp_path, 
     assert (tmp_path / "table.md").read_text() == "the demo's own table\n"
     rows = markdown_rows((tmp_path / "pooled_table.md").read_text())
     assert [r[0] for r in rows[2:]] == ["DDIM", "RED"] and "?" not in capsys.readouterr().out
+
+
+# --- labels that never mislead -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("model", "departures", "paper_shown"),
+    [("sd14", [], True), ("tiny", [], False), ("sd14", ["solver.num_steps=2"], False)],
+)
+def test_paper_numbers_only_beside_the_papers_setting(tmp_path, model, departures, paper_shown) -> None:
+    """Catches a smoke run of a paper preset (``model=tiny``, ``solver.num_steps=2`` on the command line) whose table
+    passes for the preset's: its title and a footnote must name the departures, and no paper / Δ row may sit beside
+    runs of a toy prior or of changed settings; with the paper's prior and no departure the paper row is there."""
+    import json
+
+    from treg_exp.reporting import tables
+
+    fake_run(tmp_path / "sr8/psld/default", "psld", "sr8", 25.0, model=model)
+    job = {"row": "PSLD", "column": "SR (×8)", "status": "run", "overrides": ["solver=psld", "task=sr8"]}
+    job.update({"folder": "sr8/psld/default", "task": "sr8", "solver": "psld", "model": model})
+    sweep = {
+        "experiment": "p2l_table2_ffhq",
+        "departures": departures,
+        "title": "P2L Table 2",
+        "reference": {"file": "reference/p2l_tables.csv", "dataset": "ffhq512"},
+        "rows": ["PSLD"],
+        "columns": ["SR (×8)"],
+        "jobs": [job],
+    }
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    markdown = tables.to_markdown(tables.build([tmp_path], dataset_metrics=False))
+    assert ("| *paper* | " in markdown) == paper_shown and ("| *Δ* | " in markdown) == paper_shown
+    title = markdown.splitlines()[0]
+    if departures:
+        assert title == "**P2L Table 2 — NOT the preset's settings: solver.num_steps=2**"
+        assert "depart from experiment=p2l_table2_ffhq by solver.num_steps=2" in markdown
+    else:
+        assert title == "**P2L Table 2**"
+    assert ("not the paper's prior" in markdown) == (model == "tiny")
+
+
+def test_readme_status_box_follows_the_demo() -> None:
+    """Catches a README whose first screen hides what is verified and what is not (it was 250 lines down): right
+    after the demo's table, a box names the checks (official-code parity, exact-posterior calibration) and what
+    was never run here (real weights, GPU, the papers' numbers)."""
+    readme = (ROOT / "README.md").read_text()
+    box_start = readme.index("> **Status")
+    assert readme.index("| solver=ddim |") < box_start < readme.index("## A real run")
+    box = readme[box_start : readme.index("## A real run")]
+    for words in ("official", "identical weights", "exact posterior", "real weights", "GPU", "papers' tables"):
+        assert words in box, words
+
+
+# --- runs that resume ----------------------------------------------------------------------------------------------
+def test_the_same_command_resumes_in_the_same_folder(tmp_path) -> None:
+    """Catches a single run whose default folder is new each time (a timestamp), so running the same command again
+    starts over: the second run must find the first one's folder and solve nothing; another setting gets another
+    folder, and a smoke run of a preset never shares the folder of its real run."""
+    from tests.test_tables import run_cli
+    from treg_exp.experiment.sweep import run_folder_name
+
+    command = ["model=gaussian", "solver=posterior_mean", "data.resolution=32", "data.limit=1"]
+    first = run_cli(*command, f"paths.output_root={tmp_path}")
+    again = run_cli(*command, f"paths.output_root={tmp_path}")
+    assert first.returncode == 0 and again.returncode == 0, again.stderr[-2000:]
+    (folder,) = (tmp_path / "posterior_mean_gauss_deblur").iterdir()
+    assert folder.name == "data.resolution=32,model=gaussian"
+    assert "0 already done, 1 to solve" in first.stderr + first.stdout
+    assert "1 already done, 0 to solve" in again.stderr + again.stdout
+    preset = ["experiment=treg_sr16_readme"]
+    assert run_folder_name(preset) != run_folder_name([*preset, "model=tiny", "solver.num_steps=2"])
+    assert run_folder_name(["solver=treg", "task=sr16", "paths.output_root=x", "shard.index=1"]) == "default"

@@ -70,7 +70,8 @@ class TableSweeper(Sweeper):
         lines = table.plan_lines(plan, sweep_dir)
         print("\n".join(lines), flush=True)
         experiment = OmegaConf.select(self.config, "hydra.runtime.choices.experiment", default=None)
-        table.write_sweep_file(sweep_dir, plan, experiment, self.reference, self.title, lines)
+        departures = table.departures_of(self.config)
+        table.write_sweep_file(sweep_dir, plan, experiment, self.reference, self.title, lines, departures)
         jobs = [job.launch_overrides(sweep_dir) for job in plan.to_run]
         size = len(jobs) if not self.max_batch_size or self.max_batch_size < 1 else int(self.max_batch_size)
         returns = []

@@ -112,7 +112,7 @@ def sweep_dir_of(config: Any) -> Path:
     from omegaconf import OmegaConf
 
     base = Path(str(config.hydra.sweep.dir))
-    command_line = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
+    command_line = command_line_of(config)
     hydra_line = [str(o) for o in OmegaConf.select(config, "hydra.overrides.hydra", default=None) or []]
     sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
     if not sweeper.endswith("TableSweeper") or any(override_key(o) == "hydra.sweep.dir" for o in hydra_line):
@@ -121,6 +121,23 @@ def sweep_dir_of(config: Any) -> Path:
     if OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None):
         return base.with_name(f"{base.name}+{name}") if name else base
     return base / (name or "default")
+
+
+def command_line_of(config: Any) -> list[str]:
+    """The command line's overrides of a Hydra config (``hydra.overrides.task``)."""
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
+
+
+def departures_of(config: Any) -> list[str]:
+    """The command line's settings that change what a preset computes (``[]`` without a preset): what a table of
+    the sweep must say it departs from the preset by (``model=tiny``, ``solver.num_steps=2`` ...)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None):
+        return []
+    return settings(command_line_of(config), ("experiment",))
 
 
 def folder_for(task: str, solver: str, overrides: Sequence[str], shard_index: int, shard_count: int) -> str:
@@ -319,9 +336,16 @@ def plan_lines(plan: SweepPlan, sweep_dir: Path, results: Mapping[str, Any] | No
 
 
 def write_sweep_file(
-    sweep_dir: Path, plan: SweepPlan, experiment: str | None, reference: Any, title: str | None, lines: list[str]
+    sweep_dir: Path,
+    plan: SweepPlan,
+    experiment: str | None,
+    reference: Any,
+    title: str | None,
+    lines: list[str],
+    departures: Sequence[str] = (),
 ) -> Path:
-    """``<sweep dir>/sweep.json``: the table layout and every job, for ``make_table`` and the report."""
+    """``<sweep dir>/sweep.json``: the table layout and every job, for ``make_table`` and the report; ``departures``:
+    the command line's settings that differ from the preset ``experiment`` (:func:`departures_of`)."""
 
     def job_entry(job: PlannedJob) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -342,6 +366,7 @@ def write_sweep_file(
 
     data = {
         "experiment": experiment,
+        "departures": list(departures),
         "title": title,
         "reference": reference,
         "rows": plan.rows,

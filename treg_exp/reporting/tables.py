@@ -93,6 +93,8 @@ class Table:
     sweep: dict[str, Any] | None = None
     #: ``key=value`` settings every cell shares (rows and columns are labelled only by what varies)
     shared: list[str] = field(default_factory=list)
+    #: the command line's settings by which a sweep of a preset departs from it (a smoke run: ``model=tiny`` ...)
+    departures: list[str] = field(default_factory=list)
 
 
 # --- reading runs -----------------------------------------------------------------------------------------------
@@ -320,11 +322,17 @@ def _from_sweeps(sweep_paths: list[Path], dataset_metrics: bool) -> Table:
             pool(cell, dataset_metrics)
     reference, note = {}, None
     spec = first.get("reference")
-    if isinstance(spec, dict) and spec.get("file") and spec.get("dataset"):
+    departures = first.get("departures") or []
+    if isinstance(spec, dict) and spec.get("file") and spec.get("dataset") and not departures:
         reference = read_reference(Path(spec["file"]), spec["dataset"])
     elif isinstance(spec, dict):
         note = spec.get("note")
-    return Table(first.get("title"), rows, columns, cells, reference, note, [], sweep=first, shared=shared)
+    title = first.get("title")
+    if departures:  # a smoke or modified run of a preset: its table must not pass for the preset's
+        title = f"{title or first.get('experiment')} — NOT the preset's settings: {' '.join(departures)}"
+    table = Table(title, rows, columns, cells, reference, note, [], sweep=first, shared=shared)
+    table.departures = list(departures)
+    return table
 
 
 def _from_runs(runs: list[Path], dataset_metrics: bool) -> Table:
@@ -352,9 +360,27 @@ def paper_name(row: str) -> str:
     return first if first in PAPER_NAMES.values() else PAPER_NAMES.get(first, row)
 
 
+#: priors that stand in for a paper's (no weights, random weights): their numbers are never set beside a paper's
+TOY_PRIORS = ("tiny", "gaussian")
+
+
+def is_paper_prior(model: str) -> bool:
+    return model not in TOY_PRIORS and not model.endswith("_random")
+
+
+def cell_model(cell: Cell) -> str | None:
+    """The prior (``model`` choice) of a cell's runs (``None``: no run recorded one)."""
+    for run in cell.runs:
+        model = read_summary(run).get("choices", {}).get("model")
+        if model:
+            return str(model)
+    return None
+
+
 def reference_of(table: Table, row: str, column: str) -> dict[str, float] | None:
+    """The paper's numbers for a cell, or ``None`` (none, or the cell's runs do not use a paper's prior)."""
     cell = table.cells.get((row, column))
-    if cell is None or not table.reference:
+    if cell is None or not table.reference or not is_paper_prior(cell_model(cell) or ""):
         return None
     return table.reference.get((row, cell.task or column)) or table.reference.get((paper_name(row), cell.task or ""))
 
@@ -409,8 +435,17 @@ def footnotes(table: Table) -> list[str]:
     """The FID protocol and the scoring departures of the runs (from their summaries and configs)."""
     notes: list[str] = []
     runs = [run for cell in table.cells.values() for run in cell.runs]
+    if table.departures:
+        experiment = (table.sweep or {}).get("experiment")
+        notes.append(
+            f"These runs depart from experiment={experiment} by {', '.join(table.departures)}: they are not the "
+            "preset's results, and the paper's numbers are not shown beside them."
+        )
     if table.shared:
         notes.append("Shared by every cell: " + ", ".join(table.shared) + ".")
+    toy = sorted({m for c in table.cells.values() if (m := cell_model(c)) and not is_paper_prior(m)})
+    if table.reference and toy:
+        notes.append(f"No paper numbers beside cells run with {', '.join(toy)} (not the paper's prior).")
     counts = sorted({len(c.rows) for c in table.cells.values() if c.runs})
     if counts:
         notes.append(f"Images per cell: {', '.join(map(str, counts))} (mean ± sample std over images).")
