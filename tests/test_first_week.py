@@ -189,3 +189,49 @@ def test_the_same_command_resumes_in_the_same_folder(tmp_path) -> None:
     preset = ["experiment=treg_sr16_readme"]
     assert run_folder_name(preset) != run_folder_name([*preset, "model=tiny", "solver.num_steps=2"])
     assert run_folder_name(["solver=treg", "task=sr16", "paths.output_root=x", "shard.index=1"]) == "default"
+
+
+def test_threads_per_job() -> None:
+    """Catches jobs that each take every core when several share a machine (torch's default, 10× slower with 3
+    jobs on 2 cores): the scheduler's or launcher's share wins over every core, OMP_NUM_THREADS is left to torch,
+    and a bad value is one line."""
+    from treg_exp.common.devices import thread_count
+    from treg_exp.common.errors import UserError
+
+    assert thread_count("auto", {}) is None  # one run alone: every core
+    assert thread_count("auto", {"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}) is None  # torch follows it
+    assert thread_count("auto", {"SLURM_CPUS_PER_TASK": "8"}, launcher_cpus=4) == 8
+    assert thread_count("auto", {}, launcher_cpus=4) == 4
+    assert thread_count(2, {"OMP_NUM_THREADS": "3"}) == 2
+    with pytest.raises(UserError, match="threads must be auto or a positive integer"):
+        thread_count("0", {})
+
+
+def test_progress_counts_the_calls_of_the_image_being_solved(monkeypatch) -> None:
+    """Catches progress that only counts whole images (minutes apart at SD scale): the steps bar must follow the
+    prior's UNet calls during a solve, start from the solver's expected count, and take the measured count after."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from treg_exp.experiment import progress
+    from treg_exp.models.base import NetworkCounter
+
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.01)
+    shown: list[tuple[int, int | None]] = []
+    original_refresh = tqdm.refresh
+
+    def record(bar, *args, **kwargs):
+        shown.append((bar.n, bar.total))
+        return original_refresh(bar, *args, **kwargs)
+
+    monkeypatch.setattr(tqdm, "refresh", record)
+    counter = NetworkCounter()
+    counter.add("unet", 2)  # calls made before the batch are not the batch's
+    steps = progress.StepProgress(counter, calls_per_solve=10, enabled=True)
+    with steps.batch(["astronaut"]):
+        for _ in range(6):
+            counter.add("unet", 2)
+            time.sleep(0.05)
+    assert shown and max(n for n, _ in shown) == 6 and {t for _, t in shown} == {10}
+    assert steps.total == 6  # the next image's bar expects what this one made

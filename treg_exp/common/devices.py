@@ -44,3 +44,28 @@ def parse_dtype(dtype: str | torch.dtype, allowed: tuple[torch.dtype, ...] | Non
     if resolved is None or (allowed is not None and resolved not in allowed):
         raise UserError(f"unknown or unsupported dtype {dtype!r}; use one of {', '.join(names)}")
     return resolved
+
+
+def thread_count(setting: int | str, environ: dict[str, str], launcher_cpus: int | None = None) -> int | None:
+    """CPU threads per job for ``threads`` (``conf/config.yaml``); ``None``: leave torch's default (every core).
+
+    ``auto``: ``OMP_NUM_THREADS`` when set (torch already follows it), else the CPUs a scheduler gave the job
+    (``SLURM_CPUS_PER_TASK``), else those the launcher gives each of the jobs it runs side by side
+    (``hydra.launcher.cpus_per_task``), else every core — right for one run alone, ruinous for several: torch's
+    threads spin-wait, and 3 processes of all cores each on 2 cores ran 10× slower than one thread each. A number
+    sets it.
+    """
+    if str(setting) != "auto":
+        try:
+            count = int(setting)
+        except (TypeError, ValueError):
+            count = 0
+        if count < 1:
+            raise UserError(f"threads must be auto or a positive integer, got {setting!r}")
+        return count
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    for value in (environ.get("SLURM_CPUS_PER_TASK"), launcher_cpus):
+        if value is not None and str(value).isdigit() and int(value) > 0:
+            return int(value)
+    return None

@@ -294,6 +294,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
         from treg_exp.experiment.sweep import pin_gpu_of_job
 
         pin_gpu_of_job(bool(cfg.get("one_gpu_per_job", False)), hydra_job_num())
+        set_threads(cfg.get("threads", "auto"))
         results = run(cfg)
     except Exception as error:
         user_error = find_user_error(error)
@@ -319,6 +320,21 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     if code:
         sys.exit(code)
     return None
+
+
+def set_threads(setting: int | str) -> None:
+    """Set torch's CPU threads for this job (:func:`treg_exp.common.devices.thread_count`)."""
+    import os
+
+    import torch
+
+    from treg_exp.common.devices import thread_count
+
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    count = thread_count(setting, dict(os.environ), launcher.get("cpus_per_task") if in_multirun() else None)
+    if count is not None:
+        torch.set_num_threads(count)
+        log.info("%d CPU threads (threads=%s)", count, setting)
 
 
 def hydra_job_num() -> int | None:

@@ -30,6 +30,8 @@ from treg_exp.common import checks
 from treg_exp.common.devices import resolve_device
 from treg_exp.common.errors import UserError
 from treg_exp.data.base import ImageDataset, Sample
+from treg_exp.experiment import cost
+from treg_exp.experiment.progress import StepProgress
 from treg_exp.experiment.solve import Result, save_batch, score_batch, solve_batch
 from treg_exp.experiment.summary import summarise
 from treg_exp.metrics.base import MetricSuite
@@ -166,11 +168,13 @@ class Runner:
         summary = None
         try:
             # closed also on an error, so that the error's line starts on a line of its own
+            steps = StepProgress(self.prior.counter, self.expected_unet_calls(), self.progress)
             with tqdm(total=len(todo), desc="images", unit="img", disable=not self.progress) as bar:
                 for start in range(0, len(todo), self.batch_size):
                     chunk = todo[start : start + self.batch_size]
                     batch, failed = self._load(chunk)
-                    results = self._process(batch, device) if batch else []
+                    with steps.batch([s.id for s in batch]):
+                        results = self._process(batch, device) if batch else []
                     for row, images in [*failed, *results]:
                         self.logger.log_image(row, images)
                     bar.update(len(chunk))
@@ -188,6 +192,13 @@ class Runner:
             self.logger.finish(summary)
         self.shard_counts = self.store.status_counts(ids)
         return summary
+
+    def expected_unet_calls(self) -> float | None:
+        """UNet calls of one batch (the solver's per image, times ``num_samples``; ``None``: unknown)."""
+        solver_cfg = self.config.get("solver") or {}
+        name = str(self.info.get("choices", {}).get("solver", ""))
+        passes = cost.solver_passes(solver_cfg, name, cost.load_results()) if solver_cfg else None
+        return passes.unet_calls * self.num_samples if passes is not None and passes.unet_calls else None
 
     def _load(self, chunk: Sequence[int]) -> tuple[list[Sample], list[Result]]:
         """The chunk's samples with their prompts from the prompt source; an image that cannot be read is that
