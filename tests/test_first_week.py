@@ -235,3 +235,47 @@ def test_progress_counts_the_calls_of_the_image_being_solved(monkeypatch) -> Non
             time.sleep(0.05)
     assert shown and max(n for n, _ in shown) == 6 and {t for _, t in shown} == {10}
     assert steps.total == 6  # the next image's bar expects what this one made
+
+
+# --- a cost plan before launching ----------------------------------------------------------------------------------
+def test_plan_prices_every_job_without_running_anything(tmp_path, capsys) -> None:
+    """Catches a plan that runs or writes something, leaves jobs out (the ADM rows had no figure), prints missing
+    data or weights once per job instead of once, or gives GPU hours that are not the FLOP estimate they claim
+    (A100 and H100 at one assumed utilisation differ exactly by their peak ratio)."""
+    import re
+
+    from treg_exp.experiment import cost
+    from treg_exp.experiment.plan import main
+
+    assert main(["experiment=p2l_table2_ffhq", f"paths.output_root={tmp_path}", "paths.data_root=/absent"]) == 0
+    out = capsys.readouterr().out
+    assert not any(tmp_path.iterdir())
+    jobs = [line for line in out.splitlines() if line.startswith("  ") and "images ×" in line]
+    assert len(jobs) == 40 and sum("model=adm_imagenet512" in j for j in jobs) == 12
+    hours = {gpu: re.search(rf"≈ ([\d.]+) h.* on NVIDIA {gpu} \(FLOP estimate", out) for gpu in ("A100", "H100")}
+    assert all(hours.values()), out
+    ratio = float(hours["A100"].group(1)) / float(hours["H100"].group(1))
+    peak = cost.GPU_PEAK_TFLOPS["H100"] / cost.GPU_PEAK_TFLOPS["A100"]
+    assert abs(ratio - peak) < 0.02 * peak
+    assert "jobs without figures" not in out  # every job priced, ADM included
+    missing = [line for line in out.splitlines() if line.startswith("missing")]
+    assert len(missing) == len(set(missing)) == 3 and "missing (40 jobs): dataset folder not found" in out
+
+
+def test_plan_of_a_toy_prior_is_one_line(capsys) -> None:
+    """Catches per-job blocks of full-size hours for toy priors (tiny, gaussian), which cost seconds here."""
+    from treg_exp.experiment.plan import main
+
+    assert main(["model=gaussian", "solver=ddim,dds", "task=gauss_deblur,sr4", "data.resolution=32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[1].startswith("cost: 4 jobs, 24 images") and "toy prior" in lines[1]
+
+
+def test_a_table_preset_without_multirun_is_refused(tmp_path) -> None:
+    """Catches ``python run.py experiment=<table>`` (``-m`` forgotten) silently running one default job: one line,
+    exit 2, nothing written."""
+    from tests.test_tables import run_cli
+
+    result = run_cli("experiment=p2l_table2_ffhq", "model=tiny", f"paths.output_root={tmp_path}")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "is a table (10 rows): run it with -m" in result.stderr and not any(tmp_path.iterdir())

@@ -1,5 +1,6 @@
-"""The ``treg-exp`` console script: ``treg-exp score RUN_DIR [...]`` and ``treg-exp table SWEEP_DIR [...]`` (runs
-themselves start with ``python run.py``)."""
+"""The ``treg-exp`` console script: ``treg-exp score RUN_DIR [...]``, ``treg-exp table SWEEP_DIR [...]`` and
+``treg-exp plan OVERRIDES...`` (what a run or sweep would cost, running nothing; runs themselves start with
+``python run.py``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     score.build_parser(commands.add_parser("score", help="recompute the metrics of finished runs from their files"))
     make_table.build_parser(commands.add_parser("table", help="pool runs into the paper's table and an HTML report"))
+    plan = commands.add_parser("plan", help="jobs, images, network evaluations and hours of run.py -m OVERRIDES")
+    plan.add_argument("overrides", nargs="*", help="what run.py would get, e.g. experiment=p2l_table2_ffhq")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        from treg_exp.experiment.plan import main as plan_main
+
+        return plan_main(args.overrides)
     if args.command == "score":
         return score.run_from_args(args)
     if args.command == "table":

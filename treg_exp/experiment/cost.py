@@ -30,6 +30,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
+#: forward FLOPs per pass of each architecture (``benchmarks/count_flops.py``)
+FLOPS_JSON = ROOT / "benchmarks" / "flops.json"
+#: GPUs no run of this project has measured: peak dense fp16/bf16 tensor throughput (vendor specification, SXM
+#: boards) and the fraction of it assumed reached (:data:`ASSUMED_UTILISATION`); their hours are labelled estimates
+GPU_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0}
+ASSUMED_UTILISATION = 0.4
+#: priors that stand in for the papers' (no weights): one short cost line, not full-size figures
+TOY_PRIORS = ("tiny", "gaussian")
 #: the resolution benchmarks/run_benchmarks.py measures the networks at
 BENCHMARK_RESOLUTION = 512
 #: a backward pass through a network, in units of its forward pass, where no backward seconds were measured
@@ -189,6 +197,34 @@ def solver_passes(solver_cfg: Mapping[str, Any], solver_name: str, results: Mapp
     return base
 
 
+def load_flops(path: Path | None = None) -> dict[str, dict[str, float]]:
+    """``{architecture: {pass: FLOPs, "resolution": px}}`` from ``benchmarks/flops.json`` (``{}`` when absent)."""
+    try:
+        return json.loads((path or FLOPS_JSON).read_text()).get("architectures", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def flop_seconds(flops: Mapping[str, float], flops_per_second: float) -> dict[str, float]:
+    """Per-pass seconds (``results.json``'s keys) of an architecture at ``flops_per_second``: a FLOP estimate (a
+    2-row UNet call is two rows; backward passes fall back to :data:`BACKWARD_FACTOR`)."""
+    seconds = {k: float(v) / flops_per_second for k, v in flops.items() if k != "resolution"}
+    seconds.setdefault("decode", 0.0)
+    seconds.setdefault("encode", 0.0)
+    seconds["unet_2rows"] = 2 * seconds["unet_1row"]
+    return seconds
+
+
+def machine_flop_rate(machine: Mapping[str, Any], flops: Mapping[str, Mapping[str, float]]) -> float | None:
+    """FLOPs per second a machine reached on the UNet of an architecture it measured (``None``: none measured)."""
+    for arch, figures in machine.get("networks", {}).items():
+        measured = figures.get("seconds", {}).get("unet_1row")
+        counted = flops.get(arch, {}).get("unet_1row")
+        if measured and counted and figures.get("resolution") == flops[arch].get("resolution"):
+            return float(counted) / float(measured)
+    return None
+
+
 def architecture(model_name: str) -> str:
     """The benchmark figures a model uses: SD 1.x/2.x-base share SD 1.5's network sizes; ``<name>_random`` its own."""
     name = model_name.removesuffix("_random")
@@ -223,6 +259,9 @@ class JobCost:
     passes: Passes | None
     hours: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: machine keys whose hours are FLOP estimates, not measured seconds
+    estimated: set[str] = field(default_factory=set)
+    model: str = "?"
 
 
 def machine_label(key: str, machine: Mapping[str, Any]) -> str:
@@ -253,18 +292,34 @@ def job_cost(
         return cost
     if passes.total == 0:
         return cost
+    cost.model = model_name
     arch = architecture(model_name)
     resolution = int(OmegaConf.select(cfg, "data.resolution", default=BENCHMARK_RESOLUTION) or BENCHMARK_RESOLUTION)
-    for key, machine in results.get("machines", {}).items():
+    flops = load_flops().get(arch)
+    if images is None:
+        return cost
+    machines = results.get("machines", {})
+    for key, machine in machines.items():
         figures = machine.get("networks", {}).get(arch)
-        if figures and images is not None:
+        rate = machine_flop_rate(machine, load_flops())
+        if figures:
             measured_at = int(figures.get("resolution", BENCHMARK_RESOLUTION))
             seconds = seconds_per_image(passes, figures["seconds"], resolution, measured_at)
-            cost.hours[key] = seconds * images * samples / 3600.0
-    if not any(arch in m.get("networks", {}) for m in results.get("machines", {}).values()):
-        cost.notes.append(f"no benchmark figures for the {arch} networks in benchmarks/results.json")
-    if model_name.startswith(("tiny", "gaussian")):
-        cost.notes.append(f"model={model_name}: hours are those of the full-size {arch} networks")
+        elif flops and rate:  # this machine measured another architecture: scale by the FLOPs
+            seconds = seconds_per_image(passes, flop_seconds(flops, rate), resolution, int(flops["resolution"]))
+            cost.estimated.add(key)
+        else:
+            continue
+        cost.hours[key] = seconds * images * samples / 3600.0
+    measured_gpus = " ".join(str(m.get("name", "")) for m in machines.values() if m.get("device") == "cuda")
+    for gpu, tflops in GPU_PEAK_TFLOPS.items():
+        if flops and gpu not in measured_gpus:
+            per_pass = flop_seconds(flops, tflops * 1e12 * ASSUMED_UTILISATION)
+            seconds = seconds_per_image(passes, per_pass, resolution, int(flops["resolution"]))
+            cost.hours[gpu] = seconds * images * samples / 3600.0
+            cost.estimated.add(gpu)
+    if not cost.hours:
+        cost.notes.append(f"no benchmark or FLOP figures for the {arch} networks (benchmarks/count_flops.py)")
     return cost
 
 
@@ -283,7 +338,9 @@ def format_hours(hours: float) -> str:
         return f"{hours * 3600:.0f} s"
     if hours < 1:
         return f"{hours * 60:.0f} min"
-    return f"{hours:.1f} h"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours:.0f} h = {hours / 24:.1f} days"
 
 
 def describe_passes(passes: Passes | None) -> str:
@@ -302,34 +359,84 @@ def describe_passes(passes: Passes | None) -> str:
     return ", ".join(parts)
 
 
+def is_toy(model_name: str) -> bool:
+    return model_name in TOY_PRIORS
+
+
 def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None) -> list[str]:
-    """Lines of the total: jobs, images, network evaluations, and hours on each benchmarked machine."""
+    """Lines of the total: jobs, images, network evaluations, and hours on each benchmarked machine and on the
+    GPUs of :data:`GPU_PEAK_TFLOPS` (FLOP estimates, labelled); one line for toy priors."""
     results = load_results() if results is None else results
     images = [c.images for c in costs]
     known = [i for i in images if i is not None]
     evaluations = sum((c.passes.total * c.images) for c in costs if c.passes is not None and c.images is not None)
-    lines = [
+    head = (
         f"cost: {len(costs)} jobs, {sum(known)} images"
         + (f" (+{images.count(None)} jobs with an unknown image count)" if None in images else "")
         + f", {format_count(evaluations)} network evaluations"
-    ]
-    machines = results.get("machines", {})
-    for key, machine in machines.items():
-        hours = [c.hours.get(key) for c in costs if c.passes is not None and c.passes.total > 0]
-        if not hours:
+    )
+    toys = sorted({c.model for c in costs if is_toy(c.model)})
+    if costs and len(toys) == len({c.model for c in costs}):
+        return [f"{head} (model={','.join(toys)}: a toy prior, seconds to minutes here)"]
+    lines = [head]
+    machines = {key: machine_label(key, m) for key, m in results.get("machines", {}).items()}
+    machines.update({gpu: f"NVIDIA {gpu}" for gpu in GPU_PEAK_TFLOPS})
+    priced = [c for c in costs if c.passes is not None and c.passes.total > 0 and not is_toy(c.model)]
+    for key, label in machines.items():
+        hours = [c.hours.get(key) for c in priced]
+        if not any(h is not None for h in hours):
             continue
         missing = hours.count(None)
         total = sum(h for h in hours if h is not None)
-        note = f" ({missing} jobs without figures)" if missing else ""
-        lines.append(
-            f"  ≈ {format_hours(total)} of network time on {machine_label(key, machine)}{note}, "
-            f"from benchmarks/results.json ({machine.get('date', '?')})"
-        )
-    if not machines:
-        lines.append("  hours unknown: no benchmarks/results.json (run `make bench`)")
+        estimated = sum(1 for c in priced if key in c.estimated)
+        if key in GPU_PEAK_TFLOPS:
+            source = f"FLOP estimate at {ASSUMED_UTILISATION:.0%} of its {GPU_PEAK_TFLOPS[key]:.0f} TFLOPS fp16 peak"
+        else:
+            date = results.get("machines", {}).get(key, {}).get("date", "?")
+            source = f"measured ({date})" + (f"; {estimated} jobs FLOP-scaled estimates" if estimated else "")
+        note = f", {missing} jobs without figures" if missing else ""
+        lines.append(f"  ≈ {format_hours(total)} of network time on {label} ({source}{note})")
+    if len(lines) == 1:
+        lines.append("  hours unknown: no benchmarks/results.json nor benchmarks/flops.json")
     notes = sorted({n for c in costs for n in c.notes})
     lines += [f"  note: {n}" for n in notes]
+    if toys:
+        lines.append(f"  note: jobs with model={','.join(toys)} (toy priors) are counted but not priced")
     return lines
+
+
+def weights_problem(model_cfg: Any) -> str | None:
+    """Why the weights of ``model_cfg`` are not on this machine (looked up in the caches, never downloaded), or
+    ``None`` (found, or a prior without downloaded weights)."""
+    target = str(model_cfg.get("_target_", ""))
+    if model_cfg.get("weights") == "random" or not target.endswith(("AdmPrior", "StableDiffusionPrior")):
+        return None
+    cache_dir = model_cfg.get("cache_dir")
+    hint = "stage them with scripts/fetch_weights.py on a machine with network, then paths.weights=DIR"
+    if target.endswith("AdmPrior"):
+        import torch
+
+        from treg_exp.models.adm import RELEASES
+
+        if model_cfg.get("checkpoint"):
+            path = Path(str(model_cfg.checkpoint)).expanduser()
+            return None if path.is_file() else f"model.checkpoint={path} is not a file"
+        release = RELEASES.get(str(model_cfg.get("name")))
+        folders = [Path(torch.hub.get_dir()) / "checkpoints"]
+        if cache_dir:
+            folders.insert(0, Path(str(cache_dir)).expanduser() / "torch" / "hub" / "checkpoints")
+        if release is None or any((f / release.file).is_file() for f in folders):
+            return None
+        return f"weights of model {model_cfg.get('name')} ({release.file}): {hint}"
+    from huggingface_hub import try_to_load_from_cache
+
+    from treg_exp.models.loading import hf_cache_dir, resolve_source
+
+    model_id = str(model_cfg.get("model_id"))
+    if resolve_source(model_id, cache_dir)[1]:
+        return None
+    cached = try_to_load_from_cache(model_id, "model_index.json", cache_dir=hf_cache_dir(cache_dir))
+    return None if isinstance(cached, str) else f"weights of {model_id} (not in the Hugging Face cache): {hint}"
 
 
 def shard_size(total: int, index: int, count: int) -> int:
@@ -355,7 +462,8 @@ def log_run_cost(cfg: Any, dataset: Any, choices: Mapping[str, Any]) -> list[str
     try:
         images = shard_size(len(dataset), int(cfg.shard.index), int(cfg.shard.count))
         cost = job_cost(cfg, images, choices)
-        lines = [*caption_cost(cfg, images), f"cost per image: {describe_passes(cost.passes)}", *summarise([cost])]
+        per_image = [] if is_toy(cost.model) else [f"cost per image: {describe_passes(cost.passes)}"]
+        lines = [*caption_cost(cfg, images), *per_image, *summarise([cost])]
     except Exception as error:  # noqa: BLE001 - an estimate must never stop a run
         lines = [f"cost estimate unavailable ({type(error).__name__}: {error})"]
     for line in lines:

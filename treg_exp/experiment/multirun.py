@@ -46,10 +46,25 @@ def _check_location(config: DictConfig, key: str) -> None:
         sys.exit(2)
 
 
+def _refuse_table_without_multirun(config: DictConfig) -> None:
+    """A table preset (``hydra.sweeper.rows``) started without ``-m`` would silently run one default job: exit 2
+    with one line, before Hydra creates the run directory."""
+    rows = OmegaConf.select(config, "hydra.sweeper.rows", default=None)
+    if rows:
+        experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None)
+        print(
+            f"error: experiment={experiment} is a table ({len(rows)} rows): run it with -m (python run.py -m "
+            f"experiment={experiment} ...); `treg-exp plan experiment={experiment}` shows its jobs and cost first",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 class JobReport(Callback):
     """Checks the output location; in a multirun records every job's outcome and reports the failed ones."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_table_without_multirun(config)
         _check_location(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -34,7 +34,7 @@ class StepProgress:
 
     @contextmanager
     def batch(self, ids: list[str]) -> Iterator[None]:
-        if not self.enabled:
+        if not self.enabled or not ids:  # nothing to solve (every image of the batch failed to load)
             yield
             return
         start, stop = self.calls(), threading.Event()

@@ -328,11 +328,41 @@ def plan_lines(plan: SweepPlan, sweep_dir: Path, results: Mapping[str, Any] | No
             seen.add(key)
             lines.append(notice.replace(f" / {job.column}", "") if job.row else notice)
     for job in run:
+        if job.cost is not None and costs.is_toy(job.cost.model):
+            continue  # a toy prior: the one summary line says it all
         images = "?" if job.images is None else str(job.images)
         passes = costs.describe_passes(job.cost.passes if job.cost else None)
         lines.append(f"  {job.folder}: {images} images × {passes}")
     lines += costs.summarise([j.cost for j in run if j.cost is not None], results)
+    lines += missing_inputs(run)
     return lines
+
+
+def missing_inputs(jobs: Sequence[PlannedJob]) -> list[str]:
+    """One line per dataset and per weights that the jobs need and this machine lacks (before any job starts)."""
+    problems: dict[str, list[PlannedJob]] = {}
+    for job in jobs:
+        if job.config is None:
+            continue
+        for problem in (data_problem(job.config.data), costs.weights_problem(job.config.model)):
+            if problem:
+                problems.setdefault(problem, []).append(job)
+    return [f"missing ({len(found)} jobs): {problem}" for problem, found in problems.items()]
+
+
+def data_problem(data_cfg: Any) -> str | None:
+    """Why the images of ``data_cfg`` cannot be read here (its one-line error), or ``None``."""
+    from hydra.utils import instantiate
+
+    from treg_exp.common.errors import UserError
+
+    try:
+        len(instantiate(data_cfg))
+    except UserError as error:
+        return str(error)
+    except Exception:  # noqa: BLE001 - a bad data config is the job's own error to report
+        return None
+    return None
 
 
 def write_sweep_file(
