@@ -279,3 +279,39 @@ def test_a_table_preset_without_multirun_is_refused(tmp_path) -> None:
     result = run_cli("experiment=p2l_table2_ffhq", "model=tiny", f"paths.output_root={tmp_path}")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "is a table (10 rows): run it with -m" in result.stderr and not any(tmp_path.iterdir())
+
+
+# --- conventions of the ecosystem ----------------------------------------------------------------------------------
+def test_wandb_environment_variables_are_honoured(tmp_path, monkeypatch, caplog) -> None:
+    """Catches a logger whose config defaults override W&B's environment (``mode: online`` beat ``WANDB_MODE=offline``,
+    so a run without a key warned about it and fell back): with the config's null keys, WANDB_MODE=offline logs
+    offline with no warning, into WANDB_DIR, under WANDB_PROJECT; WANDB_MODE=disabled logs nothing; a key set in the
+    config still wins."""
+    pytest.importorskip("wandb", reason="the wandb package is an optional dependency (pip install -e '.[wandb]')")
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.test_tracking import log_two_images
+
+    for key, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(key, str(tmp_path / sub))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "scratch"))
+    monkeypatch.setenv("WANDB_PROJECT", "my-project")
+    config = OmegaConf.load(ROOT / "conf" / "logger" / "wandb.yaml")
+    logger = instantiate(config)
+    (tmp_path / "run").mkdir()  # the run directory exists once the run has claimed it
+    log_two_images(logger, tmp_path / "run")
+    assert logger.run is not None and logger.run.settings.mode == "offline"
+    assert logger.run.project == "my-project" or logger.run.settings.project == "my-project"
+    logger.finish({"metrics": {"psnr": {"mean": 1.0}}})
+    assert "W&B" not in caplog.text and "API key" not in caplog.text
+    assert list((tmp_path / "scratch" / "wandb").glob("offline-run-*")) and not (tmp_path / "run" / "wandb").exists()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    quiet = instantiate(config)
+    log_two_images(quiet, tmp_path / "run")
+    assert quiet.run is None and quiet.mode == "disabled"
+    assert instantiate(config, mode="offline").mode == "offline"  # the config's own value wins

@@ -21,9 +21,10 @@ CLOSED_PORT = "http://127.0.0.1:9"
 
 @pytest.fixture(autouse=True)
 def wandb_sandbox(tmp_path, monkeypatch):
-    """Every W&B file of a test under tmp_path; no key unless a test sets one."""
+    """Every W&B file of a test under tmp_path (a run's in its run directory: WANDB_DIR unset); no key unless a
+    test sets one."""
+    monkeypatch.delenv("WANDB_DIR", raising=False)
     for key, sub in (
-        ("WANDB_DIR", "wandb_dir"),
         ("WANDB_CACHE_DIR", "cache"),
         ("WANDB_CONFIG_DIR", "config"),
         ("WANDB_DATA_DIR", "data"),

@@ -10,11 +10,17 @@ W&B never stops a run: every call is guarded; a failure (no network, bad key, qu
 goes quiet (or, with ``offline_fallback``, keeps logging to an offline run that ``wandb sync`` uploads later).
 ``init_timeout`` bounds the wait of ``wandb.init`` (an invalid key without network otherwise waits ~100 s).
 The W&B run id is kept in ``<run_dir>/wandb_run_id.txt``, so a resumed run directory continues the same W&B run.
+
+W&B's environment variables are honoured: a key left ``null`` in ``conf/logger/wandb.yaml`` takes its variable
+(``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_RUN_GROUP``, ``WANDB_NAME``, ``WANDB_DIR``; ``WANDB_TAGS``
+adds tags), else this logger's default; a key set in the config wins. So ``WANDB_MODE=offline`` logs offline without
+ever asking for an API key, and ``WANDB_MODE=disabled`` logs nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id.txt"
 MODES = ("online", "offline", "disabled")
+#: W&B's older names for its modes, still accepted in ``WANDB_MODE``
+MODE_ALIASES = {"run": "online", "dryrun": "offline"}
 IMAGE_COLUMNS = ("measurement", "reconstruction", "ground_truth")
 TAG_GROUPS = ("solver", "task", "data", "model")
 
@@ -86,24 +94,26 @@ def _sweep_group() -> str | None:
 class WandbLogger(RunLogger):
     """Log a run to W&B (see the module docstring).
 
-    Args:
-        mode: ``online``, ``offline`` (files under ``<dir>/wandb``, upload with ``wandb sync``) or ``disabled``.
-        project, entity: where the run goes.
-        group: the W&B group; ``null``: the Hydra sweep's folder name in a multirun.
-        name: the run name; ``null``: ``<solver>_<task>_<data>`` from the Hydra choices.
+    Args (``None``: the W&B environment variable named, else the default given):
+        mode: ``online``, ``offline`` (files under ``<dir>/wandb``, upload with ``wandb sync``) or ``disabled``
+            (``WANDB_MODE``, else ``online``).
+        project, entity: where the run goes (``WANDB_PROJECT``, else ``treg-exp``; ``WANDB_ENTITY``, else your
+            default entity).
+        group: the W&B group (``WANDB_RUN_GROUP``, else the Hydra sweep's folder name in a multirun).
+        name: the run name (``WANDB_NAME``, else ``<solver>_<task>_<data>`` from the Hydra choices).
         tags: extra tags beside the solver, task, data and model choices.
         init_timeout: seconds ``wandb.init`` may wait for the server.
         finish_timeout: seconds ``run.finish`` (the final upload) may take before the run goes on without it; what
             was not uploaded stays in the run's offline files for ``wandb sync``.
         max_images: images sent in the table (the first ones); metrics are sent for all.
         offline_fallback: when an online start fails, log offline instead of not at all.
-        dir: where W&B writes its files; ``null``: the run directory.
+        dir: where W&B writes its files (``WANDB_DIR``, else the run directory).
     """
 
     def __init__(
         self,
-        mode: str = "online",
-        project: str = "treg-exp",
+        mode: str | None = None,
+        project: str | None = None,
         entity: str | None = None,
         group: str | None = None,
         name: str | None = None,
@@ -114,21 +124,24 @@ class WandbLogger(RunLogger):
         offline_fallback: bool = True,
         dir: str | None = None,
     ) -> None:
+        env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
+        mode = mode or MODE_ALIASES.get(env_mode, env_mode) or "online"
         if mode not in MODES:
             from treg_exp.common.errors import UserError
 
-            raise UserError(f"logger.mode={mode} is not one of {', '.join(MODES)}")
+            raise UserError(f"logger.mode (or WANDB_MODE)={mode} is not one of {', '.join(MODES)}")
         self.mode = mode
-        self.project = project
-        self.entity = entity
-        self.group = group
-        self.name = name
-        self.tags = [str(t) for t in (tags or [])]
+        self.project = project or os.environ.get("WANDB_PROJECT") or "treg-exp"
+        self.entity = entity or os.environ.get("WANDB_ENTITY") or None
+        self.group = group or os.environ.get("WANDB_RUN_GROUP") or None
+        self.name = name or os.environ.get("WANDB_NAME") or None
+        env_tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+        self.tags = [str(t) for t in (tags or [])] + env_tags
         self.init_timeout = float(init_timeout)
         self.finish_timeout = float(finish_timeout)
         self.max_images = int(max_images)
         self.offline_fallback = bool(offline_fallback)
-        self.dir = dir
+        self.dir = dir or os.environ.get("WANDB_DIR") or None
         self.run = None
         self.run_dir: Path | None = None
         self.rows: list[tuple[dict[str, Any], list[Any]]] = []
