@@ -9,6 +9,11 @@
 then run with ``paths.weights=DIR`` (``HF_HOME``, ``HF_HUB_OFFLINE``, ``TORCH_HOME`` and clean-fid's file are set
 and placed by :func:`treg_exp.models.weights.stage_weights`). The layout is described in :mod:`treg_exp.models.weights`.
 Files already present are kept.
+
+It needs network: on a cluster, run it on a login node that has it (compute nodes often have none) into a shared
+folder. Gated models (the PaliGemma captioner) also need ``HF_TOKEN`` from an account that accepted their licence.
+Without network, with ``HF_HUB_OFFLINE`` set, or when a download fails, it stops with one ``error:`` line saying
+what it needs (exit 2), before writing anything when the hosts cannot be reached.
 """
 
 from __future__ import annotations
@@ -93,6 +98,35 @@ def fetch(item: Item) -> None:
         torch.hub.download_url_to_file(item.source, str(item.target), progress=True)
 
 
+NETWORK_HINT = "run it on a machine with network (a cluster's login node), then copy or share the folder"
+TOKEN_HINT = "gated or private: accept its licence on huggingface.co and export HF_TOKEN=<your token>"
+
+
+def unreachable(items: list[Item]) -> str | None:
+    """Why the items cannot be fetched from here (``None``: every host answers), asked before anything is written."""
+    from urllib.parse import urlparse
+
+    from treg_exp.models.loading import hub_offline, hub_reachable
+
+    if hub_offline() and any(item.kind == "hf" for item in items):
+        return f"HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it and {NETWORK_HINT}"
+    hosts = {"the Hugging Face Hub": None} if any(item.kind == "hf" for item in items) else {}
+    hosts.update({urlparse(i.source).hostname or i.source: i.source for i in items if i.kind == "url"})
+    for name, endpoint in hosts.items():
+        if not hub_reachable(endpoint):
+            return f"{name} is unreachable from this machine; {NETWORK_HINT}"
+    return None
+
+
+def failure(item: Item, error: BaseException) -> str:
+    """One line for a failed download: what failed and what it needs (network, or HF_TOKEN for a gated model)."""
+    detail = (str(error).strip().splitlines() or [""])[0][:160]
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    gated = type(error).__name__ in ("GatedRepoError", "RepositoryNotFoundError") or status in (401, 403)
+    need = TOKEN_HINT if gated else NETWORK_HINT
+    return f"fetching {item.source} failed ({type(error).__name__}: {detail}); {need}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the cache folder (later: paths.weights=OUT)")
@@ -101,10 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and download nothing")
     args = parser.parse_args(argv)
     items = plan(args.out.expanduser().resolve(), args.models)
+    problem = None if args.dry_run else unreachable(items)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     for item in items:
         print(f"{item.kind:>3}  {item.source}  ->  {item.target}")
         if not args.dry_run:
-            fetch(item)
+            try:
+                fetch(item)
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:  # noqa: BLE001 - hub, HTTP and OS errors alike: one line, not a traceback
+                print(f"error: {failure(item, error)}", file=sys.stderr)
+                return 2
     if not args.dry_run:
         print(f"done; run with paths.weights={args.out}")
     return 0

@@ -315,3 +315,38 @@ def test_wandb_environment_variables_are_honoured(tmp_path, monkeypatch, caplog)
     log_two_images(quiet, tmp_path / "run")
     assert quiet.run is None and quiet.mode == "disabled"
     assert instantiate(config, mode="offline").mode == "offline"  # the config's own value wins
+
+
+def test_fetch_weights_without_network_is_one_line(tmp_path) -> None:
+    """Catches ``scripts/fetch_weights.py`` ending in a traceback (or retrying for minutes) on a machine without
+    network: one ``error:`` line naming what it needs (a machine with network, a login node), exit 2, nothing
+    written; HF_HUB_OFFLINE is named when set; a gated model's refusal asks for HF_TOKEN."""
+    import os
+    import subprocess
+    import sys
+
+    script = str(ROOT / "scripts" / "fetch_weights.py")
+    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if k not in proxies}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a closed port: no Hub from here
+    for extra, needed in (({}, "unreachable from this machine"), ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set")):
+        out = tmp_path / "weights"
+        result = subprocess.run(
+            [sys.executable, script, "--out", str(out)], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and needed in result.stderr
+        assert "login node" in result.stderr and not out.exists()
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import fetch_weights
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+    class Refused(Exception):
+        response = type("Response", (), {"status_code": 401})()
+
+    item = fetch_weights.Item("hf", "google/paligemma2-3b-mix-224", tmp_path)
+    assert "HF_TOKEN" in fetch_weights.failure(item, Refused("401 Client Error"))
+    assert "login node" in fetch_weights.failure(item, OSError("Connection reset by peer"))
