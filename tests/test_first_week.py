@@ -13,8 +13,16 @@ def test_license_citation_changelog() -> None:
     assert "MIT License" in (ROOT / "LICENSE").read_text()
     citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert citation["cff-version"] == "1.2.0"
-    identifiers = {i["value"] for ref in citation["references"] for i in ref["identifiers"]}
-    assert identifiers == {"arXiv:2311.15658", "arXiv:2310.01110"}
+    identifiers = {i["value"]: ref for ref in citation["references"] for i in ref["identifiers"]}
+    assert set(identifiers) == {"arXiv:2311.15658", "arXiv:2310.01110"}
+    # venues as the official TReg README's BibTeX and the P2L paper give them (TReg was once cited as ECCV 2024)
+    treg, p2l = identifiers["arXiv:2311.15658"], identifiers["arXiv:2310.01110"]
+    assert treg["title"] == "Regularization by Texts for Latent Diffusion Inverse Solvers"
+    assert [a["family-names"] for a in treg["authors"]] == ["Kim", "Park", "Chung", "Ye"]
+    assert "ICLR 2025" in treg["conference"]["name"] and treg["year"] == 2025
+    assert p2l["title"] == "Prompt-tuning Latent Diffusion Models for Inverse Problems"
+    assert [a["family-names"] for a in p2l["authors"]] == ["Chung", "Ye", "Milanfar", "Delbracio"]
+    assert "ICML 2024" in p2l["conference"]["name"] and p2l["year"] == 2024
     assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
 
 
