@@ -358,3 +358,21 @@ def test_fetch_weights_without_network_is_one_line(tmp_path) -> None:
     item = fetch_weights.Item("hf", "google/paligemma2-3b-mix-224", tmp_path)
     assert "HF_TOKEN" in fetch_weights.failure(item, Refused("401 Client Error"))
     assert "login node" in fetch_weights.failure(item, OSError("Connection reset by peer"))
+
+
+def test_extending_guide_names_only_what_exists() -> None:
+    """Catches a guide to adding a solver, prior, task or dataset that is missing a part or points at files, tests
+    or functions that do not exist (a stale guide misleads more than none)."""
+    import re
+
+    guide = (ROOT / "docs" / "extending.md").read_text()
+    for part in ("## A solver", "## A prior", "## A task", "## A dataset"):
+        assert part in guide, part
+    paths = set(re.findall(r"`((?:tests|treg_exp|conf|scripts|benchmarks)/[\w/]+\.(?:py|yaml))", guide))
+    assert len(paths) > 20 and all((ROOT / p).is_file() for p in paths), [p for p in paths if not (ROOT / p).is_file()]
+    for path, name in re.findall(r"`(tests/\w+\.py)::(\w+)`", guide):
+        assert f"def {name}(" in (ROOT / path).read_text(), name
+    core = (ROOT / "treg_exp" / "solvers" / "core.py").read_text()
+    for name in ("ddim_plan", "respaced_plan", "tweedie", "ddim_step", "ddpm_step", "guided_eps", "denoiser_gradient"):
+        assert f"def {name}(" in core, name
+    assert "docs/extending.md" in (ROOT / "README.md").read_text()
