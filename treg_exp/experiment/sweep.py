@@ -16,8 +16,13 @@ Each job's overrides are, later winning: ``params``, the column, the row, the ce
 this checkout (``solver=dps`` before ``conf/solver/dps.yaml`` is merged) is skipped with a one-line notice, not an
 error. Every job runs in a fixed folder ``<sweep dir>/<task>/<solver>/<settings>[/shard-<i>-of-<n>]``, where
 ``<settings>`` are its other overrides (``default`` when none), so a relaunched sweep finds and resumes its folders.
-The sweep writes ``<sweep dir>/sweep.json`` (rows, columns, every job and its folder, the cost estimate), which
-``scripts/make_table.py`` reads to lay the table out as the paper does, and prints the cost before any job starts.
+The sweep dir (:func:`sweep_dir_of`) is the preset's ``hydra.sweep.dir``, ``<it>+<overrides>`` when the command line
+changes what the preset computes (a smoke run never writes into the real run's folder), and for a plain multirun
+``outputs/sweeps/<its command line's settings>`` (each sweep its own folder). The sweep writes
+``<sweep dir>/sweep.json`` (rows, columns, every job and its folder, the cost estimate, the departures from the
+preset), keeping an earlier, different sweep's as ``sweep-<time>.json``; ``scripts/make_table.py`` reads it to lay
+the table out as the paper does. It prints the cost and what is missing (data, weights) before any job starts, and
+the table at the end (``hydra_plugins/treg_exp_sweeper``).
 """
 
 from __future__ import annotations
