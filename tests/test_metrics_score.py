@@ -126,8 +126,9 @@ def test_a_run_with_paper_metrics_and_offline_wandb(tmp_path_factory, tmp_path, 
 
     staged = stage_standins(tmp_path_factory, tmp_path, monkeypatch)
     monkeypatch.setattr(fid_module, "frechet_distance", lowrank_frechet)
-    for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+    for key in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(key, str(tmp_path / "wandb_env" / key))
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # set, it would take the run's W&B files (honoured since issue 27)
     run_dir = tmp_path / "run"
     overrides = [
         "model=gaussian",

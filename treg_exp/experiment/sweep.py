@@ -345,13 +345,19 @@ def plan_lines(plan: SweepPlan, sweep_dir: Path, results: Mapping[str, Any] | No
 
 def missing_inputs(jobs: Sequence[PlannedJob]) -> list[str]:
     """One line per dataset and per weights that the jobs need and this machine lacks (before any job starts)."""
+    from omegaconf import OmegaConf
+
     problems: dict[str, list[PlannedJob]] = {}
+    checked: dict[str, str | None] = {}  # a dataset or model shared by many jobs is looked at once
     for job in jobs:
         if job.config is None:
             continue
-        for problem in (data_problem(job.config.data), costs.weights_problem(job.config.model)):
-            if problem:
-                problems.setdefault(problem, []).append(job)
+        for node, check in ((job.config.data, data_problem), (job.config.model, costs.weights_problem)):
+            key = f"{check.__name__}:{OmegaConf.to_yaml(node)}"
+            if key not in checked:
+                checked[key] = check(node)
+            if checked[key]:
+                problems.setdefault(checked[key], []).append(job)
     return [f"missing ({len(found)} jobs): {problem}" for problem, found in problems.items()]
 
 
