@@ -376,3 +376,34 @@ def test_extending_guide_names_only_what_exists() -> None:
     for name in ("ddim_plan", "respaced_plan", "tweedie", "ddim_step", "ddpm_step", "guided_eps", "denoiser_gradient"):
         assert f"def {name}(" in core, name
     assert "docs/extending.md" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command_line", "expected"),
+    [
+        (["experiment=p2l_table2_ffhq"], "out/p2l_table2_ffhq"),
+        (["experiment=p2l_table2_ffhq", "model=tiny", "shard.count=2"], "out/p2l_table2_ffhq+model=tiny"),
+        (["solver=ddim,dds", "data.limit=3"], "out/sweeps/solver=ddim,dds"),
+    ],
+)
+def test_sweep_folder_of_a_preset_a_smoke_run_and_a_plain_sweep(command_line, expected) -> None:
+    """Catches a smoke run of a preset writing into the real run's folder, a plain sweep sharing ``sweeps/`` with
+    every other, neutral overrides (shards, image count) renaming a folder, and the folder growing a second suffix
+    once the sweeper has set it (the callbacks at the end ask again)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from treg_exp.experiment.sweep import sweep_dir_of
+
+    GlobalHydra.instance().clear()
+    fixed = [o for o in command_line if "," not in o]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*fixed, "paths.output_root=out"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = [*command_line, "paths.output_root=out"]
+    folder = sweep_dir_of(cfg)
+    assert str(folder) == expected
+    with open_dict(cfg):
+        cfg.hydra.sweep.dir = str(folder)
+    assert sweep_dir_of(cfg) == folder

@@ -7,8 +7,6 @@ run, so it must stay cheap).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,10 @@ class TableSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
+        from treg_exp.experiment.sweep import sweep_dir_of
+
+        with read_write(config), open_dict(config):  # the launcher's own files (.submitit/) go there too
+            config.hydra.sweep.dir = str(sweep_dir_of(config))
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -75,29 +77,14 @@ class TableSweeper(Sweeper):
         jobs = [job.launch_overrides(sweep_dir) for job in plan.to_run]
         size = len(jobs) if not self.max_batch_size or self.max_batch_size < 1 else int(self.max_batch_size)
         returns = []
-        with _sweep_dir_set(self.config, sweep_dir):  # the launcher's own files (.submitit/) go there too
-            for start in range(0, len(jobs), size or 1):
-                batch = jobs[start : start + size]
-                results = self.launcher.launch(batch, initial_job_idx=start)
-                for result in results:
-                    _ = result.return_value  # a failed job raises here, as with Hydra's basic sweeper
-                returns.append(results)
+        for start in range(0, len(jobs), size or 1):
+            batch = jobs[start : start + size]
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            for result in results:
+                _ = result.return_value  # a failed job raises here, as with Hydra's basic sweeper
+            returns.append(results)
         _print_table(sweep_dir)
         return returns
-
-
-@contextmanager
-def _sweep_dir_set(config: DictConfig, sweep_dir: Path) -> Iterator[None]:
-    """``config.hydra.sweep.dir`` set to ``sweep_dir`` while the launcher runs, then restored (the callbacks that
-    come after derive the folder from the original again)."""
-    original = config.hydra.sweep.dir
-    with read_write(config), open_dict(config):
-        config.hydra.sweep.dir = str(sweep_dir)
-    try:
-        yield
-    finally:
-        with read_write(config), open_dict(config):
-            config.hydra.sweep.dir = original
 
 
 def _print_table(sweep_dir: Path) -> None:

@@ -113,7 +113,7 @@ def sweep_dir_of(config: Any) -> Path:
     it or another sweeper runs; else a plain multirun's ``<hydra.sweep.dir>/<its settings>`` (each sweep its own
     folder) and a preset's ``<hydra.sweep.dir>`` — or, when the command line changes what is computed
     (``model=tiny solver.num_steps=2``: a smoke run), ``<hydra.sweep.dir>+<those settings>``, never the folder of
-    the real run."""
+    the real run. Applied to a config whose ``hydra.sweep.dir`` is already that folder, it returns it unchanged."""
     from omegaconf import OmegaConf
 
     base = Path(str(config.hydra.sweep.dir))
@@ -124,8 +124,9 @@ def sweep_dir_of(config: Any) -> Path:
         return base
     name = settings_name(command_line, ("experiment",))
     if OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None):
-        return base.with_name(f"{base.name}+{name}") if name else base
-    return base / (name or "default")
+        done = not name or base.name.endswith(f"+{name}")  # the sweeper sets hydra.sweep.dir to this folder
+        return base if done else base.with_name(f"{base.name}+{name}")
+    return base if base.name == (name or "default") else base / (name or "default")
 
 
 def command_line_of(config: Any) -> list[str]:
