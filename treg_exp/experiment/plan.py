@@ -9,6 +9,7 @@ folder the sweep would write. Nothing is written.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ def plan_lines(overrides: Sequence[str]) -> list[str]:
         plan = sweep.plan_sweep(cfg, loader, overrides, spec.params, spec.rows, spec.columns, spec.cells)
         sweep_dir = sweep.sweep_dir_of(cfg)
     lines = sweep.plan_lines(plan, sweep_dir)
-    lines.append(f"nothing was run; to launch: python run.py -m {' '.join(overrides)}".rstrip())
+    lines.append(f"nothing was run; to launch: python run.py -m {shlex.join(overrides)}".rstrip())
     return lines
 
 
