@@ -55,6 +55,7 @@ NEUTRAL_PREFIXES = (
     "batch_size=",
     "fail_fast=",
     "one_gpu_per_job=",
+    "threads=",
     "objective=",
     "data.limit=",
 )
