@@ -126,10 +126,10 @@ from treg_exp.solvers.core import (
     check_batch,
     configure_checkpointing,
     ddim_plan,
-    ddim_step,
     denoiser_gradient,
-    guided_eps,
+    guided_prediction,
     residual_norm,
+    sampler_step,
 )
 
 GRADIENT_TYPES = ("gd", "adam")
@@ -340,8 +340,8 @@ class P2L(Solver):
             result = denoiser_gradient(
                 prior,
                 z,
-                step.alpha_bar,
-                eps_fn=lambda z_in: prior.eps(z_in, step.t, param),
+                step,
+                output_fn=lambda z_in: prior.predict(z_in, step.t, param),
                 loss_fn=lambda _z0, x0: self._prompt_loss(y, operator, x0),
                 wrt=param,
             )
@@ -395,8 +395,8 @@ class P2L(Solver):
             result = denoiser_gradient(
                 prior,
                 z,
-                step.alpha_bar,
-                eps_fn=lambda z_in: guided_eps(prior, z_in, t, tuned, null, self.cfg_scale),  # noqa: B023
+                step,
+                output_fn=lambda z_in: guided_prediction(prior, z_in, t, tuned, null, self.cfg_scale),  # noqa: B023
                 loss_fn=lambda _z0, x: self._residual(y, operator, x),
             )
             z0, x0 = result.z0, result.x0
@@ -417,7 +417,7 @@ class P2L(Solver):
                 noise = None
                 if self.eta > 0.0:
                     noise = seeding.randn(z.shape[1:], generators, device=device, dtype=dtype)
-                z_prime = ddim_step(z0, result.eps, step.alpha_bar, step.alpha_bar_prev, self.eta, noise)
+                z_prime = sampler_step(z0, result.eps, step, self.eta, noise)
                 direction = result.grad if history is None else history.direction(result.grad)
                 z = z_prime - self.step_size * direction
             snapshot = self.trajectory_every > 0 and (
