@@ -28,6 +28,7 @@ HF_MODELS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd14": "CompVis/stable-diffusion-v1-4",
     "sd21base": "stabilityai/stable-diffusion-2-1-base",
+    "sd21": "stabilityai/stable-diffusion-2-1",
     "clip": weights.CLIP_MODEL,
 }
 # the captioners of prompt=caption (conf/prompt/captioner/<key>.yaml): transformers folders, sharded safetensors

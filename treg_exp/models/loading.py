@@ -77,6 +77,7 @@ FETCH_KEYS = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
     "CompVis/stable-diffusion-v1-4": "sd14",
     "stabilityai/stable-diffusion-2-1-base": "sd21base",
+    "stabilityai/stable-diffusion-2-1": "sd21",
     "openai/clip-vit-large-patch14": None,
     # the captioners of prompt=caption (conf/prompt/captioner/)
     "google/paligemma2-3b-mix-224": "paligemma",

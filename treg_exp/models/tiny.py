@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from treg_exp.common.errors import UserError
-from treg_exp.models.stable_diffusion import StableDiffusionPrior
+from treg_exp.models.stable_diffusion import PREDICTION_TYPES, StableDiffusionPrior
 
 #: Width of the tiny text encoder, the UNet's cross-attention and the image tower's projection.
 TEXT_WIDTH = 32
@@ -143,10 +143,13 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_tiny_components(seed: int = 0, architecture: str = "tiny") -> dict[str, Any]:
+def build_tiny_components(
+    seed: int = 0, architecture: str = "tiny", prediction_type: str = "epsilon"
+) -> dict[str, Any]:
     """SD-shaped components with weights drawn from ``seed`` (the global RNG is left untouched).
 
-    ``architecture``: a key of :data:`ARCHITECTURES` (``tiny`` or the full-size ``sd15``).
+    ``architecture``: a key of :data:`ARCHITECTURES` (``tiny`` or the full-size ``sd15``). ``prediction_type``:
+    the scheduler config's (``epsilon``, or ``v_prediction`` as SD 2.1-768's), which the prior reads.
     Returns a dict with ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``image_encoder`` (float32),
     ``scheduler`` (a DDIMScheduler) and ``scheduler_config`` (a plain dict).
     """
@@ -182,7 +185,7 @@ def build_tiny_components(seed: int = 0, architecture: str = "tiny") -> dict[str
         )
         torch.manual_seed(seed + 3)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**shapes["vision"]))
-    scheduler = DDIMScheduler(**SD1_SCHEDULER)
+    scheduler = DDIMScheduler(**{**SD1_SCHEDULER, "prediction_type": prediction_type})
     for module in (unet, vae, text_encoder, image_encoder):
         module.eval()
     return {
@@ -228,6 +231,8 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         dtype: networks' dtype (``float32`` default; ``float64`` for reference tests).
         architecture: ``tiny`` or ``sd15`` (the full-size architecture, random weights: for benchmarks).
         seed: weight seed (the same seed gives the same model).
+        prediction_type: ``epsilon`` (SD 1.x) or ``v_prediction`` (SD 2.1-768's parameterisation), written into the
+            scheduler config that the prior reads like a real model's.
         gradient_checkpointing, vae_slicing, vae_tiling, channels_last, compile_mode: as for
             :class:`StableDiffusionPrior`.
     """
@@ -242,9 +247,12 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         vae_tiling: bool = False,
         channels_last: bool = False,
         compile_mode: str | None = None,
+        prediction_type: str = "epsilon",
     ):
         if architecture not in ARCHITECTURES:
             raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"model.prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         super().__init__(
             model_id=f"random-{architecture}(seed={seed})",
             dtype=dtype,
@@ -258,8 +266,9 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         )
         self.seed = int(seed)
         self.architecture = architecture
+        self.prediction_type = prediction_type
 
     def _load_components(self) -> dict[str, Any]:
-        parts = build_tiny_components(self.seed, self.architecture)
+        parts = build_tiny_components(self.seed, self.architecture, self.prediction_type)
         parts.pop("scheduler")
         return parts
