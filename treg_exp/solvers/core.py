@@ -31,7 +31,7 @@ import torch
 
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
-from treg_exp.models.schedule import NoiseSchedule
+from treg_exp.models.schedule import FlowSchedule, NoiseSchedule
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,45 @@ def ddim_plan(schedule: NoiseSchedule, num_steps: int, alpha_index_shift: int = 
         )
         for i, t in enumerate(sampling_timesteps(schedule, num_steps, alpha_index_shift))
     ]
+
+
+def flow_alpha_bar(sigma: float) -> float:
+    """The ᾱ with the signal-to-noise ratio of ``z_σ = (1−σ)·x0 + σ·ε``: ``(1−σ)²/((1−σ)² + σ²)`` (1 at σ = 0)."""
+    return (1.0 - sigma) ** 2 / ((1.0 - sigma) ** 2 + sigma**2)
+
+
+def flow_plan(schedule: FlowSchedule, num_steps: int, image_seq_len: int | None = None) -> list[Step]:
+    """The grid of a rectified-flow sampler: σ from :meth:`FlowSchedule.sigmas`, the network's timestep ``σ·T``,
+    σ′ = the next grid point (0 after the last step, where ``t_prev`` is −1); ᾱ fields from :func:`flow_alpha_bar`."""
+    if not 0 < num_steps <= schedule.num_train_timesteps:
+        raise UserError(f"num_steps must be in 1..{schedule.num_train_timesteps}, got {num_steps}")
+    sigmas = [float(s) for s in schedule.sigmas(num_steps, image_seq_len)] + [0.0]
+    big_t = schedule.num_train_timesteps
+    return [
+        Step(
+            index=i,
+            t=sigma * big_t,
+            t_prev=sigma_prev * big_t if i + 1 < num_steps else -1,
+            alpha_bar=flow_alpha_bar(sigma),
+            alpha_bar_prev=flow_alpha_bar(sigma_prev),
+            sigma=sigma,
+            sigma_prev=sigma_prev,
+        )
+        for i, (sigma, sigma_prev) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True))
+    ]
+
+
+def sampling_plan(
+    schedule: NoiseSchedule | FlowSchedule,
+    num_steps: int,
+    alpha_index_shift: int = 0,
+    image_seq_len: int | None = None,
+) -> list[Step]:
+    """The prior's deterministic-sampler grid: :func:`ddim_plan` for an ᾱ schedule, :func:`flow_plan` for a flow one
+    (where ``alpha_index_shift``, an ᾱ-table convention, does not apply)."""
+    if isinstance(schedule, FlowSchedule):
+        return flow_plan(schedule, num_steps, image_seq_len)
+    return ddim_plan(schedule, num_steps, alpha_index_shift)
 
 
 #: the grids of the DDPM-ancestral (DPS-family) solvers: ``leading`` = :func:`ddim_plan`, ``respaced`` =

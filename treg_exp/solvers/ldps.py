@@ -81,7 +81,7 @@ from treg_exp.common import seeding
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
-from treg_exp.models.schedule import NoiseSchedule
+from treg_exp.models.schedule import FlowSchedule, NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers import core
 from treg_exp.solvers.base import Callback, Solver
@@ -255,8 +255,10 @@ class DPSFamily(Solver):
         )
         return self.sampler == "ddpm" and wanted
 
-    def plan(self, schedule: NoiseSchedule) -> list[core.Step]:
-        """The sampling grid (``grid``, ``num_steps``, ``alpha_index_shift``)."""
+    def plan(self, schedule: NoiseSchedule | FlowSchedule) -> list[core.Step]:
+        """The sampling grid (``grid``, ``num_steps``, ``alpha_index_shift``; a flow prior's own grid)."""
+        if isinstance(schedule, FlowSchedule):
+            return core.flow_plan(schedule, self.num_steps)
         if self.grid == "respaced":
             return core.respaced_plan(schedule, self.num_steps)
         shift = self.alpha_index_shift

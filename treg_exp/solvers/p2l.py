@@ -119,17 +119,18 @@ from treg_exp.common import seeding
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
+from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
 from treg_exp.solvers.core import (
     AdamHistory,
     check_batch,
     configure_checkpointing,
-    ddim_plan,
     denoiser_gradient,
     guided_prediction,
     residual_norm,
     sampler_step,
+    sampling_plan,
 )
 
 GRADIENT_TYPES = ("gd", "adam")
@@ -369,8 +370,10 @@ class P2L(Solver):
         device = y.device
         configure_checkpointing(prior, self.gradient_checkpointing)
 
-        schedule = dataclasses.replace(prior.schedule, timestep_spacing=self.timestep_spacing)
-        plan = ddim_plan(schedule, self.num_steps, self.alpha_index_shift)
+        schedule = prior.schedule
+        if isinstance(schedule, NoiseSchedule):  # a flow schedule has its own spacing
+            schedule = dataclasses.replace(schedule, timestep_spacing=self.timestep_spacing)
+        plan = sampling_plan(schedule, self.num_steps, self.alpha_index_shift)
         texts = [self.prompt] * batch if self.prompt is not None else list(prompts)
         with torch.no_grad():
             cond = prior.embed_text(texts).to(dtype)  # C⁰, the warm start of the first step

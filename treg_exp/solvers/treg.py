@@ -107,11 +107,11 @@ from treg_exp.solvers.core import (
     Step,
     check_batch,
     configure_checkpointing,
-    ddim_plan,
     denoise,
     denoiser_gradient,
     residual_norm,
     sampler_step,
+    sampling_plan,
 )
 
 ENCODE_MODES = ("sample", "mean")
@@ -345,7 +345,7 @@ class TReg(Solver):
         device = y.device
         configure_checkpointing(prior, self.gradient_checkpointing)
 
-        plan = ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
+        plan = sampling_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
         is_dc = self.dc_schedule()
         with torch.no_grad():
             cond = prior.embed_text(list(prompts)).to(dtype)
