@@ -32,6 +32,7 @@ bench: $(STAMP)
 # Every solver against the exact posterior on the Gaussian prior: writes benchmarks/CALIBRATION.md (a few minutes).
 calibration: $(STAMP)
 	$(PY) benchmarks/calibration.py
+	$(PY) benchmarks/calibration.py --model gaussian_flow
 
 clean:
 	rm -rf $(VENV) outputs multirun
