@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from treg_exp.models import weights  # noqa: E402 - after the path insert, so the script runs from a checkout
+from treg_exp.models import loading, weights  # noqa: E402 - after the path insert, so the script runs from a checkout
 from treg_exp.models.adm import RELEASES as ADM_RELEASES  # noqa: E402
 
 # Hugging Face repositories of the diffusion models (conf/model/*) and CLIP (TReg's adaptive negation, CLIP score).
@@ -29,6 +29,8 @@ HF_MODELS = {
     "sd14": "CompVis/stable-diffusion-v1-4",
     "sd21base": "stabilityai/stable-diffusion-2-1-base",
     "sd21": "stabilityai/stable-diffusion-2-1",
+    "sd3_medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sd35_medium": "stabilityai/stable-diffusion-3.5-medium",
     "clip": weights.CLIP_MODEL,
 }
 # the captioners of prompt=caption (conf/prompt/captioner/<key>.yaml): transformers folders, sharded safetensors
@@ -44,6 +46,10 @@ HF_PATTERNS = [
     "*.json",
     "*.txt",
     "tokenizer/*",
+    "tokenizer_2/*",
+    "tokenizer_3/*",
+    "*/diffusion_pytorch_model-*.safetensors",
+    "*/model-*.safetensors",
     "*/diffusion_pytorch_model.safetensors",
     "*/model.safetensors",
     "model.safetensors",
@@ -84,6 +90,9 @@ def fetch(item: Item) -> None:
     if item.kind == "hf":
         from huggingface_hub import snapshot_download
 
+        if item.source in loading.GATED:
+            print(loading.gated_note(item.source))
+
         captioner = item.source in CAPTIONERS.values()
         patterns = CAPTIONER_PATTERNS if captioner else HF_PATTERNS
         snapshot_download(item.source, cache_dir=str(item.target), allow_patterns=patterns, ignore_patterns=HF_SKIPPED)
@@ -105,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     for item in items:
         print(f"{item.kind:>3}  {item.source}  ->  {item.target}")
         if not args.dry_run:
-            fetch(item)
+            try:
+                fetch(item)
+            except Exception as error:  # a gated repository without access, or no network: one line, exit 2
+                note = loading.gated_note(item.source) if item.source in loading.GATED else ""
+                print(f"error: could not fetch {item.source} ({type(error).__name__}). {note}".strip(), file=sys.stderr)
+                return 2
     if not args.dry_run:
         print(f"done; run with paths.weights={args.out}")
     return 0

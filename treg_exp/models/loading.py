@@ -78,6 +78,8 @@ FETCH_KEYS = {
     "CompVis/stable-diffusion-v1-4": "sd14",
     "stabilityai/stable-diffusion-2-1-base": "sd21base",
     "stabilityai/stable-diffusion-2-1": "sd21",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "sd3_medium",
+    "stabilityai/stable-diffusion-3.5-medium": "sd35_medium",
     "openai/clip-vit-large-patch14": None,
     # the captioners of prompt=caption (conf/prompt/captioner/)
     "google/paligemma2-3b-mix-224": "paligemma",
@@ -85,6 +87,18 @@ FETCH_KEYS = {
     "florence-community/Florence-2-large": "florence2",
     "llava-hf/llava-1.5-7b-hf": "llava",
 }
+
+
+#: Hub repositories that need a licence accepted on their page and a token (``HF_TOKEN``): id → licence page.
+GATED = {
+    "stabilityai/stable-diffusion-3-medium-diffusers": "https://huggingface.co/stabilityai/stable-diffusion-3-medium",
+    "stabilityai/stable-diffusion-3.5-medium": "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium",
+}
+
+
+def gated_note(model_id: str) -> str:
+    """One sentence for a gated repository: where its licence is accepted, and that ``HF_TOKEN`` must be set."""
+    return f"{model_id} is gated: accept its licence at {GATED[model_id]} and set HF_TOKEN to a token of that account."
 
 
 def staging_hint(model_id: str) -> str:
@@ -95,9 +109,10 @@ def staging_hint(model_id: str) -> str:
         stage = f"stage it with `{command}`"
     else:
         stage = f"stage it as a diffusers folder DIR/{model_id} (or in the Hugging Face cache DIR/huggingface/hub)"
+    gated = f" ({gated_note(model_id)})" if model_id in GATED else ""
     return (
         f"{stage} and run with `paths.weights=DIR` "
-        "(or allow downloads: model.local_files_only=false and HF_HUB_OFFLINE unset)"
+        f"(or allow downloads: model.local_files_only=false and HF_HUB_OFFLINE unset){gated}"
     )
 
 
