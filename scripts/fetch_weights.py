@@ -31,6 +31,8 @@ HF_MODELS = {
     "sd21": "stabilityai/stable-diffusion-2-1",
     "sd3_medium": "stabilityai/stable-diffusion-3-medium-diffusers",
     "sd35_medium": "stabilityai/stable-diffusion-3.5-medium",
+    "flux_dev": "black-forest-labs/FLUX.1-dev",
+    "flux_schnell": "black-forest-labs/FLUX.1-schnell",
     "clip": weights.CLIP_MODEL,
 }
 # the captioners of prompt=caption (conf/prompt/captioner/<key>.yaml): transformers folders, sharded safetensors

@@ -79,6 +79,11 @@ class DiffusionPrior(nn.Module, ABC):
             raise UserError(f"image size {h}x{w} is not a multiple of the prior's latent factor {f}")
         return (b, self.latent_channels, h // f, w // f)
 
+    def image_seq_len(self, image_shape: Sequence[int]) -> int | None:
+        """The token count a resolution-dependent flow shift reads (FLUX: latent patches of 2×2); ``None`` for priors
+        whose grid does not depend on the image size (this default)."""
+        return None
+
     def initial_noise(
         self,
         shape: Sequence[int],

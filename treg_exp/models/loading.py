@@ -80,6 +80,8 @@ FETCH_KEYS = {
     "stabilityai/stable-diffusion-2-1": "sd21",
     "stabilityai/stable-diffusion-3-medium-diffusers": "sd3_medium",
     "stabilityai/stable-diffusion-3.5-medium": "sd35_medium",
+    "black-forest-labs/FLUX.1-dev": "flux_dev",
+    "black-forest-labs/FLUX.1-schnell": "flux_schnell",
     "openai/clip-vit-large-patch14": None,
     # the captioners of prompt=caption (conf/prompt/captioner/)
     "google/paligemma2-3b-mix-224": "paligemma",
@@ -93,6 +95,7 @@ FETCH_KEYS = {
 GATED = {
     "stabilityai/stable-diffusion-3-medium-diffusers": "https://huggingface.co/stabilityai/stable-diffusion-3-medium",
     "stabilityai/stable-diffusion-3.5-medium": "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium",
+    "black-forest-labs/FLUX.1-dev": "https://huggingface.co/black-forest-labs/FLUX.1-dev",
 }
 
 

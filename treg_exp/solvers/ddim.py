@@ -93,7 +93,9 @@ class DDIMSolver(Solver):
             raise UserError(f"ddim: {len(prompts)} prompts and {len(generators)} generators for {batch} images")
         dtype = prior.state_dtype
         shape = prior.latent_shape(image_shape)
-        plan = core.sampling_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
+        plan = core.sampling_plan(
+            prior.schedule, self.num_steps, self.alpha_index_shift, prior.image_seq_len(image_shape)
+        )
         with torch.no_grad():
             if initial_latent is None:
                 z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar)

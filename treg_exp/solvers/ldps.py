@@ -255,10 +255,11 @@ class DPSFamily(Solver):
         )
         return self.sampler == "ddpm" and wanted
 
-    def plan(self, schedule: NoiseSchedule | FlowSchedule) -> list[core.Step]:
-        """The sampling grid (``grid``, ``num_steps``, ``alpha_index_shift``; a flow prior's own grid)."""
+    def plan(self, schedule: NoiseSchedule | FlowSchedule, image_seq_len: int | None = None) -> list[core.Step]:
+        """The sampling grid (``grid``, ``num_steps``, ``alpha_index_shift``; a flow prior's own grid, which may
+        depend on the image's token count)."""
         if isinstance(schedule, FlowSchedule):
-            return core.flow_plan(schedule, self.num_steps)
+            return core.flow_plan(schedule, self.num_steps, image_seq_len)
         if self.grid == "respaced":
             return core.respaced_plan(schedule, self.num_steps)
         shift = self.alpha_index_shift
@@ -320,7 +321,7 @@ class DPSFamily(Solver):
         dtype = prior.state_dtype
         device = y.device
         core.configure_checkpointing(prior, self.gradient_checkpointing)
-        plan = self.plan(prior.schedule)
+        plan = self.plan(prior.schedule, prior.image_seq_len(image_shape))
         learned = self.uses_learned_variance(prior)
         alpha_bars = [step.alpha_bar for step in plan]
         with torch.no_grad():

@@ -373,7 +373,7 @@ class P2L(Solver):
         schedule = prior.schedule
         if isinstance(schedule, NoiseSchedule):  # a flow schedule has its own spacing
             schedule = dataclasses.replace(schedule, timestep_spacing=self.timestep_spacing)
-        plan = sampling_plan(schedule, self.num_steps, self.alpha_index_shift)
+        plan = sampling_plan(schedule, self.num_steps, self.alpha_index_shift, prior.image_seq_len(image_shape))
         texts = [self.prompt] * batch if self.prompt is not None else list(prompts)
         with torch.no_grad():
             cond = prior.embed_text(texts).to(dtype)  # C⁰, the warm start of the first step

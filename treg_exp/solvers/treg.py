@@ -345,7 +345,7 @@ class TReg(Solver):
         device = y.device
         configure_checkpointing(prior, self.gradient_checkpointing)
 
-        plan = sampling_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
+        plan = sampling_plan(prior.schedule, self.num_steps, self.alpha_index_shift, prior.image_seq_len(image_shape))
         is_dc = self.dc_schedule()
         with torch.no_grad():
             cond = prior.embed_text(list(prompts)).to(dtype)
