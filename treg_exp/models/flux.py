@@ -28,6 +28,7 @@ import torch
 
 from treg_exp.common.errors import UserError
 from treg_exp.models import loading
+from treg_exp.models.conditioning import pack_pooled
 from treg_exp.models.schedule import FlowSchedule
 from treg_exp.models.sd3 import SD3Prior
 
@@ -195,8 +196,7 @@ class FluxPrior(SD3Prior):
                 missing, padding="max_length", max_length=self.t5_max_length, truncation=True, return_tensors="pt"
             ).input_ids.to(self.device)
             t5 = self.text_encoder_2(ids)[0].to(pooled.dtype)
-            pooled_row = torch.nn.functional.pad(pooled, (0, t5.shape[-1] - pooled.shape[-1]))[:, None]
-            packed = torch.cat([t5, pooled_row], dim=1)
+            packed = pack_pooled(t5, pooled)
             self.counter.add("text", len(missing))
             for prompt, row in zip(missing, packed, strict=True):
                 self._text_cache[prompt] = row.to(self.state_dtype)

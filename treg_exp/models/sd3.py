@@ -33,6 +33,7 @@ from treg_exp.common.devices import parse_dtype
 from treg_exp.common.errors import UserError
 from treg_exp.models import loading
 from treg_exp.models.base import DiffusionPrior
+from treg_exp.models.conditioning import pack_pooled, split_pooled
 from treg_exp.models.schedule import FlowSchedule
 
 #: SD3's flow scheduler config (``scheduler/scheduler_config.json`` of SD3-medium and SD3.5-medium).
@@ -258,8 +259,7 @@ class SD3Prior(DiffusionPrior):
 
     def split_conditioning(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L + 1, D]`` → (token embeddings ``[B, L, D]``, pooled ``[B, P]``) (the last row, its first P)."""
-        width = int(self.transformer.config.pooled_projection_dim)
-        return cond[:, :-1], cond[:, -1, :width]
+        return split_pooled(cond, int(self.transformer.config.pooled_projection_dim))
 
     def _clip(self, index: int, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP ``index``'s penultimate hidden states ``[B, 77, W]`` and projected pooled ``[B, P_i]``."""
@@ -296,8 +296,7 @@ class SD3Prior(DiffusionPrior):
             else:
                 t5 = torch.zeros(len(missing), self.t5_max_length, width, device=clip.device, dtype=clip.dtype)
             pooled = torch.cat([pooled_l, pooled_g], dim=-1)
-            pooled_row = torch.nn.functional.pad(pooled, (0, width - pooled.shape[-1]))[:, None]
-            packed = torch.cat([clip, t5, pooled_row], dim=1)
+            packed = pack_pooled(torch.cat([clip, t5], dim=1), pooled)
             self.counter.add("text", len(missing))
             for prompt, row in zip(missing, packed, strict=True):
                 self._text_cache[prompt] = row.to(self.state_dtype)
