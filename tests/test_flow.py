@@ -12,6 +12,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from treg_exp.common.errors import UserError
 from treg_exp.models.schedule import FlowSchedule
 from treg_exp.solvers import core
 
@@ -73,7 +74,7 @@ def test_flux_resolution_shift_matches_diffusers(seq_len: int) -> None:
 def test_flow_split_and_euler_step() -> None:
     """``ẑ0 = z − σv`` and ``ε̂ = z + (1−σ)v`` re-compose ``z = (1−σ)ẑ0 + σε̂`` with ``ε̂ − ẑ0 = v``; the
     deterministic step equals Euler's ``z + (σ′−σ)v`` and diffusers' scheduler step; η = 1 re-noises with fresh
-    noise only. A sign or (1−σ) slip fails."""
+    noise only (η > 1 is one line). A sign or (1−σ) slip fails."""
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64)
     v = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64)
@@ -90,6 +91,8 @@ def test_flow_split_and_euler_step() -> None:
         scheduler._step_index = step.index
         reference = scheduler.step(v.float(), scheduler.timesteps[step.index], z.float()).prev_sample
         torch.testing.assert_close(core.sampler_step(z0, eps, step).float(), reference, rtol=0, atol=1e-5)
+        with pytest.raises(UserError, match="fraction of fresh noise"):
+            core.sampler_step(z0, eps, step, eta=1.5, noise=xi)
         fresh = core.sampler_step(z0, eps, step, eta=1.0, noise=xi)
         torch.testing.assert_close(fresh, (1 - step.sigma_prev) * z0 + step.sigma_prev * xi)
         # the ᾱ twin has the flow step's signal-to-noise ratio
@@ -168,7 +171,6 @@ def test_methods_not_defined_on_flow_priors_refuse_in_one_line(name: str) -> Non
     each stops with one line naming the reason, before any network pass."""
     from hydra.utils import instantiate
 
-    from treg_exp.common.errors import UserError
     from treg_exp.models.gaussian import GaussianFlowPrior
 
     solver = instantiate(compose([f"solver={name}"]).solver)

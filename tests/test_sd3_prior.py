@@ -135,13 +135,13 @@ def test_treg_and_p2l_run_on_the_flow_prior(prior) -> None:
     for adaptive negation is one line, before any network pass."""
     operator, y = _problem(prior)
     values: list[dict] = []
-    treg = _compose(["solver=treg", "solver.num_steps=6", "solver.adaptive_negation=false", "solver.cfg_scale=2.0"])
+    treg = _compose(["solver=treg", "solver.num_steps=6", "solver.cfg_scale=2.0"])  # AN off: solver_model preset
     out = _run(treg, prior, y, operator, lambda i, v: values.append(v))
     assert torch.isfinite(out).all() and len(values) >= 2
     for v in values:
         assert (v["dc/residual_after"] < v["dc/residual_before"]).all()
     with pytest.raises(UserError, match="no CLIP image encoder"):
-        _run(_compose(["solver=treg", "solver.num_steps=2"]), prior, y, operator)
+        _run(_compose(["solver=treg", "solver.num_steps=2", "solver.adaptive_negation=true"]), prior, y, operator)
     shifts: list[torch.Tensor] = []
     p2l = _compose(["solver=p2l", "solver.num_steps=3", "solver.cfg_scale=1.0", "solver.prompt_iters=1"])
     out = _run(p2l, prior, y, operator, lambda i, v: shifts.append(v["prompt/shift"]))

@@ -174,33 +174,16 @@ class FluxPrior(SD3Prior):
         self.counter.add("unet", b, out.requires_grad)
         return out
 
-    @torch.no_grad()
-    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``c`` ``[B, t5_max_length + 1, D]`` in :attr:`state_dtype`: T5 hidden states and CLIP-L's pooled output
-        (zero-padded to D) as the last row; each distinct prompt encoded once and cached."""
-        self._require_loaded()
-        if isinstance(prompts, str):
-            raise UserError("embed_text takes a list of prompts, one per image")
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            clip_tokenizer, t5_tokenizer = self.tokenizers[0], self.tokenizers[1]
-            ids = clip_tokenizer(
-                missing,
-                padding="max_length",
-                max_length=clip_tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            pooled = self.text_encoder_1(ids).pooler_output
-            ids = t5_tokenizer(
-                missing, padding="max_length", max_length=self.t5_max_length, truncation=True, return_tensors="pt"
-            ).input_ids.to(self.device)
-            t5 = self.text_encoder_2(ids)[0].to(pooled.dtype)
-            packed = pack_pooled(t5, pooled)
-            self.counter.add("text", len(missing))
-            for prompt, row in zip(missing, packed, strict=True):
-                self._text_cache[prompt] = row.to(self.state_dtype)
-        return torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """``[n, t5_max_length + 1, D]``: T5 hidden states and CLIP-L's pooled output (zero-padded to D) as the last
+        row (FluxPipeline's ``encode_prompt``)."""
+        tokenizer = self.tokenizers[0]
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        pooled = self.text_encoder_1(ids).pooler_output
+        t5 = self.text_encoder_2(self._t5_ids(self.tokenizers[1], prompts))[0].to(pooled.dtype)
+        return pack_pooled(t5, pooled)
 
 
 def build_random_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict[str, Any]:

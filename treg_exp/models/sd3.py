@@ -272,35 +272,37 @@ class SD3Prior(DiffusionPrior):
 
     @torch.no_grad()
     def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``c`` ``[B, 77 + t5_max_length + 1, D]`` in :attr:`state_dtype` (module docstring), each distinct prompt
-        encoded once and cached (the ``text`` counter counts prompts encoded)."""
+        """``c`` ``[B, L + 1, D]`` in :attr:`state_dtype` (module docstring; :meth:`encode_prompts`), each distinct
+        prompt encoded once and cached (the ``text`` counter counts prompts encoded)."""
         self._require_loaded()
         if isinstance(prompts, str):
             raise UserError("embed_text takes a list of prompts, one per image")
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            (hidden_l, pooled_l), (hidden_g, pooled_g) = self._clip(0, missing), self._clip(1, missing)
-            clip = torch.cat([hidden_l, hidden_g], dim=-1)
-            width = self.joint_width
-            clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
-            if self.use_t5:
-                ids = self.tokenizers[2](
-                    missing,
-                    padding="max_length",
-                    max_length=self.t5_max_length,
-                    truncation=True,
-                    add_special_tokens=True,
-                    return_tensors="pt",
-                ).input_ids.to(self.device)
-                t5 = self.text_encoder_3(ids)[0].to(clip.dtype)
-            else:
-                t5 = torch.zeros(len(missing), self.t5_max_length, width, device=clip.device, dtype=clip.dtype)
-            pooled = torch.cat([pooled_l, pooled_g], dim=-1)
-            packed = pack_pooled(torch.cat([clip, t5], dim=1), pooled)
+            packed = self.encode_prompts(missing)
             self.counter.add("text", len(missing))
             for prompt, row in zip(missing, packed, strict=True):
                 self._text_cache[prompt] = row.to(self.state_dtype)
         return torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """``[n, 77 + t5_max_length + 1, D]``: CLIP-L ⊕ CLIP-G penultimate states padded to D, the T5 rows (zeros
+        without T5), and the pooled row (CLIP-L ⊕ CLIP-G ``text_embeds``, padded to D)."""
+        (hidden_l, pooled_l), (hidden_g, pooled_g) = self._clip(0, prompts), self._clip(1, prompts)
+        clip = torch.cat([hidden_l, hidden_g], dim=-1)
+        width = self.joint_width
+        clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
+        if self.use_t5:
+            t5 = self.text_encoder_3(self._t5_ids(self.tokenizers[2], prompts))[0].to(clip.dtype)
+        else:
+            t5 = torch.zeros(len(prompts), self.t5_max_length, width, device=clip.device, dtype=clip.dtype)
+        return pack_pooled(torch.cat([clip, t5], dim=1), torch.cat([pooled_l, pooled_g], dim=-1))
+
+    def _t5_ids(self, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+        """T5 token ids ``[n, t5_max_length]`` (padded to the maximum length, truncated), on the prior's device."""
+        return tokenizer(
+            prompts, padding="max_length", max_length=self.t5_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
 
 
 #: Random-weight architectures: ``tiny`` (toy widths, 64-px images) and ``sd35_medium`` (SD3.5 medium's transformer,

@@ -324,6 +324,8 @@ def flow_step(
     """
     if fresh == 0.0:
         return (1.0 - sigma_prev) * z0 + sigma_prev * eps
+    if not 0.0 < fresh <= 1.0:
+        raise UserError(f"on a flow prior eta is the fraction of fresh noise, in [0, 1]; got {fresh}")
     if noise is None:
         raise ValueError("flow_step with fresh noise needs noise")
     return (1.0 - sigma_prev) * z0 + sigma_prev * ((1.0 - fresh**2) ** 0.5 * eps + fresh * noise)

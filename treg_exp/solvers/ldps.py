@@ -68,6 +68,10 @@ Cost per image: ``num_steps`` UNet calls of 1 row (2 with CFG) and ``num_steps``
 through it, plus one decode for the output with ``output=latent``; GML-DPS and PSLD add an encode (with backward) per
 step. Diagnostics via ``callback(step_index, values)``: ``dps/residual`` (``‖y − A(D(ẑ0))‖`` without renoising) and
 ``dps/loss`` (the differentiated loss), each ``[B]``.
+
+Rectified-flow priors (SD3, FLUX, ``gaussian_flow``): ``(ẑ0, ε̂)`` come from ``core.split_prediction``
+(``ẑ0 = z − σ·v``), the grid from the prior's flow schedule and ``sampler=ddim`` is the flow step
+(``core.sampler_step``; η is then the fraction of fresh noise); ``sampler=ddpm`` is not defined there (one line).
 """
 
 from __future__ import annotations

@@ -106,6 +106,9 @@ warm-start ``C``), ``prompt/loss`` (``r`` at the tuned ``C*``; the loss the K Ad
 ``squared_residual``), ``prompt/shift`` (‖C* − C⁰‖ from the initial prompt's embedding); on projection steps
 ``project/residual_before`` (‖A D(ẑ0) − y‖), ``project/residual_after`` (‖A x̄ − y‖) and ``project/cg_residual``;
 ``image/x0`` (``[B, 3, H, W]``) every ``trajectory_every`` steps and at the last.
+
+Rectified-flow priors: the same algorithm with ``(ẑ0, ε̂)`` from the velocity (``core.split_prediction``) and the
+flow step for DDIM (``core.sampler_step``); the tuned ``c`` of SD3 / FLUX holds the token and pooled embeddings.
 """
 
 from __future__ import annotations

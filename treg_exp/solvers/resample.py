@@ -85,6 +85,9 @@ Diagnostics via ``callback(step_index, values)``, each ``[B]``: ``dps/residual``
 step) every step; on DC steps ``dc/pixel`` or ``dc/latent`` (1.0), ``dc/mse_start`` (loss at the start point),
 ``dc/mse_end`` (the last loss evaluated, before the last update) and ``dc/iterations``; the final optimisation
 reports the same keys under ``final/`` with ``step_index = N``.
+
+Rectified-flow priors (SD3, FLUX, ``gaussian_flow``): not defined — the pseudo-x0 ``(z − (1−ᾱ)ε̂)/√ᾱ`` and the
+stochastic resampling ``N(√ᾱ·ẑ0(y), σ²)`` are ᾱ-schedule formulas; :meth:`ReSample.check_prior` says so in one line.
 """
 
 from __future__ import annotations

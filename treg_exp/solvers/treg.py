@@ -87,6 +87,10 @@ Departures from the official code, and why:
   Gaussian-deblur preset's ``null_lr`` 5e-4 is in ``conf/solver_task/treg_gauss_deblur.yaml``; ``model=gaussian``
   sets ``null_prompt: ""`` and AN off (``conf/solver_model/treg_gaussian.yaml``: that prior knows only colour
   prompts and has no image encoder).
+
+Rectified-flow priors (SD3, FLUX, ``gaussian_flow``; no official code): ``(ẑ0, ε̂)`` from the velocity
+(``core.split_prediction``), plain steps are the flow Euler step, and the DC step's mix and re-noise take ``1−σ′`` for
+ᾱ_prev (:func:`treg_renoise`, FlowDPS's re-noising); adaptive negation needs an image tower, which these priors lack.
 """
 
 from __future__ import annotations
