@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench calibration clean
+.PHONY: install run test lint bench bench-large calibration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py
+
+# SDXL's full-size architecture (random weights) at 1024 px: pass seconds, TReg DC-step memory (7 GiB, minutes).
+bench-large: $(STAMP)
+	$(PY) benchmarks/large_priors.py
 
 # Every solver against the exact posterior on the Gaussian prior: writes benchmarks/CALIBRATION.md (a few minutes).
 calibration: $(STAMP)

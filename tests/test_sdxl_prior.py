@@ -168,8 +168,8 @@ def test_treg_with_adaptive_negation_on_sdxl(prior, unconditional_residual) -> N
 
 
 def test_adaptive_negation_needs_both_towers() -> None:
-    """Without the OpenCLIP-G image tower (full-size random build) adaptive negation is one line, before any UNet
-    pass; the prior otherwise knows nothing of what the solver asks."""
+    """Without the OpenCLIP-G image tower (as ``sdxl_random``, which has none) the image-feature check TReg runs
+    before any network pass is one line naming both towers: a check of the first tower only would pass here."""
     prior = RandomSDXLPrior(architecture="tiny")
     prior.load("cpu")
     prior.image_encoder_2 = None
