@@ -28,8 +28,9 @@ import torch
 
 from treg_exp.common.errors import UserError
 from treg_exp.models import loading
+from treg_exp.models.conditioning import pack_pooled
 from treg_exp.models.schedule import FlowSchedule
-from treg_exp.models.sd3 import SD3Prior, pooled_row
+from treg_exp.models.sd3 import SD3Prior
 
 #: FLUX.1 [dev]'s scheduler config (FLUX.1 [schnell]: ``shift`` 1.0, ``use_dynamic_shifting`` false).
 FLUX_DEV_SCHEDULER = {
@@ -182,7 +183,7 @@ class FluxPrior(SD3Prior):
         ).input_ids.to(self.device)
         pooled = self.text_encoder_1(ids).pooler_output
         t5 = self.text_encoder_2(self._t5_ids(self.tokenizers[1], prompts))[0].to(pooled.dtype)
-        return torch.cat([t5, pooled_row(pooled, t5.shape[-1])], dim=1)
+        return pack_pooled(t5, pooled)
 
 
 def build_random_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict[str, Any]:

@@ -82,6 +82,9 @@ FETCH_KEYS = {
     "stabilityai/stable-diffusion-3.5-medium": "sd35_medium",
     "black-forest-labs/FLUX.1-dev": "flux_dev",
     "black-forest-labs/FLUX.1-schnell": "flux_schnell",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "madebyollin/sdxl-vae-fp16-fix": "sdxl_vae_fp16",
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "sdxl",
     "openai/clip-vit-large-patch14": None,
     # the captioners of prompt=caption (conf/prompt/captioner/)
     "google/paligemma2-3b-mix-224": "paligemma",

@@ -33,6 +33,7 @@ from treg_exp.common.devices import parse_dtype
 from treg_exp.common.errors import UserError
 from treg_exp.models import loading
 from treg_exp.models.base import DiffusionPrior
+from treg_exp.models.conditioning import pack_pooled, split_pooled
 from treg_exp.models.schedule import FlowSchedule
 
 #: SD3's flow scheduler config (``scheduler/scheduler_config.json`` of SD3-medium and SD3.5-medium).
@@ -258,8 +259,7 @@ class SD3Prior(DiffusionPrior):
 
     def split_conditioning(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L + 1, D]`` → (token embeddings ``[B, L, D]``, pooled ``[B, P]``) (the last row, its first P)."""
-        width = int(self.transformer.config.pooled_projection_dim)
-        return cond[:, :-1], cond[:, -1, :width]
+        return split_pooled(cond, int(self.transformer.config.pooled_projection_dim))
 
     def _clip(self, index: int, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP ``index``'s penultimate hidden states ``[B, 77, W]`` and projected pooled ``[B, P_i]``."""
@@ -296,18 +296,13 @@ class SD3Prior(DiffusionPrior):
             t5 = self.text_encoder_3(self._t5_ids(self.tokenizers[2], prompts))[0].to(clip.dtype)
         else:
             t5 = torch.zeros(len(prompts), self.t5_max_length, width, device=clip.device, dtype=clip.dtype)
-        return torch.cat([clip, t5, pooled_row(torch.cat([pooled_l, pooled_g], dim=-1), width)], dim=1)
+        return pack_pooled(torch.cat([clip, t5], dim=1), torch.cat([pooled_l, pooled_g], dim=-1))
 
     def _t5_ids(self, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
         """T5 token ids ``[n, t5_max_length]`` (padded to the maximum length, truncated), on the prior's device."""
         return tokenizer(
             prompts, padding="max_length", max_length=self.t5_max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
-
-
-def pooled_row(pooled: torch.Tensor, width: int) -> torch.Tensor:
-    """The pooled embedding ``[n, P]`` as one token row ``[n, 1, width]`` (zero-padded; P ≤ width)."""
-    return torch.nn.functional.pad(pooled, (0, width - pooled.shape[-1]))[:, None]
 
 
 #: Random-weight architectures: ``tiny`` (toy widths, 64-px images) and ``sd35_medium`` (SD3.5 medium's transformer,

@@ -143,6 +143,39 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
+def build_vae(shape: dict[str, Any], scaling_factor: float) -> Any:
+    """SD's 4-level ``AutoencoderKL`` (4 latent channels, shrinks by 8) with widths ``shape``, weights from the global
+    RNG."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        scaling_factor=scaling_factor,
+        **shape,
+    )
+
+
+def build_text_encoder(cls: type, tokenizer: Any, shape: dict[str, Any]) -> Any:
+    """A CLIP text tower ``cls`` (``CLIPTextModel`` or ``CLIPTextModelWithProjection``) of widths ``shape`` over
+    ``tokenizer``'s vocabulary and 77 positions; ``projection_dim`` defaults to the hidden width."""
+    from transformers import CLIPTextConfig
+
+    return cls(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            **{"projection_dim": shape["hidden_size"], **shape},
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
 def build_tiny_components(
     seed: int = 0, architecture: str = "tiny", prediction_type: str = "epsilon"
 ) -> dict[str, Any]:
@@ -153,8 +186,8 @@ def build_tiny_components(
     Returns a dict with ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``image_encoder`` (float32),
     ``scheduler`` (a DDIMScheduler) and ``scheduler_config`` (a plain dict).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     shapes = ARCHITECTURES[architecture]
     tokenizer = build_tokenizer()
@@ -162,27 +195,9 @@ def build_tiny_components(
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **shapes["unet"])
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            scaling_factor=0.18215,
-            **shapes["vae"],
-        )
+        vae = build_vae(shapes["vae"], scaling_factor=0.18215)
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                projection_dim=shapes["text"]["hidden_size"],
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **shapes["text"],
-            )
-        )
+        text_encoder = build_text_encoder(CLIPTextModel, tokenizer, shapes["text"])
         torch.manual_seed(seed + 3)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**shapes["vision"]))
     scheduler = DDIMScheduler(**{**SD1_SCHEDULER, "prediction_type": prediction_type})
