@@ -347,8 +347,11 @@ RANDOM_ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_random_sd3_components(seed: int = 0, architecture: str = "tiny") -> dict[str, Any]:
-    """SD3-shaped components with weights drawn from ``seed`` (the global RNG is left untouched), float32:
+def build_random_sd3_components(
+    seed: int = 0, architecture: str = "tiny", dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """SD3-shaped components with weights drawn from ``seed`` (the global RNG is left untouched), created in
+    ``dtype`` (so a full-size bfloat16 build never holds a float32 copy: 9 GB for SD3.5 medium's transformer):
     ``transformer``, ``vae`` (16 channels, SD3's scaling 1.5305 and shift 0.0609, no quant convs), CLIP-L and CLIP-G
     ``CLIPTextModelWithProjection`` (projection = width) with the code-written tiny tokenizer, no T5."""
     from diffusers import AutoencoderKL, SD3Transformer2DModel
@@ -372,11 +375,9 @@ def build_random_sd3_components(seed: int = 0, architecture: str = "tiny") -> di
             )
         )
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(in_channels=16, out_channels=16, **shapes["transformer"])
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
+    builders = (
+        lambda: SD3Transformer2DModel(in_channels=16, out_channels=16, **shapes["transformer"]),
+        lambda: AutoencoderKL(
             in_channels=3,
             out_channels=3,
             down_block_types=("DownEncoderBlock2D",) * 4,
@@ -387,13 +388,21 @@ def build_random_sd3_components(seed: int = 0, architecture: str = "tiny") -> di
             use_quant_conv=False,
             use_post_quant_conv=False,
             **shapes["vae"],
-        )
-        torch.manual_seed(seed + 2)
-        clip_l = clip(shapes["clip_l"])
-        torch.manual_seed(seed + 3)
-        clip_g = clip(shapes["clip_g"])
-    for module in (transformer, vae, clip_l, clip_g):
-        module.eval()
+        ),
+        lambda: clip(shapes["clip_l"]),
+        lambda: clip(shapes["clip_g"]),
+    )
+    default_dtype = torch.get_default_dtype()
+    modules = []
+    with torch.random.fork_rng(devices=[]):
+        torch.set_default_dtype(dtype)
+        try:
+            for offset, build in enumerate(builders):  # each network from its own seed: seed, seed + 1, …
+                torch.manual_seed(seed + offset)
+                modules.append(build().eval())
+        finally:
+            torch.set_default_dtype(default_dtype)
+    transformer, vae, clip_l, clip_g = modules
     return {
         "transformer": transformer,
         "vae": vae,
@@ -437,4 +446,6 @@ class RandomSD3Prior(SD3Prior):
         self.seed = int(seed)
 
     def _load_components(self) -> dict[str, Any]:
-        return build_random_sd3_components(self.seed, self.architecture)
+        # float64 (reference tests) and float32 builds draw in float32, the half types directly in theirs
+        build_dtype = self.dtype if self.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        return build_random_sd3_components(self.seed, self.architecture, build_dtype)
