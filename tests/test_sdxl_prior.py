@@ -186,3 +186,16 @@ def test_offline_sdxl_fails_in_one_line(tmp_path) -> None:
     message = str(error.value)
     assert time.perf_counter() - start < 10 and "\n" not in message
     assert "fetch_weights.py --out DIR --models sdxl" in message
+
+
+def test_optimising_c_reaches_hidden_states_and_pooled_but_not_the_padding(prior) -> None:
+    """What P2L's prompt tuning optimises on SDXL (models/conditioning.py): the gradient of the UNet output with respect
+    to ``c`` is nonzero on the hidden states and on the pooled entries, and exactly zero on the pooled row's padding
+    (CLIP-L's columns), which the UNet never reads: a pooled embedding read from the wrong columns fails."""
+    cond = prior.embed_text(["a photo"]).clone().requires_grad_(True)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad(prior.eps(z, 500, cond).square().sum(), cond)
+    column = prior.pooled_column
+    assert grad[:, :-1].abs().amax() > 0
+    assert (grad[:, -1, column:] != 0).all()
+    assert (grad[:, -1, :column] == 0).all()
