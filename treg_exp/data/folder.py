@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
 CAPTIONS_FALLBACKS = ("prompt", "empty")
+CAPTIONS_EXPECTED = "a .json file {id: caption} or a .csv file with columns id, prompt"
 
 
 def load_captions(path: str | Path) -> dict[str, str]:
@@ -24,9 +25,7 @@ def load_captions(path: str | Path) -> dict[str, str]:
 
     A file that is not such a mapping is a one-line error naming what is wrong.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"captions file not found: {path}")
+    path = checks.existing_path("data.captions", path, CAPTIONS_EXPECTED)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text())
@@ -124,8 +123,7 @@ class ImageFolder(ImageDataset):
         return self._files
 
     def _scan(self) -> list[Path]:
-        if not self.root.is_dir():
-            raise UserError(f"image folder not found: {self.root} (set data.root or paths.data_root)")
+        checks.existing_path("data.root", self.root, "the folder of images (or set paths.data_root)", folder=True)
         files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {self.root}")

@@ -113,9 +113,10 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to resume into a run directory whose finished images were computed with other settings."""
+    """Refuse to resume into a run directory whose finished images were computed with other settings (a directory
+    that holds no row, such as one a refused or killed start left, takes the new settings)."""
     saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    if not saved.is_file() or not any((run_dir / "rows").glob("*.json")):
         return
     try:
         old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)

@@ -34,7 +34,7 @@ from treg_exp.experiment.solve import Result, save_batch, score_batch, solve_bat
 from treg_exp.experiment.summary import summarise
 from treg_exp.metrics.base import MetricSuite
 from treg_exp.models.base import DiffusionPrior
-from treg_exp.operators.base import LinearOperator
+from treg_exp.operators.base import LinearOperator, measure_images
 from treg_exp.prompts.sources import GivenPrompt, PromptContext, PromptSource
 from treg_exp.solvers.base import Solver
 from treg_exp.tracking.base import NullLogger, RunLogger
@@ -127,6 +127,7 @@ class Runner:
         """
         self._check()
         self.solver.check_prior(self.prior)
+        self.check_geometry()
         indices = self.shard_indices()
         if not indices:
             raise UserError(f"shard {self.shard_index}/{self.shard_count} of the dataset holds no image")
@@ -134,6 +135,17 @@ class Runner:
         self.store = RunStore(self.run_dir, order, self.num_samples)
         self.store.check()
         return indices
+
+    def check_geometry(self) -> None:
+        """The image size against the prior (latent factor, size multiples) and the task (SR divisibility), from the
+        config alone: a zero image of the dataset's ``resolution`` goes through ``latent_shape`` and a measurement,
+        before any weights load or anything is written."""
+        side = getattr(self.dataset, "resolution", None)
+        if side is None:
+            return
+        shape = (1, 3, int(side), int(side))
+        self.prior.latent_shape(shape)
+        measure_images(self.operator, torch.zeros(shape), ["geometry-check"], self.seed)
 
     # --- the loop --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
