@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reliability import GAUSS, run_app, snapshot, write_images
+from tests.test_reliability import GAUSS, compose_cfg, run_app, snapshot, write_images
+from treg_exp.common.errors import UserError
+from treg_exp.experiment.config_types import check_types
 
 TINY = ["model=tiny", "solver=ddim", "solver.num_steps=2", "data.limit=1", "data.prompt=''"]
 GAUSS_ONE = [*GAUSS, "data.limit=1"]
@@ -144,3 +146,75 @@ def test_a_missing_path_is_reported_as_not_found_with_the_key_and_what_it_expect
     given = next(a.split("=", 1)[1] for a in args if a.startswith(f"{key}="))
     assert Path(given).name in errors[0]
     assert not run_dir.exists()
+
+
+# --- class 2: every value of its type, from the constructors' type hints -----------------------------------------
+TYPE_ERRORS = [
+    # (override, the line's words); the run is the exact Gaussian posterior mean unless the override picks another
+    ("solver=ddim solver.num_steps=2.5", "solver.num_steps must be an integer, got 2.5 (a float)"),
+    ("solver=ddim solver.num_steps='3'", "solver.num_steps must be an integer, got '3' (a string)"),
+    ("solver=ddim solver.num_steps=true", "solver.num_steps must be an integer, got true (a bool)"),
+    ("solver=ddim solver.num_steps=[1,2]", "solver.num_steps must be an integer, got [1, 2] (a list)"),
+    ("task.sigma_y=abc", "task.sigma_y must be a number, got 'abc' (a string)"),
+    ("task.sigma_y='0.1'", "task.sigma_y must be a number, got '0.1' (a string)"),
+    ("task.kernel_sigma=[1.5]", "task.kernel_sigma must be a number, got [1.5] (a list)"),
+    ("data.resolution=32.0", "data.resolution must be an integer, got 32.0 (a float)"),
+    ("data.limit=[1,2]", "data.limit must be an integer or null, got [1, 2] (a list)"),
+    ("data.prompt=[a]", "data.prompt must be a string or null, got ['a'] (a list)"),
+    ("data.strict=2", "data.strict must be true or false, got 2 (an integer)"),
+    ("fail_fast=2", "fail_fast must be true or false, got 2 (an integer)"),
+    ("seed='7'", "seed must be an integer, got '7' (a string)"),
+    ("shard.count=2.0", "shard.count must be an integer, got 2.0 (a float)"),
+    ("batch_size={a:1}", "batch_size must be an integer, got {'a': 1} (a mapping)"),
+    ("model.pixel_std=x", "model.pixel_std must be a number, got 'x' (a string)"),
+    ("model.dtype=[a]", "model.dtype must be a string"),
+    ("+solver.tolerance=1", "solver.tolerance is not a key of treg_exp.solvers.oracles.PosteriorMean"),
+    ("metrics.protocol=[treg]", "metrics.protocol must be a string, got ['treg'] (a list)"),
+    ("prompt=mismatch prompt.swaps_file=[a]", "prompt.swaps_file must be a string or null, got ['a'] (a list)"),
+]
+
+
+@pytest.mark.parametrize("override, message", TYPE_ERRORS, ids=[t[0] for t in TYPE_ERRORS])
+def test_a_value_of_the_wrong_type_is_one_line_before_anything_is_built(override, message, tmp_path, capsys):
+    """Each kind of mistyped value (a float, a string, a bool or a list for an integer; a string or a list for a
+    number; a list for a string; an integer for a bool; a key nothing takes) in each part of the config (solver,
+    task, data, prior, run keys) must stop with exit 2 and one line naming the key, the value and the type, with
+    nothing written. Catches `solver.num_steps=2.5` running 2 steps while config.yaml records 2.5."""
+    run_dir = tmp_path / "run"
+    code, errors = run_app(capsys, run_dir, *GAUSS_ONE, *override.split())
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not run_dir.exists()
+
+
+class NewSolver:
+    """A constructor another branch might add: its keys are checked from its hints, with no list to update."""
+
+    def __init__(self, num_steps: int = 10, eta: float = 0.0, clip: bool = True, names: list[str] | None = None):
+        self.num_steps = num_steps
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_steps", 2.5, "solver.num_steps must be an integer, got 2.5 (a float)"),
+        ("eta", "0.5", "solver.eta must be a number, got '0.5' (a string)"),
+        ("clip", 2, "solver.clip must be true or false, got 2 (an integer)"),
+        ("names", "a", "solver.names must be a list of strings or null, got 'a' (a string)"),
+        ("names", [1], "solver.names must be a list of strings or null, got [1] (a list)"),
+        ("num_steps", 3, None),
+        ("eta", 1, None),
+        ("names", ["a", "b"], None),
+    ],
+)
+def test_the_types_come_from_the_constructor_hints_of_any_target(key, value, message):
+    """A class no list in the code names is checked by its type hints alone: catches a hand-written schema that a
+    solver or prior added on another branch would bypass, and a check that refuses a well-typed value (an int
+    for a float, a list of strings)."""
+    cfg = compose_cfg(Path("unused"), *GAUSS_ONE)
+    cfg.solver = {"_target_": f"{__name__}.NewSolver", key: value}
+    if message is None:
+        check_types(cfg)
+    else:
+        with pytest.raises(UserError) as caught:
+            check_types(cfg)
+        assert str(caught.value) == message

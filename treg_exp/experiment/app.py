@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from treg_exp.common.errors import UserError, find_user_error
 from treg_exp.experiment import cost
+from treg_exp.experiment.config_types import check_types
 from treg_exp.experiment.runner import Runner
 from treg_exp.models.weights import stage_weights
 from treg_exp.prompts.sources import GivenPrompt
@@ -177,6 +178,7 @@ def run_one(
 ) -> RunResult:
     """Check, build and run one configuration (a :class:`UserError` propagates; nothing is written before the
     runner claims the directory)."""
+    check_types(cfg)  # every value of its key's type (the constructors' type hints), before anything is built
     runner = build_runner(cfg, run_dir, choices, overrides, on_claim)  # bad values: one line, nothing written
     runner.check_inputs()  # the data, subset rules and output location, before the finished results' settings
     check_same_run(cfg, run_dir)
