@@ -18,6 +18,7 @@ weights, unwritable location) leaves the run directory as it was.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,7 +72,8 @@ class Runner:
 
     :attr:`store` is the run directory (:class:`RunStore`, with the dataset's order once :meth:`check_inputs` has
     run). After :meth:`run`, :attr:`shard_counts` holds ``{"images", "ok", "failed"}`` of this shard's images (the
-    app's exit status).
+    app's exit status), and :attr:`setup_counts` the set-up passes of this process that no row is charged
+    (:data:`treg_exp.experiment.solve.SETUP_NETWORKS`: the cached text encodings).
     """
 
     dataset: ImageDataset
@@ -97,6 +99,7 @@ class Runner:
     def __post_init__(self) -> None:
         self._check()
         self.shard_counts: dict[str, int] = {}
+        self.setup_counts: Counter[str] = Counter()
         self.store = RunStore(self.run_dir, num_samples=self.num_samples)
 
     # --- set-up --------------------------------------------------------------------------------------------
@@ -199,6 +202,9 @@ class Runner:
         finally:
             self.logger.finish(summary)
         self.shard_counts = self.store.status_counts(ids)
+        if self.setup_counts:
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(self.setup_counts.items()))
+            log.info("set-up of this process, not charged to any image: %s", shown)
         return summary
 
     def _load(self, chunk: Sequence[int]) -> tuple[list[Sample], list[Result]]:
@@ -224,6 +230,7 @@ class Runner:
         """Solve, save and score one batch; an exception fails the batch's images, not the run."""
         try:
             solved = solve_batch(batch, self.operator, self.prior, self.solver, self.seed, self.num_samples, device)
+            self.setup_counts.update(solved.setup_counts)
             save_batch(solved, batch, self.store)  # the images first: a scoring failure must not lose a solve
             return score_batch(solved, batch, self.metrics, self.store)
         except UserError:
