@@ -297,7 +297,7 @@ def test_unreadable_images_are_recorded_retried_and_counted(tmp_path, capsys):
     assert all(r["stage"] == "load" and r["error"] for r in records)
     assert "values in [2, 2]" in next(r["error"] for r in records if r["id"] == "float")
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["counts"] == {"images": 6, "ok": 2, "failed": 4, "pending": 0}
+    assert summary["counts"] == {"seen": 6, "images": 6, "ok": 2, "failed": 4, "pending": 0}
 
     finished = (run_dir / "recon" / "img_0.png").stat().st_mtime_ns
     shutil.copy(good[1], folder / "truncated.png")  # repaired
@@ -495,7 +495,7 @@ def test_a_nan_in_one_image_of_a_batch_fails_only_that_image(finished, images, t
 
     runner.solver.solve = poisoned
     summary = runner.run()
-    assert summary["counts"] == {"images": 3, "ok": 2, "failed": 1, "pending": 0}
+    assert summary["counts"] == {"seen": 3, "images": 3, "ok": 2, "failed": 1, "pending": 0}
     rows = rows_of(tmp_path)
     assert rows["img_1"]["status"] == "failed" and "non-finite" in rows["img_1"]["error"]
     assert not (tmp_path / "recon" / "img_1.png").exists() and not (tmp_path / "gt" / "img_1.png").exists()
@@ -618,7 +618,9 @@ def test_two_shards_and_a_duplicate_job_in_one_directory_leave_every_row(tmp_pat
     lines = (run_dir / "metrics.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ids
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["counts"] == {"images": 4, "ok": 4, "failed": 0, "pending": 0} and summary["covers_dataset"]
+    assert (
+        summary["counts"] == {"seen": 4, "images": 4, "ok": 4, "failed": 0, "pending": 0} and summary["covers_dataset"]
+    )
     assert "| 4/4 |" in (run_dir / "table.md").read_text()
     assert (run_dir / "failures.jsonl").read_text() == ""
     for image_id in ids:

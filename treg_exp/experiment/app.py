@@ -215,6 +215,20 @@ def format_table(results: list[tuple[str, dict[str, Any] | None]]) -> str:
     return "\n".join(lines)
 
 
+def count_lines(results: list[RunResult]) -> list[str]:
+    """One line per run: the images it saw, solved, skipped (failures.jsonl) and has pending, from its summary."""
+    lines = []
+    for result in results:
+        counts = (result.summary or {}).get("counts")
+        if counts:
+            where = f" ({result.run_dir / 'failures.jsonl'})" if counts.get("failed") else ""
+            lines.append(
+                f"{result.name}: seen {counts.get('seen', counts['images'])} images, {counts['images']} in the run: "
+                f"solved {counts['ok']}, skipped {counts['failed']}{where}, pending {counts['pending']}"
+            )
+    return lines
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
@@ -311,6 +325,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
         sys.exit(EXIT_USER_ERROR)
     table = write_table(cfg, results)
     print(table)
+    for line in count_lines(results):
+        print(line)
     code, message = outcome(results)
     if message:
         print(f"error: {message}", file=sys.stderr)

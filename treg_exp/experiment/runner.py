@@ -191,7 +191,15 @@ class Runner:
                     bar.update(len(chunk))
                     self.store.write_tables()
             summary = self.store.write_summary(
-                lambda rows: summarise(rows, self.store, self.metrics, self.shard_index, self.shard_count, self.info)
+                lambda rows: summarise(
+                    rows,
+                    self.store,
+                    self.metrics,
+                    self.shard_index,
+                    self.shard_count,
+                    self.info,
+                    getattr(self.dataset, "seen", None),
+                )
             )
             try:
                 write_comparison(self.run_dir)
