@@ -11,8 +11,9 @@ with its error and retried on the next run. Several processes may share one run 
 folder, or the same job started twice): rows are per image, and the tables are rebuilt from every row on disk
 under a lock, so the last process to finish leaves complete tables.
 
-Nothing is written before the data are checked and the weights are loaded: a refused start (bad subset, missing
-weights, unwritable location) leaves the run directory as it was.
+Nothing is written before the data and the image geometry are checked and the weights are loaded: a refused start
+(bad subset, a size the prior or task cannot take, missing weights, unwritable location) leaves the run directory
+as it was.
 """
 
 from __future__ import annotations
