@@ -65,11 +65,22 @@ def _merged_folders(run_dirs: Sequence[Path], tmp: Path) -> tuple[Path, Path]:
     return tmp / "recon", tmp / "gt"
 
 
+def config_damage(run_dir: Path) -> str | None:
+    """What is wrong with ``run_dir/config.yaml`` (missing, unreadable, not a mapping), or ``None``."""
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.load(run_dir / "config.yaml")
+    except FileNotFoundError:
+        return "config.yaml is missing"
+    except Exception as error:  # noqa: BLE001 - YAML, decoding and OS errors all mean the same here
+        return f"config.yaml is unreadable ({type(error).__name__})"
+    return None if OmegaConf.is_dict(config) else "config.yaml holds no config"
+
+
 def unscorable(run_dir: Path) -> str | None:
     """What keeps ``run_dir`` from being scored (no ``gt/``; ``config.yaml`` missing, unreadable or not a
     mapping), or ``None``."""
-    from treg_exp.reporting.tables import config_damage
-
     if not (run_dir / "gt").is_dir():
         return "gt/ is missing (not a run directory, or no image finished)"
     return config_damage(run_dir)

@@ -105,19 +105,6 @@ def find_runs(roots: Sequence[Path]) -> list[Path]:
     return sorted(p for p in found if HYDRA_FOLDER not in p.parts and p.parent / SCORE_FOLDER != p)
 
 
-def config_damage(run_dir: Path) -> str | None:
-    """What is wrong with ``run_dir/config.yaml`` (missing, unreadable, not a mapping), or ``None``."""
-    from omegaconf import OmegaConf
-
-    try:
-        config = OmegaConf.load(run_dir / "config.yaml")
-    except FileNotFoundError:
-        return "config.yaml is missing"
-    except Exception as error:  # noqa: BLE001 - YAML, decoding and OS errors all mean the same here
-        return f"config.yaml is unreadable ({type(error).__name__})"
-    return None if OmegaConf.is_dict(config) else "config.yaml holds no config"
-
-
 def damage(run_dir: Path) -> str | None:
     """What keeps ``run_dir`` out of a table — its ``summary.json`` or ``config.yaml`` missing, cut short or not a
     mapping, its ``metrics.csv`` missing, unparsable or with a line cut short — or ``None`` when it is readable.
@@ -130,6 +117,8 @@ def damage(run_dir: Path) -> str | None:
         return f"summary.json is unreadable (cut short or not JSON: {type(error).__name__}: {error})"
     if not isinstance(summary, dict) or not isinstance(summary.get("counts"), dict):
         return "summary.json holds no run summary (no counts)"
+    from treg_exp.reporting.score import config_damage
+
     if (problem := config_damage(run_dir)) is not None:
         return problem
     try:
