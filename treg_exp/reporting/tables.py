@@ -258,10 +258,10 @@ def build(
 ) -> Table:
     """The table of ``roots`` (sweep folders with ``sweep.json``, or any folders of runs)."""
     roots = [Path(r) for r in roots]
-    sweep_roots = [r for r in roots if (r / SWEEP_FILE).is_file()]
     damaged: list[str] = []
-    if sweep_roots:
-        table = _from_sweeps(sweep_roots, dataset_metrics, damaged)
+    sweeps = {r: sweep for r in roots if (r / SWEEP_FILE).is_file() and (sweep := read_sweep(r, damaged))}
+    if sweeps:
+        table = _from_sweeps(sweeps, dataset_metrics, damaged)
     else:
         table = _from_runs(readable(find_runs(roots), damaged), dataset_metrics)
     table.damaged = damaged
@@ -272,13 +272,26 @@ def build(
     return table
 
 
-def _from_sweeps(sweep_roots: list[Path], dataset_metrics: bool, damaged: list[str]) -> Table:
-    sweeps = [json.loads((r / SWEEP_FILE).read_text()) for r in sweep_roots]
-    first = sweeps[0]
+def read_sweep(root: Path, damaged: list[str]) -> dict[str, Any] | None:
+    """``root/sweep.json``, or ``None`` (with a line in ``damaged``) when it is cut short or holds no job list: the
+    folder's runs are then pooled as a folder of runs."""
+    path = root / SWEEP_FILE
+    try:
+        sweep = json.loads(path.read_text())
+        if not isinstance(sweep, dict) or not isinstance(sweep.get("jobs"), list):
+            raise ValueError("no list of jobs")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        damaged.append(f"{path}: unreadable ({error}); the runs below it are pooled as a folder of runs")
+        return None
+    return sweep
+
+
+def _from_sweeps(sweeps: dict[Path, dict[str, Any]], dataset_metrics: bool, damaged: list[str]) -> Table:
+    first = next(iter(sweeps.values()))
     rows: list[str] = []
     columns: list[str] = []
     cells: dict[tuple[str, str], Cell] = {}
-    for root, sweep in zip(sweep_roots, sweeps, strict=True):
+    for root, sweep in sweeps.items():
         for job in sweep["jobs"]:
             row = job.get("row") or f"{job.get('solver')} {job.get('folder', '')}".strip()
             column = job.get("column") or job.get("task") or "?"
