@@ -211,7 +211,8 @@ def test_a_refused_start_is_one_line_and_changes_nothing(
 ):
     """Each class of bad input (values, subset rules, captions, environment, settings, weights) must stop with
     exit 2 and one line naming the problem, before anything is written: catches a traceback, a silently
-    different subset, a run that claims (rewrites config.yaml) or touches a finished directory on refusal."""
+    different subset, a run that claims (rewrites config.yaml) or touches a finished directory on refusal, and a
+    refusal that leaves the directory unusable for the corrected command."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     extra = []
@@ -224,6 +225,8 @@ def test_a_refused_start_is_one_line_and_changes_nothing(
     assert code == 2
     assert len(errors) == 1 and message in errors[0], errors
     assert snapshot(run_dir) == before
+    if setup is None:  # the corrected command (the bad value left out) resumes the finished run in that directory
+        assert run_app(capsys, run_dir, *folder_args(images)) == (0, [])
 
 
 def test_a_truncated_row_is_solved_again_and_the_run_finishes(finished, images, tmp_path, capsys, caplog):
