@@ -128,6 +128,12 @@ MISSING = [
         "state dict",
     ),
     ("sd model folder", lambda t, f: [*f, "model=sd15", f"model.model_id={t}/sd15"], "model.model_id", "diffusers"),
+    (
+        "fid reference",
+        lambda t, f: [*f, "metrics=paper", f"metrics.fid_reference={t}/ref.npz"],
+        "metrics.fid_reference",
+        "Inception statistics",
+    ),
 ]
 
 

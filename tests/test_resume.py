@@ -42,10 +42,12 @@ def results(run_dir: Path) -> dict:
     }
 
 
+def start(args: list[str], run_dir: Path, log: Path, kill_at_write: int | None = None, signum: int = 0):
+    return _processes.start([*args, f"hydra.run.dir={run_dir}"], log, kill_at_write, signum or signal.SIGKILL)
+
+
 def run(args: list[str], run_dir: Path, log: Path, kill_at_write: int | None = None, signum: int = 0) -> int:
-    argv = [*args, f"hydra.run.dir={run_dir}"]
-    process = _processes.start(argv, log, kill_at_write, signum or signal.SIGKILL)
-    return _processes.wait(process)
+    return _processes.wait(start(args, run_dir, log, kill_at_write, signum))
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,19 @@ SPLITS = [
     ("one shard of two, then the whole set", [["shard.count=2", "shard.index=1"], ["shard.count=1"]]),
     ("limit grown 1, 3, 4", [["data.limit=1"], ["data.limit=3"], []]),
 ]
+
+
+def test_shards_started_at_once_end_with_the_results_of_one_run(reference, tmp_path):
+    """Three shards of a model=tiny run started at the same moment into one directory (as a job array does) must
+    end with the results of one uninterrupted run, whichever finishes last. Catches tables or a summary built from
+    one process's rows, and set-up charged to each process's first image."""
+    run_dir = tmp_path / "run"
+    processes = [
+        start([*TINY, "data.limit=4", "shard.count=3", f"shard.index={k}"], run_dir, tmp_path / f"{k}.log")
+        for k in range(3)
+    ]
+    assert [_processes.wait(p) for p in processes] == [0, 0, 0]
+    assert results(run_dir) == reference["tiny"]
 
 
 @pytest.mark.parametrize("prior", ["gaussian", "tiny"])
