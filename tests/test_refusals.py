@@ -10,6 +10,7 @@ attempt and not compared.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -195,7 +196,14 @@ def test_a_value_of_the_wrong_type_is_one_line_before_anything_is_built(override
 class NewSolver:
     """A constructor another branch might add: its keys are checked from its hints, with no list to update."""
 
-    def __init__(self, num_steps: int = 10, eta: float = 0.0, clip: bool = True, names: list[str] | None = None):
+    def __init__(
+        self,
+        num_steps: int = 10,
+        eta: float = 0.0,
+        clip: bool = True,
+        names: list[str] | None = None,
+        where: os.PathLike | None = None,
+    ):
         self.num_steps = num_steps
 
 
@@ -210,6 +218,8 @@ class NewSolver:
         ("num_steps", 3, None),
         ("eta", 1, None),
         ("names", ["a", "b"], None),
+        ("where", "/data/x", None),  # a type YAML cannot spell takes a string naming it
+        ("where", 3, "solver.where must be PathLike or null, got 3 (an integer)"),
     ],
 )
 def test_the_types_come_from_the_constructor_hints_of_any_target(key, value, message):

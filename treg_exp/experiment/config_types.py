@@ -116,8 +116,8 @@ def describe(hint: Any) -> str:
 
 
 def matches(value: Any, hint: Any) -> bool:
-    """Whether ``value`` (a plain container value) is of type ``hint``; a class the config cannot spell (a metric,
-    a captioner) takes a ``_target_`` node, which is checked against its own constructor."""
+    """Whether ``value`` (a plain container value) is of type ``hint``; a class the config cannot spell takes a
+    string naming it or a ``_target_`` node (a metric, a captioner), which is checked against its own constructor."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any or hint is object:
         return True
@@ -145,8 +145,9 @@ def matches(value: Any, hint: Any) -> bool:
         return isinstance(value, dict) and all(matches(v, value_hint) for v in value.values())
     if hint in (dict, list):
         return isinstance(value, hint)
-    # a type YAML cannot spell (torch.dtype, a tensor, os.PathLike): only an object built from a _target_ node
-    return _is_target(value)
+    # a type YAML cannot spell (torch.dtype, os.PathLike, an enum, a metric object): a string that names one, or
+    # an object built from a _target_ node; never a number, a bool, a list or a plain mapping
+    return isinstance(value, str) or _is_target(value)
 
 
 def _is_target(value: Any) -> bool:
