@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from treg_exp.common import checks
 from treg_exp.common.errors import WeightsNotFoundError
 
 T = TypeVar("T")
@@ -153,6 +154,8 @@ def resolve_source(model_id: str, cache_dir: str | os.PathLike | None) -> tuple[
     """
     if Path(model_id).expanduser().is_dir():
         return str(Path(model_id).expanduser()), True
+    if model_id.startswith(("/", "./", "../", "~")):  # a path, never a Hub id (owner/name)
+        checks.existing_path("model.model_id", model_id, "a Hub id (owner/name) or a local diffusers folder", True)
     if cache_dir is not None:
         staged = Path(cache_dir).expanduser() / model_id
         if staged.is_dir():

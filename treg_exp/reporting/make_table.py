@@ -34,7 +34,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Build the table, print its markdown, write ``table.md``, ``table.tex`` and ``report.html``; the exit status."""
+    """Build the table, print its markdown, write ``table.md``, ``table.tex`` and ``report.html``; the exit status.
+
+    A run that cannot be read (:func:`treg_exp.reporting.tables.damage`) is one warning line and left out; the
+    exit status is 2 only when no run is readable."""
     roots = [Path(r) for r in args.roots]
     if not find_runs(roots) and not any((r / SWEEP_FILE).is_file() for r in roots):
         print(f"error: no summary.json below {', '.join(map(str, roots))}", file=sys.stderr)
@@ -43,6 +46,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     if reference is None and args.dataset:
         reference = ROOT / "reference" / "p2l_tables.csv"
     table = build(roots, reference, args.dataset, dataset_metrics=not args.no_dataset_metrics)
+    if table.damaged and not any(cell.runs for cell in table.cells.values()):
+        where = ", ".join(map(str, roots))
+        print(
+            f"error: no readable run below {where}: {len(table.damaged)} damaged ({table.damaged[0]}, ...)",
+            file=sys.stderr,
+        )
+        return 2
+    for problem in table.damaged:
+        print(f"warning: {problem}; left out of the table", file=sys.stderr)
     markdown = to_markdown(table)
     print(markdown)
     out = roots[0]

@@ -88,23 +88,77 @@ class Table:
     metrics: list[str]
     footnotes: list[str] = field(default_factory=list)
     sweep: dict[str, Any] | None = None
+    #: ``<run dir>: <what is wrong>`` of each run left out because it cannot be read
+    damaged: list[str] = field(default_factory=list)
+
+
+#: the files that mark a run directory, and Hydra's folder of copies inside it (not a run)
+RUN_FILES, HYDRA_FOLDER, SCORE_FOLDER = ("summary.json", "config.yaml"), ".hydra", "score"
 
 
 # --- reading runs -----------------------------------------------------------------------------------------------
 def find_runs(roots: Sequence[Path]) -> list[Path]:
-    return sorted({p.parent for root in roots for p in Path(root).rglob("summary.json")})
+    """Every folder below ``roots`` that holds a run's ``summary.json`` or ``config.yaml`` (readable or not: see
+    :func:`damage`), so that a run whose summary is lost is reported, not silently left out. Not runs: Hydra's
+    copies (``.hydra/``) and ``treg-exp score``'s output (``<run>/score/``)."""
+    found = {p.parent for root in roots for name in RUN_FILES for p in Path(root).rglob(name)}
+    return sorted(p for p in found if HYDRA_FOLDER not in p.parts and p.parent / SCORE_FOLDER != p)
+
+
+def damage(run_dir: Path) -> str | None:
+    """What keeps ``run_dir`` out of a table — its ``summary.json`` or ``config.yaml`` missing, cut short or not a
+    mapping, its ``metrics.csv`` missing, unparsable or with a line cut short — or ``None`` when it is readable.
+    (``.hydra/`` and ``rows/`` are not read by reports: their damage leaves the run readable.)"""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except FileNotFoundError:
+        return "summary.json is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"summary.json is unreadable (cut short or not JSON: {type(error).__name__}: {error})"
+    if not isinstance(summary, dict) or not isinstance(summary.get("counts"), dict):
+        return "summary.json holds no run summary (no counts)"
+    from treg_exp.reporting.score import config_damage
+
+    if (problem := config_damage(run_dir)) is not None:
+        return problem
+    try:
+        read_ok_rows(run_dir, strict=True)
+    except FileNotFoundError:
+        return "metrics.csv is missing"
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
+        return f"metrics.csv is unreadable ({error})"
+    return None
+
+
+def readable(run_dirs: Sequence[Path], damaged: list[str]) -> list[Path]:
+    """The runs of ``run_dirs`` that :func:`damage` finds nothing wrong with; each other one is appended to
+    ``damaged`` as ``<run dir>: <what is wrong>``."""
+    kept = []
+    for run_dir in run_dirs:
+        problem = damage(run_dir)
+        if problem is None:
+            kept.append(run_dir)
+        else:
+            damaged.append(f"{run_dir}: {problem}")
+    return kept
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def read_ok_rows(run_dir: Path) -> list[dict[str, Any]]:
+def read_ok_rows(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """The ``ok`` rows of ``metrics.csv`` (``[]`` without one; ``strict``: a missing file raises
+    ``FileNotFoundError`` and a line whose field count is not the header's ``ValueError``)."""
     path = run_dir / "metrics.csv"
-    if not path.is_file():
+    if not path.is_file() and not strict:
         return []
     with path.open(newline="") as handle:
-        return [r for r in csv.DictReader(handle) if r.get("status") == "ok"]
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows, start=2):
+        if strict and (None in row or None in row.values()):
+            raise ValueError(f"line {number} does not have the header's columns (cut short?)")
+    return [r for r in rows if r.get("status") == "ok"]
 
 
 def run_key(summary: dict[str, Any]) -> tuple[str, str, str, str, str]:
@@ -188,11 +242,12 @@ def read_reference(path: Path, dataset: str) -> dict[tuple[str, str], dict[str, 
 
 
 # --- building the table -----------------------------------------------------------------------------------------
-def job_runs(sweep_dir: Path, folder: str) -> list[Path]:
-    """The run folders of a job: ``folder`` and its ``shard-*`` subfolders, those that hold a summary."""
+def job_runs(sweep_dir: Path, folder: str, damaged: list[str]) -> list[Path]:
+    """The readable run folders of a job: ``folder`` and its ``shard-*`` subfolders, those that hold a summary
+    (the damaged ones are appended to ``damaged``)."""
     base = sweep_dir / folder
     candidates = [base, *sorted(base.glob("shard-*-of-*"))] if base.is_dir() else []
-    return [c for c in candidates if (c / "summary.json").is_file()]
+    return readable([c for c in candidates if (c / "summary.json").is_file()], damaged)
 
 
 def build(
@@ -203,11 +258,13 @@ def build(
 ) -> Table:
     """The table of ``roots`` (sweep folders with ``sweep.json``, or any folders of runs)."""
     roots = [Path(r) for r in roots]
-    sweep_roots = [r for r in roots if (r / SWEEP_FILE).is_file()]
-    if sweep_roots:
-        table = _from_sweeps(sweep_roots, dataset_metrics)
+    damaged: list[str] = []
+    sweeps = {r: sweep for r in roots if (r / SWEEP_FILE).is_file() and (sweep := read_sweep(r, damaged))}
+    if sweeps:
+        table = _from_sweeps(sweeps, dataset_metrics, damaged)
     else:
-        table = _from_runs(find_runs(roots), dataset_metrics)
+        table = _from_runs(readable(find_runs(roots), damaged), dataset_metrics)
+    table.damaged = damaged
     if reference is not None and dataset is not None:
         table.reference = read_reference(reference, dataset)
     table.metrics = shown_metrics(table)
@@ -215,13 +272,26 @@ def build(
     return table
 
 
-def _from_sweeps(sweep_roots: list[Path], dataset_metrics: bool) -> Table:
-    sweeps = [json.loads((r / SWEEP_FILE).read_text()) for r in sweep_roots]
-    first = sweeps[0]
+def read_sweep(root: Path, damaged: list[str]) -> dict[str, Any] | None:
+    """``root/sweep.json``, or ``None`` (with a line in ``damaged``) when it is cut short or holds no job list: the
+    folder's runs are then pooled as a folder of runs."""
+    path = root / SWEEP_FILE
+    try:
+        sweep = json.loads(path.read_text())
+        if not isinstance(sweep, dict) or not isinstance(sweep.get("jobs"), list):
+            raise ValueError("no list of jobs")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        damaged.append(f"{path}: unreadable ({error}); the runs below it are pooled as a folder of runs")
+        return None
+    return sweep
+
+
+def _from_sweeps(sweeps: dict[Path, dict[str, Any]], dataset_metrics: bool, damaged: list[str]) -> Table:
+    first = next(iter(sweeps.values()))
     rows: list[str] = []
     columns: list[str] = []
     cells: dict[tuple[str, str], Cell] = {}
-    for root, sweep in zip(sweep_roots, sweeps, strict=True):
+    for root, sweep in sweeps.items():
         for job in sweep["jobs"]:
             row = job.get("row") or f"{job.get('solver')} {job.get('folder', '')}".strip()
             column = job.get("column") or job.get("task") or "?"
@@ -234,7 +304,7 @@ def _from_sweeps(sweep_roots: list[Path], dataset_metrics: bool) -> Table:
                 cell.status, cell.reason, cell.task = "skipped", job.get("reason", ""), job.get("task")
                 continue
             cell.status, cell.task = "run", job.get("task")
-            cell.runs += job_runs(root, job["folder"])
+            cell.runs += job_runs(root, job["folder"], damaged)
     for cell in cells.values():
         if cell.runs:
             pool(cell, dataset_metrics)
