@@ -15,6 +15,15 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 
+def launcher_jobs_at_once(launcher: Any) -> int:
+    """Jobs ``launcher`` runs at the same time: the local launcher's bound, SLURM's ``array_parallelism`` (an upper
+    bound: the cluster may run fewer), else 1 (Hydra's basic launcher runs jobs one after another)."""
+    bound = getattr(launcher, "jobs_at_once", None)
+    if bound is None:
+        bound = (getattr(launcher, "params", None) or {}).get("array_parallelism")
+    return 1 if bound is None else int(bound)
+
+
 class TableSweeper(Sweeper):
     """Hydra's basic sweeper plus table rows/columns/cells, skip notices for missing options, fixed job folders,
     ``sweep.json`` and a cost estimate printed before the first job (:func:`treg_exp.experiment.sweep.plan_sweep`)."""
@@ -65,7 +74,7 @@ class TableSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        lines = table.plan_lines(plan, sweep_dir)
+        lines = table.plan_lines(plan, sweep_dir, at_once=launcher_jobs_at_once(self.launcher))
         print("\n".join(lines), flush=True)
         experiment = OmegaConf.select(self.config, "hydra.runtime.choices.experiment", default=None)
         table.write_sweep_file(sweep_dir, plan, experiment, self.reference, self.title, lines)
