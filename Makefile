@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench calibration clean
+.PHONY: install run test slurm-up slurm-down lint bench calibration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# A one-node SLURM on this machine (slurm-wlm, slurmdbd, munge and MariaDB installed as root when missing; state in
+# .slurm/). Other shells then need: export SLURM_CONF=$$PWD/.slurm/slurm.conf
+slurm-up:
+	scripts/slurm.sh up
+
+slurm-down:
+	scripts/slurm.sh down
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check treg_exp tests scripts benchmarks run.py
