@@ -54,7 +54,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 JobRequeue=1
-KillWait=10
+# a requeued job waits cred_expire seconds before it starts again (default 120)
+AuthInfo=cred_expire=10
+KillWait=5
 DefMemPerCPU=1024
 MinJobAge=600
 AccountingStorageType=accounting_storage/slurmdbd
@@ -154,7 +156,7 @@ down() {
     fi
     for daemon in slurmd slurmctld slurmdbd mysqld; do
         if [ -f "$STATE/$daemon.pid" ]; then
-            kill "$(cat "$STATE/$daemon.pid")" 2>/dev/null || true
+            kill "$(cat "$STATE/$daemon.pid" 2>/dev/null)" 2>/dev/null || true
             for _ in $(seq 40); do running "$daemon" || break; sleep 0.5; done
             rm -f "$STATE/$daemon.pid"
         fi
