@@ -165,9 +165,9 @@ def only_run_dir(sweep_dir: Path) -> Path:
 def test_requeued_job_resumes_in_its_folder_and_equals_an_uninterrupted_run(tmp_path):
     """``scontrol requeue`` of the running job once 2 of its 12 images are done (SLURM kills it KillWait = 5 s later,
     before the other 10 are done): SLURM runs it again, the run resumes in its folder without recomputing the images
-    done (the 2 row files are not rewritten; the second attempt writes the images left), and every reconstruction and row
-    equals an uninterrupted local run's byte for byte (catches a restart that starts over, writes elsewhere or
-    draws other noise for the images after the restart)."""
+    done (the 2 row files are not rewritten; the second attempt writes the images left), and every reconstruction
+    and row equals an uninterrupted local run's byte for byte (catches a restart that starts over, writes elsewhere
+    or draws other noise for the images after the restart)."""
     args = [*SLOW_IMAGES, "data.num_images=12"]
     process = start("-m", *SLURM, *args, f"paths.output_root={tmp_path / 'slurm'}", log=tmp_path / "slurm.log")
     rows = None
