@@ -25,8 +25,10 @@ install_packages() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
 }
 
+cpus=1  # the node's CPUs, set by write_conf
+
 write_conf() {
-    local host cpus memory_mb
+    local host memory_mb
     host="$(hostname -s)"
     cpus="$(nproc)"
     cpus=$((cpus < MAX_CPUS ? cpus : MAX_CPUS))
@@ -87,7 +89,7 @@ CONF
 }
 
 running() {  # running NAME: the daemon whose pid file is .slurm/NAME.pid is alive
-    [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null
+    [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid" 2>/dev/null)" 2>/dev/null
 }
 
 wait_for() {  # wait_for WHAT COMMAND...: up to 60 s
@@ -137,14 +139,16 @@ up() {
     export SLURM_CONF="$CONF"
     running slurmctld || /usr/sbin/slurmctld -f "$CONF"
     running slurmd || /usr/sbin/slurmd -f "$CONF"
+    # sinfo may show the node idle from the saved state before slurmd has registered: a first job proves it has
     for _ in $(seq 60); do
-        if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+        if sinfo -h -o %T 2>/dev/null | grep -qx idle && timeout 30 srun --quiet --time=1 --cpus-per-task="$cpus" true
+        then
             echo "slurm: node $(hostname -s) idle; export SLURM_CONF=$CONF"
             return 0
         fi
         sleep 1
     done
-    echo "error: the node did not become idle within 60 s (see $STATE/slurmctld.log, $STATE/slurmd.log)" >&2
+    echo "error: the node did not run a first job within 60 s (see $STATE/slurmctld.log, $STATE/slurmd.log)" >&2
     sinfo >&2 || true
     exit 1
 }
