@@ -185,8 +185,12 @@ def test_experiment(option):
 
 @pytest.mark.parametrize("option", options("hydra/launcher"))
 def test_launcher(option):
+    """Each launcher option names a submitit launcher class that exists (catches a typo in ``_target_``)."""
+    from hydra.utils import get_class
+
     cfg = compose_with(f"hydra/launcher={option}", hydra_config=True)
-    assert "submitit" in cfg.hydra.launcher._target_
+    bases = [f"{c.__module__}.{c.__name__}" for c in get_class(cfg.hydra.launcher._target_).__mro__]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.BaseSubmititLauncher" in bases
 
 
 def test_default_choices():

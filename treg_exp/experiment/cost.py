@@ -302,8 +302,18 @@ def describe_passes(passes: Passes | None) -> str:
     return ", ".join(parts)
 
 
-def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None) -> list[str]:
-    """Lines of the total: jobs, images, network evaluations, and hours on each benchmarked machine."""
+def wall_hours(job_hours: list[float], at_once: int) -> float:
+    """The wall time of jobs taking ``job_hours`` each, started in order on ``at_once`` slots, each job on the slot
+    that frees first (what the local launcher and a SLURM array with ``array_parallelism`` do)."""
+    slots = [0.0] * max(min(at_once, len(job_hours)), 1)
+    for hours in job_hours:
+        slots[slots.index(min(slots))] += hours
+    return max(slots)
+
+
+def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None, at_once: int | None = None) -> list[str]:
+    """Lines of the total: jobs, images, network evaluations, and hours on each benchmarked machine; with
+    ``at_once`` (jobs the launcher runs at the same time) how many run at once and the wall time that gives."""
     results = load_results() if results is None else results
     images = [c.images for c in costs]
     known = [i for i in images if i is not None]
@@ -321,12 +331,17 @@ def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None) ->
         missing = hours.count(None)
         total = sum(h for h in hours if h is not None)
         note = f" ({missing} jobs without figures)" if missing else ""
+        if at_once is not None:
+            wall = wall_hours([h for h in hours if h is not None], at_once)
+            note += f"; {min(at_once, len(costs))} jobs at once: ≈ {format_hours(wall)} wall time"
         lines.append(
             f"  ≈ {format_hours(total)} of network time on {machine_label(key, machine)}{note}, "
             f"from benchmarks/results.json ({machine.get('date', '?')})"
         )
     if not machines:
         lines.append("  hours unknown: no benchmarks/results.json (run `make bench`)")
+    if at_once is not None:
+        lines.insert(1, f"  launcher: {min(at_once, len(costs))} of {len(costs)} jobs at once")
     notes = sorted({n for c in costs for n in c.notes})
     lines += [f"  note: {n}" for n in notes]
     return lines
