@@ -2,6 +2,7 @@
 
     python scripts/fetch_weights.py --out /shared/treg-weights            # SD 1.5 + metrics
     python scripts/fetch_weights.py --out DIR --models sd15 sd14 sd21base
+    python scripts/fetch_weights.py --out DIR --models sdxl sdxl_vae_fp16     # + OpenCLIP ViT-bigG/14 image tower
     python scripts/fetch_weights.py --out DIR --models adm_ffhq256 adm_imagenet512   # pixel ADM priors (.pt)
     python scripts/fetch_weights.py --out DIR --models sd15 paligemma          # + a captioner (prompt=caption)
     python scripts/fetch_weights.py --out DIR --dry-run                   # list what would be fetched
@@ -25,16 +26,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from treg_exp.models import weights  # noqa: E402 - after the path insert, so the script runs from a checkout
+from treg_exp.models import loading, weights  # noqa: E402 - after the path insert, so the script runs from a checkout
 from treg_exp.models.adm import RELEASES as ADM_RELEASES  # noqa: E402
+from treg_exp.models.sdxl import CLIP_BIGG_MODEL  # noqa: E402
 
 # Hugging Face repositories of the diffusion models (conf/model/*) and CLIP (TReg's adaptive negation, CLIP score).
 HF_MODELS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd14": "CompVis/stable-diffusion-v1-4",
     "sd21base": "stabilityai/stable-diffusion-2-1-base",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sd3_medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sd35_medium": "stabilityai/stable-diffusion-3.5-medium",
+    "flux_dev": "black-forest-labs/FLUX.1-dev",
+    "flux_schnell": "black-forest-labs/FLUX.1-schnell",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "sdxl_vae_fp16": "madebyollin/sdxl-vae-fp16-fix",
     "clip": weights.CLIP_MODEL,
+    "clip_bigg": CLIP_BIGG_MODEL,
 }
+# the image towers every run stages (TReg's adaptive negation, CLIP score); SDXL's second one comes with model sdxl
+ALWAYS = {"clip": None, "clip_bigg": "sdxl"}
 # the captioners of prompt=caption (conf/prompt/captioner/<key>.yaml): transformers folders, sharded safetensors
 CAPTIONERS = {
     "paligemma": "google/paligemma2-3b-mix-224",
@@ -48,6 +60,11 @@ HF_PATTERNS = [
     "*.json",
     "*.txt",
     "tokenizer/*",
+    "tokenizer_2/*",
+    "tokenizer_3/*",
+    "*/diffusion_pytorch_model-*.safetensors",
+    "*/model-*.safetensors",
+    "model-*.safetensors",
     "*/diffusion_pytorch_model.safetensors",
     "*/model.safetensors",
     "model.safetensors",
@@ -74,7 +91,8 @@ class Item:
 def plan(out: Path, models: list[str]) -> list[Item]:
     """What ``--out out --models ...`` fetches, and where (CLIP and the metric weights are always included)."""
     hub = out / "huggingface" / "hub"
-    items = [Item("hf", HF_MODELS[m], hub) for m in [*models, "clip"] if m in HF_MODELS]
+    extra = [tower for tower, needed_by in ALWAYS.items() if needed_by is None or needed_by in models]
+    items = [Item("hf", HF_MODELS[m], hub) for m in [*models, *extra] if m in HF_MODELS]
     items += [Item("hf", CAPTIONERS[m], hub) for m in models if m in CAPTIONERS]
     checkpoints = out / "torch" / "hub" / "checkpoints"
     # ADM's official .pt files sit where torch.hub keeps downloads; model=adm_* looks there (cache_dir=paths.weights)
@@ -87,6 +105,9 @@ def plan(out: Path, models: list[str]) -> list[Item]:
 def fetch(item: Item) -> None:
     if item.kind == "hf":
         from huggingface_hub import snapshot_download
+
+        if item.source in loading.GATED:
+            print(loading.gated_note(item.source))
 
         captioner = item.source in CAPTIONERS.values()
         patterns = CAPTIONER_PATTERNS if captioner else HF_PATTERNS
@@ -124,13 +145,15 @@ def failure(item: Item, error: BaseException) -> str:
     status = getattr(getattr(error, "response", None), "status_code", None)
     gated = type(error).__name__ in ("GatedRepoError", "RepositoryNotFoundError") or status in (401, 403)
     need = TOKEN_HINT if gated else NETWORK_HINT
+    if item.source in loading.GATED:  # the licence page to accept comes with the token
+        need = f"{need}; {loading.gated_note(item.source)}"
     return f"fetching {item.source} failed ({type(error).__name__}: {detail}); {need}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the cache folder (later: paths.weights=OUT)")
-    choices = [*(m for m in HF_MODELS if m != "clip"), *ADM_RELEASES, *CAPTIONERS]
+    choices = [*(m for m in HF_MODELS if m not in ALWAYS), *ADM_RELEASES, *CAPTIONERS]
     parser.add_argument("--models", nargs="*", default=["sd15"], choices=choices)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and download nothing")
     args = parser.parse_args(argv)

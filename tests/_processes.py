@@ -40,15 +40,17 @@ def context() -> Any:
 
 
 class DyingFile:
-    """A file handle that writes half of the first chunk it is given, then SIGKILLs its own process."""
+    """A file handle that writes half of the first chunk it is given (or, given nothing, closes), then sends its
+    own process ``signum`` (SIGKILL; SIGTERM, which no handler catches, ends it as a scheduler's pre-emption does)."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, signum: int = signal.SIGKILL) -> None:
         self._handle = handle
+        self._signum = signum
 
     def write(self, data: Any) -> int:
         self._handle.write(data[: max(1, len(data) // 2)])
         self._handle.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), self._signum)
         return 0  # never reached
 
     def writelines(self, lines: Any) -> None:
@@ -63,6 +65,7 @@ class DyingFile:
 
     def __exit__(self, *exc: Any) -> None:
         self._handle.close()
+        os.kill(os.getpid(), self._signum)  # an empty file (failures.jsonl without failures) dies at its close
 
 
 def _redirect(log_path: str) -> None:
@@ -72,7 +75,7 @@ def _redirect(log_path: str) -> None:
     os.close(fd)
 
 
-def _run_app(argv: Sequence[str], log_path: str, kill_at_write: int | None) -> None:
+def _run_app(argv: Sequence[str], log_path: str, kill_at_write: int | None, signum: int) -> None:
     _redirect(log_path)
     if kill_at_write is not None:
         from treg_exp.tracking import files
@@ -82,19 +85,19 @@ def _run_app(argv: Sequence[str], log_path: str, kill_at_write: int | None) -> N
         def open_temp(path: Path, binary: bool) -> tuple[Path, Any]:
             tmp, handle = original(path, binary)
             count[0] += 1
-            return tmp, DyingFile(handle) if count[0] == kill_at_write else handle
+            return tmp, DyingFile(handle, signum) if count[0] == kill_at_write else handle
 
         files._open_temp = open_temp
     sys.argv = [str(RUN_PY), *argv]
     runpy.run_path(str(RUN_PY), run_name="__main__")
 
 
-def start(argv: Sequence[str], log_path: Path, kill_at_write: int | None = None) -> Any:
+def start(argv: Sequence[str], log_path: Path, kill_at_write: int | None = None, signum: int = signal.SIGKILL) -> Any:
     """``python run.py *argv`` in a new process (stdout and stderr appended to ``log_path``); not waited for.
 
-    ``kill_at_write=n``: the process SIGKILLs itself half-way through its n-th file write.
+    ``kill_at_write=n``: the process sends itself ``signum`` half-way through its n-th file write.
     """
-    process = context().Process(target=_run_app, args=(list(argv), str(log_path), kill_at_write))
+    process = context().Process(target=_run_app, args=(list(argv), str(log_path), kill_at_write, signum))
     process.start()
     return process
 

@@ -98,7 +98,7 @@ def test_counts_and_identities(prior):
     cond = prior.embed_text(["1", "2"])
     with torch.no_grad():
         prior.eps(x, 999, cond)
-        core.guided_eps(prior, x, 500, cond, prior.null_embedding(2), 3.0)
+        core.guided_prediction(prior, x, 500, cond, prior.null_embedding(2), 3.0)
     c = prior.counter
     assert (c["encode_calls"], c["encode_rows"], c["decode_calls"], c["decode_rows"]) == (1, 2, 1, 2)
     assert (c["unet_calls"], c["unet_rows"]) == (2, 6)

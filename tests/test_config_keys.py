@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from treg_exp.experiment.config_types import constructor_parameters
+
 CONF = Path(__file__).parents[1] / "conf"
 GROUPS = ("solver", "model", "task", "metrics", "data", "logger", "prompt", "prompt/captioner")
 #: YAMLs whose keys another branch in flight (issue 26: pixel solvers; issue 20: priors) is editing when this test
@@ -26,27 +28,6 @@ COMMENTS_PENDING: set[str] = set()
 def _target(path: str):
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def constructor_parameters(target) -> dict[str, inspect.Parameter]:
-    """The keyword parameters ``target(...)`` accepts: a function's, or a class's ``__init__`` followed through
-    ``**kwargs`` to the base classes that receive them."""
-    found: dict[str, inspect.Parameter] = {}
-    functions = (
-        [target] if not inspect.isclass(target) else [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
-    )
-    for function in functions:
-        forwards = False
-        for index, p in enumerate(inspect.signature(function).parameters.values()):
-            if inspect.isclass(target) and index == 0:
-                continue  # self
-            if p.kind is p.VAR_KEYWORD:
-                forwards = True
-            elif p.kind is not p.VAR_POSITIONAL:
-                found.setdefault(p.name, p)
-        if not forwards:
-            break
-    return found
 
 
 def _targets(node, where: str):

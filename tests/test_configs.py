@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from treg_exp.common import seeding
 from treg_exp.common.errors import UserError, WeightsNotFoundError, find_user_error
 from treg_exp.data.base import ImageDataset
+from treg_exp.experiment.config_types import check_types
 from treg_exp.metrics.base import MetricSuite
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
@@ -33,6 +34,7 @@ def compose_with(*overrides: str, hydra_config: bool = False):
     # what Hydra's runtime would provide
     OmegaConf.set_struct(cfg, False)
     cfg.paths.run_dir = "unused"
+    check_types(cfg if not hydra_config else OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     return cfg
 
 
@@ -183,8 +185,12 @@ def test_experiment(option):
 
 @pytest.mark.parametrize("option", options("hydra/launcher"))
 def test_launcher(option):
+    """Each launcher option names a submitit launcher class that exists (catches a typo in ``_target_``)."""
+    from hydra.utils import get_class
+
     cfg = compose_with(f"hydra/launcher={option}", hydra_config=True)
-    assert "submitit" in cfg.hydra.launcher._target_
+    bases = [f"{c.__module__}.{c.__name__}" for c in get_class(cfg.hydra.launcher._target_).__mro__]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.BaseSubmititLauncher" in bases
 
 
 def test_default_choices():

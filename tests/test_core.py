@@ -85,18 +85,18 @@ class AffinePrior:
     def __init__(self):
         self.counter = NetworkCounter()
 
-    def eps(self, z_t, t, cond):
+    def predict(self, z_t, t, cond):
         self.counter.add("unet", z_t.shape[0])
         return z_t * cond[:, :1, None, None] + cond[:, 1:2, None, None]
 
 
 @pytest.mark.parametrize("scale", [0.0, 1.0, 5.0])
-def test_guided_eps_formula_and_calls(scale):
+def test_guided_prediction_formula_and_calls(scale):
     prior = AffinePrior()
     z = torch.randn(3, 4, 2, 2, dtype=torch.float64)
     cond, uncond = torch.rand(3, 2, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64)
-    eps = core.guided_eps(prior, z, 10, cond, uncond, scale)
-    e_c, e_u = AffinePrior().eps(z, 10, cond), AffinePrior().eps(z, 10, uncond)
+    eps = core.guided_prediction(prior, z, 10, cond, uncond, scale)
+    e_c, e_u = AffinePrior().predict(z, 10, cond), AffinePrior().predict(z, 10, uncond)
     torch.testing.assert_close(eps, e_u + scale * (e_c - e_u))
     paired = scale not in (0.0, 1.0)
     assert prior.counter["unet_calls"] == 1

@@ -1,5 +1,7 @@
 """``solver=ddim`` (shift 0, η = 0, ω = 7.5, 10 steps, float32) reproduces diffusers' StableDiffusionPipeline on the
-tiny model from the same initial latent: final latents and decoded images to 1e-4 (max abs)."""
+tiny model from the same initial latent: final latents and decoded images to 1e-4 (max abs). Both parameterisations
+of the ᾱ family: ε (SD 1.x, ``model=tiny``) and v (SD 2.1-768, ``model=tiny_v``; the pipeline's DDIMScheduler with
+``prediction_type=v_prediction``), so a wrong v→ε/ẑ0 conversion fails."""
 
 import pytest
 import torch
@@ -15,9 +17,9 @@ STEPS = 10
 GUIDANCE = 7.5
 
 
-@pytest.fixture(scope="module")
-def prior():
-    return TinyStableDiffusionPrior(dtype="float32", seed=0).load("cpu")
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+def prior(request):
+    return TinyStableDiffusionPrior(dtype="float32", seed=0, prediction_type=request.param).load("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def pipeline(prior):
 
 
 def test_ddim_matches_diffusers_pipeline(prior, pipeline):
+    assert pipeline.scheduler.config.prediction_type == prior.prediction_type
     generators = seeding.batch_generators(0, ["a", "b"], seeding.SOLVER)
     shape = prior.latent_shape((2, 3, SIZE, SIZE))
     z_T = prior.initial_noise(shape, generators)

@@ -48,7 +48,8 @@ def test_readme_names_hydra_inspection() -> None:
 
 # --- sweeps that tabulate ------------------------------------------------------------------------------------------
 def fake_run(run_dir: Path, solver: str, task: str, psnr: float, *overrides: str, model: str = "gaussian") -> Path:
-    """A finished run as make_table reads it: summary.json and one ok row per image (two images)."""
+    """A finished run as make_table reads it: summary.json (with its counts), config.yaml and one ok row per image
+    (two images)."""
     import json
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,8 +57,10 @@ def fake_run(run_dir: Path, solver: str, task: str, psnr: float, *overrides: str
         "choices": {"data": "samples", "task": task, "model": model, "solver": solver},
         "overrides": [f"solver={solver}", f"task={task}", *overrides],
         "shard": {"index": 0, "count": 1},
+        "counts": {"ok": 2, "failed": 0},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "config.yaml").write_text(f"solver:\n  name: {solver}\n")
     (run_dir / "metrics.csv").write_text(f"id,status,psnr\na,ok,{psnr}\nb,ok,{psnr + 2}\n")
     return run_dir
 
@@ -268,7 +271,7 @@ def test_plan_prices_every_job_without_running_anything(tmp_path, capsys) -> Non
     assert abs(ratio - peak) < 0.02 * peak
     assert "jobs without figures" not in out  # every job priced, ADM included
     missing = [line for line in out.splitlines() if line.startswith("missing")]
-    assert len(missing) == len(set(missing)) == 3 and "missing (40 jobs): dataset folder not found" in out
+    assert len(missing) == len(set(missing)) == 3 and "missing (40 jobs): data.root: folder not found" in out
 
 
 def test_plan_of_a_toy_prior_is_one_line(capsys) -> None:
@@ -374,8 +377,14 @@ def test_extending_guide_names_only_what_exists() -> None:
     for path, name in re.findall(r"`(tests/\w+\.py)::(\w+)`", guide):
         assert f"def {name}(" in (ROOT / path).read_text(), name
     core = (ROOT / "treg_exp" / "solvers" / "core.py").read_text()
-    for name in ("ddim_plan", "respaced_plan", "tweedie", "ddim_step", "ddpm_step", "guided_eps", "denoiser_gradient"):
-        assert f"def {name}(" in core, name
+    shared = re.search(r"\*\*Shared math\*\*(.*?)\n\n", guide, re.S).group(1)
+    named = [n for n in re.findall(r"`(\w+)`", shared) if f"def {n}(" in core or n[0].islower()]
+    assert len(named) > 8
+    for name in named:
+        if name not in ("solve_damped", "prox_l2"):  # the operator's, checked below
+            assert f"def {name}(" in core, name
+    operator = (ROOT / "treg_exp" / "operators" / "base.py").read_text()
+    assert all(f"def {n}(" in operator for n in ("solve_damped", "prox_l2"))
     assert "docs/extending.md" in (ROOT / "README.md").read_text()
 
 

@@ -110,7 +110,7 @@ def test_cfg_equals_the_prior_with_the_extrapolated_mean(scale):
     z = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     cond, uncond = prior.embed_text(["red", "green"]), prior.null_embedding(2)
     for t in (999, 300, 5):
-        guided = core.guided_eps(prior, z, t, cond, uncond, scale)
+        guided = core.guided_prediction(prior, z, t, cond, uncond, scale)
         exact = prior.eps(z, t, GaussianPrior.cfg_equivalent_mean(cond, uncond, scale))
         torch.testing.assert_close(guided, exact, rtol=0, atol=1e-12)
     expected = torch.tensor(means[""]) + scale * (torch.tensor(means["red"]) - torch.tensor(means[""]))

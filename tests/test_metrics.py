@@ -225,7 +225,7 @@ def test_fid_treg_protocol_stretches_before_the_features(staged, fast_frechet, t
     stretched = suite.per_dataset(tmp_path / "recon", tmp_path / "gt")["fid_clean"]
     assert stretched < plain / 10
     assert treg.FID_STRETCH in suite.departures()
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="metrics.fid_reference: not found: .*absent; it expects a folder of images"):
         MetricSuite(dataset=[fid_module.FID(modes=["clean"])], fid_reference=str(tmp_path / "absent"))
 
 

@@ -447,6 +447,8 @@ def test_a_run_from_before_the_prompt_group_resumes_with_given_prompts_only(tmp_
     old = OmegaConf.to_container(config(), resolve=True)
     del old["prompt"]
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    (tmp_path / "rows").mkdir()  # a directory without rows takes any settings: this one holds a result
+    (tmp_path / "rows" / "img_0.json").write_text('{"id": "img_0", "status": "ok"}')
     check_same_run(config(), tmp_path)
     with pytest.raises(UserError, match="prompt"):
         check_same_run(config("prompt=none"), tmp_path)

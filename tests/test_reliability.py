@@ -211,7 +211,8 @@ def test_a_refused_start_is_one_line_and_changes_nothing(
 ):
     """Each class of bad input (values, subset rules, captions, environment, settings, weights) must stop with
     exit 2 and one line naming the problem, before anything is written: catches a traceback, a silently
-    different subset, a run that claims (rewrites config.yaml) or touches a finished directory on refusal."""
+    different subset, a run that claims (rewrites config.yaml) or touches a finished directory on refusal, and a
+    refusal that leaves the directory unusable for the corrected command."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     extra = []
@@ -224,6 +225,8 @@ def test_a_refused_start_is_one_line_and_changes_nothing(
     assert code == 2
     assert len(errors) == 1 and message in errors[0], errors
     assert snapshot(run_dir) == before
+    if setup is None:  # the corrected command (the bad value left out) resumes the finished run in that directory
+        assert run_app(capsys, run_dir, *folder_args(images)) == (0, [])
 
 
 def test_a_truncated_row_is_solved_again_and_the_run_finishes(finished, images, tmp_path, capsys, caplog):
@@ -297,7 +300,7 @@ def test_unreadable_images_are_recorded_retried_and_counted(tmp_path, capsys):
     assert all(r["stage"] == "load" and r["error"] for r in records)
     assert "values in [2, 2]" in next(r["error"] for r in records if r["id"] == "float")
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["counts"] == {"images": 6, "ok": 2, "failed": 4, "pending": 0}
+    assert summary["counts"] == {"seen": 6, "images": 6, "ok": 2, "failed": 4, "pending": 0}
 
     finished = (run_dir / "recon" / "img_0.png").stat().st_mtime_ns
     shutil.copy(good[1], folder / "truncated.png")  # repaired
@@ -495,7 +498,7 @@ def test_a_nan_in_one_image_of_a_batch_fails_only_that_image(finished, images, t
 
     runner.solver.solve = poisoned
     summary = runner.run()
-    assert summary["counts"] == {"images": 3, "ok": 2, "failed": 1, "pending": 0}
+    assert summary["counts"] == {"seen": 3, "images": 3, "ok": 2, "failed": 1, "pending": 0}
     rows = rows_of(tmp_path)
     assert rows["img_1"]["status"] == "failed" and "non-finite" in rows["img_1"]["error"]
     assert not (tmp_path / "recon" / "img_1.png").exists() and not (tmp_path / "gt" / "img_1.png").exists()
@@ -618,7 +621,9 @@ def test_two_shards_and_a_duplicate_job_in_one_directory_leave_every_row(tmp_pat
     lines = (run_dir / "metrics.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ids
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["counts"] == {"images": 4, "ok": 4, "failed": 0, "pending": 0} and summary["covers_dataset"]
+    assert (
+        summary["counts"] == {"seen": 4, "images": 4, "ok": 4, "failed": 0, "pending": 0} and summary["covers_dataset"]
+    )
     assert "| 4/4 |" in (run_dir / "table.md").read_text()
     assert (run_dir / "failures.jsonl").read_text() == ""
     for image_id in ids:
@@ -654,12 +659,8 @@ def test_a_run_killed_at_any_point_resumes_to_the_same_results(tmp_path):
     _processes.wait(process)
     assert _processes.wait(_processes.start(argv, log)) == 0, log.read_text()[-3000:]
 
-    def metrics(rows: dict) -> dict:
-        # not the cost columns: seconds, and network calls (a process embeds the null prompt once, for whichever
-        # image comes first in it)
-        return {
-            i: {k: v for k, v in r.items() if not k.endswith(("_calls", "_rows", "seconds"))} for i, r in rows.items()
-        }
+    def metrics(rows: dict) -> dict:  # every column but the wall-clock seconds (network counts too)
+        return {i: without_seconds(r) for i, r in rows.items()}
 
     assert metrics(rows_of(run_dir)) == metrics(rows_of(reference))
     for folder in ("gt", "measurement", "recon", "diagnostics"):

@@ -55,7 +55,7 @@ def test_run_writes_every_output(tmp_path):
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("id,status,prompt,psnr,ssim") and len(lines) == 3
     assert summary == json.loads((tmp_path / "summary.json").read_text())
-    assert summary["counts"] == {"images": 2, "ok": 2, "failed": 0, "pending": 0}
+    assert summary["counts"] == {"seen": 2, "images": 2, "ok": 2, "failed": 0, "pending": 0}
     # the oracle's final relative CG residual is recorded per image and summarised
     assert summary["metrics"]["last_relative_residual"]["n"] == 2
     assert summary["metrics"]["last_relative_residual"]["mean"] < 1e-6
@@ -78,7 +78,7 @@ def test_resume_skips_finished_images_and_retries_failed_ones(tmp_path):
     runner.solver.solve = flaky
     summary = runner.run()
     rows = read_rows(tmp_path)
-    assert summary["counts"] == {"images": 3, "ok": 2, "failed": 1, "pending": 0}
+    assert summary["counts"] == {"seen": 3, "images": 3, "ok": 2, "failed": 1, "pending": 0}
     assert rows["coffee"]["status"] == "failed" and "out of memory" in rows["coffee"]["error"]
     assert not (tmp_path / "recon" / "coffee.png").exists()
     finished = (tmp_path / "recon" / "astronaut.png").stat().st_mtime_ns
@@ -91,7 +91,7 @@ def test_resume_skips_finished_images_and_retries_failed_ones(tmp_path):
     )
     summary = again.run()
     assert len(solved) == 1  # only the failed image is solved again
-    assert summary["counts"] == {"images": 3, "ok": 3, "failed": 0, "pending": 0}
+    assert summary["counts"] == {"seen": 3, "images": 3, "ok": 3, "failed": 0, "pending": 0}
     assert (tmp_path / "recon" / "astronaut.png").stat().st_mtime_ns == finished
 
 

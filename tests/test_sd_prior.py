@@ -47,8 +47,8 @@ def test_counters_count_calls_and_rows(prior):
     gens = seeding.batch_generators(0, ["a", "b"], seeding.SOLVER)
     z = prior.encode(x, gens)
     cond, uncond = prior.embed_text(["a red car", "a dog"]), prior.null_embedding(2)
-    core.guided_eps(prior, z, 501, cond, uncond, 7.5)  # CFG pair: one call of 2B rows
-    core.guided_eps(prior, z, 501, cond, uncond, 0.0)  # unconditional only: one call of B rows
+    core.guided_prediction(prior, z, 501, cond, uncond, 7.5)  # CFG pair: one call of 2B rows
+    core.guided_prediction(prior, z, 501, cond, uncond, 0.0)  # unconditional only: one call of B rows
     prior.decode(z)
     prior.embed_image(x)
     prior.embed_text(["a red car"])  # cached: no new text-encoder pass

@@ -249,3 +249,28 @@ def test_fetch_weights_plan_matches_the_staged_layout(tmp_path, capsys):
     assert weights.CLIP_MODEL in sources and module.HF_MODELS["sd15"] in sources
     assert not any(tmp_path.iterdir())  # a dry run downloads nothing
     assert "clip-vit-large-patch14" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key", ["sd35_medium", "sd3_medium", "flux_dev"])
+def test_fetch_weights_gated_model_fails_in_one_line(tmp_path, capsys, monkeypatch, key: str):
+    """A gated repository the account cannot read: fetch_weights.py exits 2 with one line on stderr naming the
+    licence page and HF_TOKEN, and downloads nothing after it."""
+    import huggingface_hub
+
+    spec = importlib.util.spec_from_file_location("fetch_weights", ROOT / "scripts" / "fetch_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fetch_weights"] = module
+    spec.loader.exec_module(module)
+    calls: list[str] = []
+
+    def refuse(repo_id, **_):
+        calls.append(repo_id)
+        raise OSError("401 Client Error: access to this gated repository is restricted")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    monkeypatch.setattr(module, "unreachable", lambda items: None)  # the Hub answers; the repository refuses
+    assert module.main(["--out", str(tmp_path), "--models", key]) == 2
+    error = capsys.readouterr().err.strip()
+    repo = module.HF_MODELS[key]
+    assert "\n" not in error and "HF_TOKEN" in error and module.loading.GATED[repo] in error
+    assert calls == [repo]

@@ -7,12 +7,22 @@ run, so it must stay cheap).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+
+def launcher_jobs_at_once(launcher: Any) -> int:
+    """Jobs ``launcher`` runs at the same time: the local launcher's bound, SLURM's ``array_parallelism`` (an upper
+    bound: the cluster may run fewer), else 1 (Hydra's basic launcher runs jobs one after another)."""
+    bound = getattr(launcher, "jobs_at_once", None)
+    if bound is None:
+        bound = (getattr(launcher, "params", None) or {}).get("array_parallelism")
+    return 1 if bound is None else int(bound)
 
 
 class TableSweeper(Sweeper):
@@ -28,6 +38,7 @@ class TableSweeper(Sweeper):
         cells: dict[str, str] | None = None,
         reference: Any = None,
         title: str | None = None,
+        only: list[str] | None = None,
         **others: Any,
     ) -> None:
         super().__init__()
@@ -43,6 +54,7 @@ class TableSweeper(Sweeper):
         self.cells = dict(cells or {})
         self.reference = OmegaConf.to_container(reference) if OmegaConf.is_config(reference) else reference
         self.title = title
+        self.only = None if only is None else [str(f) for f in only]
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
@@ -66,15 +78,23 @@ class TableSweeper(Sweeper):
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         loader = self.hydra_context.config_loader
         plan = table.plan_sweep(self.config, loader, arguments, self.params, self.rows, self.columns, self.cells)
+        to_run = plan.to_run
+        if self.only is not None:  # relaunch some jobs (treg-exp status prints which); sweep.json keeps them all
+            unknown = sorted(set(self.only) - {j.folder for j in to_run})
+            if unknown:
+                print(f"error: hydra.sweeper.only names no job of this sweep: {unknown[0]}", file=sys.stderr)
+                sys.exit(2)
+            to_run = [j for j in to_run if j.folder in self.only]
+            print(f"relaunching {len(to_run)} of {len(plan.to_run)} jobs (hydra.sweeper.only)", flush=True)
         sweep_dir = table.sweep_dir_of(self.config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        lines = table.plan_lines(plan, sweep_dir)
+        lines = table.plan_lines(plan, sweep_dir, at_once=launcher_jobs_at_once(self.launcher))
         print("\n".join(lines), flush=True)
         experiment = OmegaConf.select(self.config, "hydra.runtime.choices.experiment", default=None)
         departures = table.departures_of(self.config)
         table.write_sweep_file(sweep_dir, plan, experiment, self.reference, self.title, lines, departures)
-        jobs = [job.launch_overrides(sweep_dir) for job in plan.to_run]
+        jobs = [job.launch_overrides(sweep_dir) for job in to_run]
         size = len(jobs) if not self.max_batch_size or self.max_batch_size < 1 else int(self.max_batch_size)
         returns = []
         for start in range(0, len(jobs), size or 1):

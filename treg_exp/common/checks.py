@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from treg_exp.common.errors import UserError
@@ -81,3 +82,21 @@ def text(name: str, value: Any) -> str:
         shown = "an empty value" if value in ("", None) else repr(value)
         raise UserError(f"{name} must be a non-empty string, got {shown}")
     return value
+
+
+def existing_path(name: str, value: Any, expects: str, folder: bool = False) -> Path:
+    """``value`` as a path that exists (a folder with ``folder``, else a file); otherwise one line that says it was
+    not found, with the path and what ``name`` expects (a missing file is never reported as something else)."""
+    path = Path(str(value)).expanduser()
+    found = path.is_dir() if folder else path.is_file()
+    if not found:
+        kind = "folder" if folder else "file"
+        other = " (it is a file)" if folder and path.is_file() else " (it is a folder)" if path.is_dir() else ""
+        raise UserError(f"{name}: {kind} not found: {path}{other}; {name} expects {expects}")
+    return path
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a string given where an id or a file is allowed names a file: it has a folder separator or a file
+    suffix (ids never do: a subfolder's ``/`` becomes ``__``)."""
+    return "/" in value or "\\" in value or Path(value).suffix.lower() in (".txt", ".lst", ".csv", ".json", ".tsv")

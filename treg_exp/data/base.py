@@ -81,6 +81,8 @@ def parse_ids(ids: Any) -> list[str] | None:
                 raise UserError(f"data.ids file {path} lists no id")
         elif not str(ids).strip():
             raise UserError("data.ids is empty; give a list of ids, a file of ids, or null for all images")
+        elif checks.looks_like_path(str(ids)):
+            checks.existing_path("data.ids", ids, "a list of ids or a text file of ids, one a line")
         else:
             ids = [str(ids)]
     try:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from treg_exp.common import checks
 from treg_exp.common.errors import UserError
 from treg_exp.data.base import ImageDataset, Sample, check_subset_options, parse_ids, select
-from treg_exp.data.images import load_image
+from treg_exp.data.images import ImageReadError, load_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
 CAPTIONS_FALLBACKS = ("prompt", "empty")
+CAPTIONS_EXPECTED = "a .json file {id: caption} or a .csv file with columns id, prompt"
 
 
 def load_captions(path: str | Path) -> dict[str, str]:
@@ -24,9 +28,7 @@ def load_captions(path: str | Path) -> dict[str, str]:
 
     A file that is not such a mapping is a one-line error naming what is wrong.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"captions file not found: {path}")
+    path = checks.existing_path("data.captions", path, CAPTIONS_EXPECTED)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text())
@@ -52,6 +54,59 @@ def load_captions(path: str | Path) -> dict[str, str]:
                 raise UserError(f"captions file {path}, line {line}: every row needs an id and a prompt")
             captions[row["id"]] = row["prompt"]
         return captions
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why the entry ``path`` (with an image suffix) cannot be read as a regular file, or ``None`` when it can.
+    Nothing is opened: a FIFO would block the reader forever."""
+    try:
+        mode = os.stat(path).st_mode  # follows links
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if path.is_symlink():
+            return f"a dangling symbolic link (to {os.readlink(path)}: {error.strerror})"
+        return f"cannot be read ({error.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device"}
+    return next((f"{kind}, not a file" for test, kind in kinds.items() if test(mode)), "not a regular file")
+
+
+def scan_images(root: Path) -> tuple[list[Path], dict[Path, str]]:
+    """Every entry under ``root`` whose name has an image suffix, sorted by path, and why each one that is not a
+    readable regular file is not (a dangling link, a link loop, a FIFO, a socket ...), so that none is left out
+    unseen. Linked subfolders are followed, as torchvision's ``ImageFolder`` does, each real folder once (a link
+    back up the tree is not walked again). A folder that cannot be listed is a one-line :class:`UserError`."""
+    found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in visited:
+                continue
+            visited.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as error:
+            raise UserError(
+                f"data.root: cannot list {folder} ({error.strerror}); its images would be left out: fix its "
+                "permissions (or mount), or move it out of data.root"
+            ) from None
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_folder = entry.is_dir()  # follows links: a linked subfolder is walked
+            except OSError:
+                is_folder = False
+            if is_folder:
+                pending.append(path)
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path)
+    found.sort()
+    return found, {p: why for p in found if (why := _not_a_file(p)) is not None}
 
 
 class ImageFolder(ImageDataset):
@@ -116,6 +171,9 @@ class ImageFolder(ImageDataset):
         self.captions_fallback = captions_fallback
         self._files: list[Path] | None = None
         self._captions: dict[str, str] | None = None
+        self._unreadable: dict[Path, str] = {}
+        #: entries with an image suffix the scan found (before the subset rules), unreadable ones included
+        self.seen: int | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -124,9 +182,20 @@ class ImageFolder(ImageDataset):
         return self._files
 
     def _scan(self) -> list[Path]:
-        if not self.root.is_dir():
-            raise UserError(f"image folder not found: {self.root} (set data.root or paths.data_root)")
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        checks.existing_path("data.root", self.root, "the folder of images (or set paths.data_root)", folder=True)
+        files, self._unreadable = scan_images(self.root)
+        self.seen = len(files)
+        if self._unreadable:
+            first, why = next(iter(self._unreadable.items()))
+            log.warning(
+                "%d of the %d image entries in %s are not readable files (e.g. %s: %s); each is recorded as a "
+                "failed image",
+                len(self._unreadable),
+                len(files),
+                self.root,
+                first,
+                why,
+            )
         if not files:
             raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {self.root}")
         if self.classes is not None:
@@ -177,6 +246,8 @@ class ImageFolder(ImageDataset):
         else:
             prompt = self.prompt.format(label=path.parent.name.replace("_", " "))
         try:
+            if path in self._unreadable:
+                raise ImageReadError(f"{path} is {self._unreadable[path]}")
             tensor = load_image(path, self.resolution)
         except Exception as error:
             if self.strict:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from treg_exp.common import checks
 from treg_exp.common.errors import UserError
 from treg_exp.data.base import Sample
 from treg_exp.data.folder import ImageFolder, load_captions
@@ -40,7 +41,9 @@ def resolve_list(name: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     options = ", ".join(sorted(p.stem for p in LISTS.glob("*.txt")))
-    raise UserError(f"image list {name} is neither a file nor one of the shipped lists ({options})")
+    if checks.looks_like_path(str(name)):
+        checks.existing_path("data.list_file", name, f"a file of relative paths, or a shipped list ({options})")
+    raise UserError(f"data.list_file: {name} is neither a file nor one of the shipped lists ({options})")
 
 
 def read_list(path: Path) -> list[tuple[str, str | None]]:
@@ -141,8 +144,8 @@ class ListedImageFolder(ImageFolder):
     @property
     def files(self) -> list[Path]:
         if self._files is None:
-            if not self.root.is_dir():
-                raise UserError(f"dataset folder not found: {self.root}{self._hint()}")
+            expects = f"the dataset's prepared folder{self._hint()}"
+            checks.existing_path("data.root", self.root, expects, folder=True)
             problem = first_mismatch(self.root, [name for name, _ in self.entries], self.verify)
             if problem is not None:
                 raise UserError(f"{problem} (listed in {self.list_path.name}){self._hint()}")

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from treg_exp.common.errors import UserError, find_user_error
 from treg_exp.experiment import cost
+from treg_exp.experiment.config_types import check_types
 from treg_exp.experiment.runner import Runner
 from treg_exp.models.weights import stage_weights
 from treg_exp.prompts.sources import GivenPrompt
@@ -113,9 +114,10 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to resume into a run directory whose finished images were computed with other settings."""
+    """Refuse to resume into a run directory whose finished images were computed with other settings (a directory
+    that holds no row, such as one a refused or killed start left, takes the new settings)."""
     saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    if not saved.is_file() or not any((run_dir / "rows").glob("*.json")):
         return
     try:
         old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
@@ -176,6 +178,7 @@ def run_one(
 ) -> RunResult:
     """Check, build and run one configuration (a :class:`UserError` propagates; nothing is written before the
     runner claims the directory)."""
+    check_types(cfg)  # every value of its key's type (the constructors' type hints), before anything is built
     runner = build_runner(cfg, run_dir, choices, overrides, on_claim)  # bad values: one line, nothing written
     runner.check_inputs()  # the data, subset rules and output location, before the finished results' settings
     check_same_run(cfg, run_dir)
@@ -210,6 +213,20 @@ def format_table(results: list[tuple[str, dict[str, Any] | None]]) -> str:
             done += f", {counts['failed']} failed"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {done} |")
     return "\n".join(lines)
+
+
+def count_lines(results: list[RunResult]) -> list[str]:
+    """One line per run: the images it saw, solved, skipped (failures.jsonl) and has pending, from its summary."""
+    lines = []
+    for result in results:
+        counts = (result.summary or {}).get("counts")
+        if counts:
+            where = f" ({result.run_dir / 'failures.jsonl'})" if counts.get("failed") else ""
+            lines.append(
+                f"{result.name}: seen {counts.get('seen', counts['images'])} images, {counts['images']} in the run: "
+                f"solved {counts['ok']}, skipped {counts['failed']}{where}, pending {counts['pending']}"
+            )
+    return lines
 
 
 def _slug(text: str) -> str:
@@ -309,6 +326,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
         sys.exit(EXIT_USER_ERROR)
     table = write_table(cfg, results)
     print(table)
+    for line in count_lines(results):
+        print(line)
     code, message = outcome(results)
     if message:
         print(f"error: {message}", file=sys.stderr)

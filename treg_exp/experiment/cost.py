@@ -363,9 +363,23 @@ def is_toy(model_name: str) -> bool:
     return model_name in TOY_PRIORS
 
 
-def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None) -> list[str]:
+def wall_hours(job_hours: list[float], at_once: int) -> float:
+    """The wall time of jobs taking ``job_hours`` each, started in order on ``at_once`` slots, each job on the slot
+    that frees first (what the local launcher and a SLURM array with ``array_parallelism`` do)."""
+    slots = [0.0] * max(min(at_once, len(job_hours)), 1)
+    for hours in job_hours:
+        slots[slots.index(min(slots))] += hours
+    return max(slots)
+
+
+def launcher_line(at_once: int, jobs: int) -> str:
+    return f"  launcher: {min(at_once, jobs)} of {jobs} jobs at once"
+
+
+def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None, at_once: int | None = None) -> list[str]:
     """Lines of the total: jobs, images, network evaluations, and hours on each benchmarked machine and on the
-    GPUs of :data:`GPU_PEAK_TFLOPS` (FLOP estimates, labelled); one line for toy priors."""
+    GPUs of :data:`GPU_PEAK_TFLOPS` (FLOP estimates, labelled); one line for toy priors. With ``at_once`` (jobs the
+    launcher runs at the same time): how many run at once and the wall time that gives."""
     results = load_results() if results is None else results
     images = [c.images for c in costs]
     known = [i for i in images if i is not None]
@@ -377,7 +391,8 @@ def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None) ->
     )
     toys = sorted({c.model for c in costs if is_toy(c.model)})
     if costs and len(toys) == len({c.model for c in costs}):
-        return [f"{head} (model={','.join(toys)}: a toy prior, seconds to minutes here)"]
+        toy = [f"{head} (model={','.join(toys)}: a toy prior, seconds to minutes here)"]
+        return toy + ([launcher_line(at_once, len(costs))] if at_once is not None else [])
     lines = [head]
     machines = {key: machine_label(key, m) for key, m in results.get("machines", {}).items()}
     machines.update({gpu: f"NVIDIA {gpu}" for gpu in GPU_PEAK_TFLOPS})
@@ -395,9 +410,15 @@ def summarise(costs: list[JobCost], results: Mapping[str, Any] | None = None) ->
             date = results.get("machines", {}).get(key, {}).get("date", "?")
             source = f"measured ({date})" + (f"; {estimated} jobs FLOP-scaled estimates" if estimated else "")
         note = f", {missing} jobs without figures" if missing else ""
-        lines.append(f"  ≈ {format_hours(total)} of network time on {label} ({source}{note})")
+        wall = ""
+        if at_once is not None:
+            wall_time = format_hours(wall_hours([h for h in hours if h is not None], at_once))
+            wall = f"; {min(at_once, len(costs))} jobs at once: ≈ {wall_time} wall time"
+        lines.append(f"  ≈ {format_hours(total)} of network time on {label}{wall} ({source}{note})")
     if len(lines) == 1:
         lines.append("  hours unknown: no benchmarks/results.json nor benchmarks/flops.json")
+    if at_once is not None:
+        lines.insert(1, launcher_line(at_once, len(costs)))
     notes = sorted({n for c in costs for n in c.notes})
     lines += [f"  note: {n}" for n in notes]
     if toys:

@@ -11,13 +11,15 @@ with its error and retried on the next run. Several processes may share one run 
 folder, or the same job started twice): rows are per image, and the tables are rebuilt from every row on disk
 under a lock, so the last process to finish leaves complete tables.
 
-Nothing is written before the data are checked and the weights are loaded: a refused start (bad subset, missing
-weights, unwritable location) leaves the run directory as it was.
+Nothing is written before the data and the image geometry are checked and the weights are loaded: a refused start
+(bad subset, a size the prior or task cannot take, missing weights, unwritable location) leaves the run directory
+as it was.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +38,7 @@ from treg_exp.experiment.solve import Result, save_batch, score_batch, solve_bat
 from treg_exp.experiment.summary import summarise
 from treg_exp.metrics.base import MetricSuite
 from treg_exp.models.base import DiffusionPrior
-from treg_exp.operators.base import LinearOperator
+from treg_exp.operators.base import LinearOperator, measure_images
 from treg_exp.prompts.sources import GivenPrompt, PromptContext, PromptSource
 from treg_exp.solvers.base import Solver
 from treg_exp.tracking.base import NullLogger, RunLogger
@@ -73,7 +75,8 @@ class Runner:
 
     :attr:`store` is the run directory (:class:`RunStore`, with the dataset's order once :meth:`check_inputs` has
     run). After :meth:`run`, :attr:`shard_counts` holds ``{"images", "ok", "failed"}`` of this shard's images (the
-    app's exit status).
+    app's exit status), and :attr:`setup_counts` the set-up passes of this process that no row is charged
+    (:data:`treg_exp.experiment.solve.SETUP_NETWORKS`: the cached text encodings).
     """
 
     dataset: ImageDataset
@@ -99,6 +102,7 @@ class Runner:
     def __post_init__(self) -> None:
         self._check()
         self.shard_counts: dict[str, int] = {}
+        self.setup_counts: Counter[str] = Counter()
         self.store = RunStore(self.run_dir, num_samples=self.num_samples)
 
     # --- set-up --------------------------------------------------------------------------------------------
@@ -129,6 +133,7 @@ class Runner:
         """
         self._check()
         self.solver.check_prior(self.prior)
+        self.check_geometry()
         indices = self.shard_indices()
         if not indices:
             raise UserError(f"shard {self.shard_index}/{self.shard_count} of the dataset holds no image")
@@ -136,6 +141,17 @@ class Runner:
         self.store = RunStore(self.run_dir, order, self.num_samples)
         self.store.check()
         return indices
+
+    def check_geometry(self) -> None:
+        """The image size against the prior (latent factor, size multiples) and the task (SR divisibility), from the
+        config alone: a zero image of the dataset's ``resolution`` goes through ``latent_shape`` and a measurement,
+        before any weights load or anything is written."""
+        side = getattr(self.dataset, "resolution", None)
+        if side is None:
+            return
+        shape = (1, 3, int(side), int(side))
+        self.prior.latent_shape(shape)
+        measure_images(self.operator, torch.zeros(shape), ["geometry-check"], self.seed)
 
     # --- the loop --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -180,7 +196,15 @@ class Runner:
                     bar.update(len(chunk))
                     self.store.write_tables()
             summary = self.store.write_summary(
-                lambda rows: summarise(rows, self.store, self.metrics, self.shard_index, self.shard_count, self.info)
+                lambda rows: summarise(
+                    rows,
+                    self.store,
+                    self.metrics,
+                    self.shard_index,
+                    self.shard_count,
+                    self.info,
+                    getattr(self.dataset, "seen", None),
+                )
             )
             try:
                 write_comparison(self.run_dir)
@@ -191,6 +215,9 @@ class Runner:
         finally:
             self.logger.finish(summary)
         self.shard_counts = self.store.status_counts(ids)
+        if self.setup_counts:
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(self.setup_counts.items()))
+            log.info("set-up of this process, not charged to any image: %s", shown)
         return summary
 
     def expected_unet_calls(self) -> float | None:
@@ -223,6 +250,7 @@ class Runner:
         """Solve, save and score one batch; an exception fails the batch's images, not the run."""
         try:
             solved = solve_batch(batch, self.operator, self.prior, self.solver, self.seed, self.num_samples, device)
+            self.setup_counts.update(solved.setup_counts)
             save_batch(solved, batch, self.store)  # the images first: a scoring failure must not lose a solve
             return score_batch(solved, batch, self.metrics, self.store)
         except UserError:

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 
 #: a row and the images the logger shows for it (``{}`` for a failed image)
 Result = tuple[dict, dict]
+#: networks whose output a prior caches for the whole process (the text encoder: each distinct prompt once): their
+#: passes are set-up, charged to whichever image a process happens to solve first, so they are kept out of the rows
+#: (a row must not depend on where a restart or a shard boundary fell) and reported as the process's set-up
+SETUP_NETWORKS = ("text",)
+
+
+def split_setup(counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """``(per-image counts, set-up counts)`` of a counter difference (see :data:`SETUP_NETWORKS`)."""
+    setup = {k: v for k, v in counts.items() if k.startswith(tuple(f"{n}_" for n in SETUP_NETWORKS))}
+    return {k: v for k, v in counts.items() if k not in setup}, setup
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +61,8 @@ class SolvedBatch:
         diagnostics: image id → ``{name: [[step, value], ...]}`` from the solver's callback (first sample).
         trajectory: ``(step, name, [B, C, H, W])`` images the solver sent as ``image/<name>``.
         seconds: solver wall-clock seconds per image.
-        counts: the prior's network-evaluation counters spent on the batch.
+        counts: the prior's network-evaluation counters spent on the batch's images.
+        setup_counts: the set-up passes the batch happened to trigger (:data:`SETUP_NETWORKS`), not in its rows.
     """
 
     x: torch.Tensor
@@ -63,6 +74,7 @@ class SolvedBatch:
     trajectory: list[tuple[int, str, torch.Tensor]] = field(default_factory=list)
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    setup_counts: dict[str, int] = field(default_factory=dict)
 
 
 def solve_batch(
@@ -108,8 +120,8 @@ def solve_batch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - started) / len(batch)
-    counts = {k: v - before.get(k, 0) for k, v in prior.counter.items()}
-    return SolvedBatch(x, y, operator, recons, non_finite, diagnostics, trajectory, seconds, counts)
+    counts, setup = split_setup({k: v - before.get(k, 0) for k, v in prior.counter.items()})
+    return SolvedBatch(x, y, operator, recons, non_finite, diagnostics, trajectory, seconds, counts, setup)
 
 
 def save_batch(solved: SolvedBatch, batch: Sequence[Sample], store: RunStore) -> None:

@@ -42,9 +42,14 @@ def summarise(
     shard_index: int,
     shard_count: int,
     info: dict[str, Any],
+    seen: int | None = None,
 ) -> dict[str, Any]:
     """The summary of every row in ``store``'s directory; dataset metrics (FID ...) only when the shards recorded
-    there cover the whole dataset (otherwise a note says to score the merged shards)."""
+    there cover the whole dataset (otherwise a note says to score the merged shards).
+
+    ``counts``: ``seen`` (the images the dataset found, before subset rules: a folder's every entry with an image
+    suffix, readable or not), ``images`` (those of the run), ``ok`` (solved), ``failed`` (skipped, each with its
+    record in ``failures.jsonl``) and ``pending``."""
     expected, covers = store.expected_ids()
     have = {r["id"] for r in rows}
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -52,6 +57,7 @@ def summarise(
     stats, non_finite = column_stats(ok)
     summary: dict[str, Any] = {
         "counts": {
+            "seen": len(store.order) if seen is None else seen,
             "images": len(have | set(expected)),
             "ok": len(ok),
             "failed": len(failed),

@@ -321,8 +321,11 @@ def plan_sweep(
     return plan
 
 
-def plan_lines(plan: SweepPlan, sweep_dir: Path, results: Mapping[str, Any] | None = None) -> list[str]:
-    """What the sweep prints before it starts: skipped rows, one line per job, the total cost."""
+def plan_lines(
+    plan: SweepPlan, sweep_dir: Path, results: Mapping[str, Any] | None = None, at_once: int | None = None
+) -> list[str]:
+    """What the sweep prints before it starts: skipped rows, one line per job, the total cost (with ``at_once``,
+    the jobs the launcher runs at the same time, and the wall time that gives)."""
     run, skipped = plan.to_run, [j for j in plan.jobs if j.status == "skipped"]
     lines = [f"sweep: {len(plan.jobs)} jobs, {len(run)} to run, {len(skipped)} skipped → {sweep_dir}"]
     seen = set()
@@ -340,7 +343,7 @@ def plan_lines(plan: SweepPlan, sweep_dir: Path, results: Mapping[str, Any] | No
         images = "?" if job.images is None else str(job.images)
         passes = costs.describe_passes(job.cost.passes if job.cost else None)
         lines.append(f"  {job.folder}: {images} images × {passes}")
-    lines += costs.summarise([j.cost for j in run if j.cost is not None], results)
+    lines += costs.summarise([j.cost for j in run if j.cost is not None], results, at_once)
     lines += missing_inputs(run)
     return lines
 

@@ -39,6 +39,8 @@ from treg_exp.models import weights
 MODES = ("legacy_pytorch", "clean")
 SUFFIX = {"legacy_pytorch": "", "clean": "_clean"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: what a FID reference is (said when it is not found)
+FID_REFERENCE_EXPECTED = "a folder of images or a .npz of Inception statistics ({mode} is replaced by the mode)"
 
 
 def image_files(folder: Path, ids: set[str] | None = None) -> list[Path]:
@@ -178,7 +180,7 @@ class FID(DatasetMetric):
     def set_reference(self, reference: str) -> None:
         """Compare with ``reference`` (a folder of images or a ``.npz``; ``{mode}`` is replaced) instead of ``gt/``."""
         if "{mode}" not in reference and not Path(reference).exists():
-            raise UserError(f"FID reference {reference} does not exist")
+            raise UserError(f"metrics.fid_reference: not found: {reference}; it expects {FID_REFERENCE_EXPECTED}")
         self.reference = reference
 
     def prepare(self, device: torch.device | str) -> None:
@@ -189,7 +191,7 @@ class FID(DatasetMetric):
         for mode in self.modes:
             path = self._reference_path(mode)
             if path is not None and not path.exists():
-                raise UserError(f"metrics fid reference {path} does not exist")
+                raise UserError(f"metrics.fid_reference: not found: {path}; it expects {FID_REFERENCE_EXPECTED}")
 
     def _reference_path(self, mode: str) -> Path | None:
         return None if self.reference is None else Path(self.reference.replace("{mode}", mode))

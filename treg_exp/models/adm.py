@@ -482,8 +482,8 @@ class AdmPrior(DiffusionPrior):
             path = Path(self.checkpoint).expanduser()
             if not path.is_file():
                 raise WeightsNotFoundError(
-                    f"weights for model '{self.name}' not found: model.checkpoint={self.checkpoint} is not a file; "
-                    f"{self._staging_hint()}"
+                    f"model.checkpoint: file not found: {path}; model.checkpoint expects the {self.name} state dict "
+                    f"(.pt), or null for the release's file; {self._staging_hint()}"
                 )
             return path
         release = RELEASES[self.name]

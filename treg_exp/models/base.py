@@ -79,6 +79,11 @@ class DiffusionPrior(nn.Module, ABC):
             raise UserError(f"image size {h}x{w} is not a multiple of the prior's latent factor {f}")
         return (b, self.latent_channels, h // f, w // f)
 
+    def image_seq_len(self, image_shape: Sequence[int]) -> int | None:
+        """The token count a resolution-dependent flow shift reads (FLUX: latent patches of 2×2); ``None`` for priors
+        whose grid does not depend on the image size (this default)."""
+        return None
+
     def initial_noise(
         self,
         shape: Sequence[int],
@@ -110,6 +115,16 @@ class DiffusionPrior(nn.Module, ABC):
     @abstractmethod
     def eps(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         """Noise prediction ε(z_t, t, c) ``[B, C, h, w]`` (v-prediction models are converted to ε)."""
+
+    #: what :meth:`predict` returns, read from the model's scheduler config where it has one: ``epsilon`` (ε),
+    #: ``v_prediction`` (the network predicts v; :meth:`predict` returns it converted to ε) or ``flow`` (the
+    #: rectified-flow velocity ``v = ε − x0``). ``solvers.core.split_prediction`` turns it into ``(ẑ0, ε̂)``.
+    prediction_type: str = "epsilon"
+
+    def predict(self, z_t: torch.Tensor, t: int | float, cond: torch.Tensor) -> torch.Tensor:
+        """The network's prediction ``[B, C, h, w]`` in the parameterisation solvers combine (CFG is linear in it):
+        ε for ε and v priors (this default: :meth:`eps`), the velocity for flow priors; one network call."""
+        return self.eps(z_t, t, cond)
 
     #: whether :meth:`model_output` returns the variance channels ``v`` of a learned DDPM variance (ADM's
     #: ``learn_sigma``); :meth:`learned_log_variance` turns them into the ancestral step's log σ².

@@ -31,7 +31,7 @@ from treg_exp.common import seeding
 from treg_exp.common.devices import parse_dtype
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
-from treg_exp.models.schedule import NoiseSchedule
+from treg_exp.models.schedule import FlowSchedule, NoiseSchedule
 
 #: The default prompt → channel-mean table (values in [−1, 1]); ``""`` is the null prompt.
 DEFAULT_PROMPT_MEANS: dict[str, tuple[float, float, float]] = {
@@ -252,3 +252,85 @@ class GaussianPrior(DiffusionPrior):
         power = self.power_spectrum(h, w, device=self.device, dtype=work)
         marginal = spectral_filter(noise, (alpha_bar * power + 1.0 - alpha_bar).sqrt())
         return (alpha_bar**0.5 * self.mean_image(cond, h, w) + marginal).to(dtype)
+
+
+class GaussianFlowPrior(GaussianPrior):
+    """``model=gaussian_flow``: the same Gaussian data as :class:`GaussianPrior` on the rectified-flow path
+    ``x_σ = (1−σ)·x0 + σ·ε`` (σ = t/T), with the exact velocity ``v(x_σ) = E[ε − x0 | x_σ]``.
+
+    Per frequency, ``x_σ ~ N((1−σ)μ, (1−σ)²P + σ²)`` and ``E[x0 | x_σ] = μ + (1−σ)P/((1−σ)²P + σ²)·(x_σ − (1−σ)μ)``;
+    since ``ε = (x_σ − (1−σ)x0)/σ``, ``v = (x_σ − E[x0|x_σ])/σ``, which is one filter on ``d = x_σ − (1−σ)μ``:
+    ``v = (σ − (1−σ)P)/((1−σ)²P + σ²)·d − μ`` (finite at σ = 0, where it is ``−x0``). The posterior of a linear
+    problem is the Gaussian prior's (the oracles are unchanged), so flow solvers get calibration rows against it.
+
+    Args:
+        shift: the schedule's constant shift s of ``σ ← s·σ/(1 + (s−1)·σ)`` (3.0 as SD3's; 1.0: none).
+        prompt_means, pixel_std, alpha, k0, dtype, unknown_prompt: as for :class:`GaussianPrior`.
+    """
+
+    prediction_type = "flow"
+
+    def __init__(
+        self,
+        prompt_means: Mapping[str, Sequence[float]] | None = None,
+        pixel_std: float = 0.5,
+        alpha: float = 2.0,
+        k0: float = 1.0,
+        dtype: str | torch.dtype = "float32",
+        unknown_prompt: str = "error",
+        shift: float = 3.0,
+    ) -> None:
+        super().__init__(prompt_means, pixel_std, alpha, k0, dtype, unknown_prompt)
+        if shift <= 0:
+            raise UserError(f"model.shift must be positive, got {shift}")
+        self.schedule = FlowSchedule(shift=float(shift))
+
+    def _sigma(self, t: float) -> float:
+        sigma = float(t) / self.schedule.num_train_timesteps
+        if not 0.0 <= sigma <= 1.0:
+            raise ValueError(f"timestep {t} outside 0..{self.schedule.num_train_timesteps}")
+        return sigma
+
+    def velocity(self, z_t: torch.Tensor, sigma: float, cond: torch.Tensor) -> torch.Tensor:
+        """Exact ``v = (σ − (1−σ)P)/((1−σ)²P + σ²)·(x_σ − (1−σ)μ) − μ`` ``[B, 3, H, W]`` in ``self.dtype``."""
+        if cond.shape != (z_t.shape[0], 3):
+            raise ValueError(f"GaussianFlowPrior cond must be [B, 3] channel means, got {tuple(cond.shape)}")
+        x = z_t.to(self.dtype)
+        mu = cond.to(device=x.device, dtype=self.dtype)[:, :, None, None]
+        power = self.power_spectrum(*x.shape[-2:], device=x.device)
+        gain = (sigma - (1.0 - sigma) * power) / ((1.0 - sigma) ** 2 * power + sigma**2)
+        return spectral_filter(x - (1.0 - sigma) * mu, gain) - mu
+
+    def predict(self, z_t: torch.Tensor, t: int | float, cond: torch.Tensor) -> torch.Tensor:
+        """The exact velocity at σ = t/T, ``[B, 3, H, W]`` in ``z_t``'s dtype; counted as one UNet call of B rows."""
+        sigma = self._sigma(t)
+        self.counter.add("unet", z_t.shape[0])
+        return self.velocity(z_t, sigma, cond).to(z_t.dtype)
+
+    def eps(self, z_t: torch.Tensor, t: int | float, cond: torch.Tensor) -> torch.Tensor:
+        """``E[ε | x_σ] = x_σ + (1−σ)·v`` at σ = t/T (one UNet call of B rows)."""
+        return z_t + (1.0 - self._sigma(t)) * self.predict(z_t, t, cond)
+
+    def initial_noise(
+        self,
+        shape: Sequence[int],
+        generators: Sequence[torch.Generator],
+        dtype: torch.dtype = torch.float32,
+        alpha_bar: float | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """A draw from the exact marginal ``N((1−σ)μ, (1−σ)²Σ + σ²I)``; σ from ``alpha_bar``, the ᾱ twin of the
+        sampler's first step (``solvers.core.flow_alpha_bar``; default 0, i.e. σ = 1: pure noise)."""
+        b, c, h, w = shape
+        if c != 3:
+            raise ValueError(f"GaussianFlowPrior images have 3 channels, got shape {tuple(shape)}")
+        work = torch.float64 if torch.float64 in (dtype, self.dtype) else torch.float32
+        if cond is None:
+            cond = self.mean_table[[self.prompts.index("")] * b]
+        cond = cond.to(device=self.device, dtype=work)
+        snr = 0.0 if not alpha_bar else (float(alpha_bar) / (1.0 - float(alpha_bar))) ** 0.5
+        sigma = 1.0 / (1.0 + snr)  # (1−σ)/σ = √(ᾱ/(1−ᾱ))
+        noise = seeding.randn((c, h, w), generators, device=self.device, dtype=work)
+        power = self.power_spectrum(h, w, device=self.device, dtype=work)
+        marginal = spectral_filter(noise, ((1.0 - sigma) ** 2 * power + sigma**2).sqrt())
+        return ((1.0 - sigma) * self.mean_image(cond, h, w) + marginal).to(dtype)

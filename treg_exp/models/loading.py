@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from treg_exp.common import checks
 from treg_exp.common.errors import WeightsNotFoundError
 
 T = TypeVar("T")
@@ -77,6 +78,14 @@ FETCH_KEYS = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
     "CompVis/stable-diffusion-v1-4": "sd14",
     "stabilityai/stable-diffusion-2-1-base": "sd21base",
+    "stabilityai/stable-diffusion-2-1": "sd21",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "sd3_medium",
+    "stabilityai/stable-diffusion-3.5-medium": "sd35_medium",
+    "black-forest-labs/FLUX.1-dev": "flux_dev",
+    "black-forest-labs/FLUX.1-schnell": "flux_schnell",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "madebyollin/sdxl-vae-fp16-fix": "sdxl_vae_fp16",
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "sdxl",
     "openai/clip-vit-large-patch14": None,
     # the captioners of prompt=caption (conf/prompt/captioner/)
     "google/paligemma2-3b-mix-224": "paligemma",
@@ -84,6 +93,19 @@ FETCH_KEYS = {
     "florence-community/Florence-2-large": "florence2",
     "llava-hf/llava-1.5-7b-hf": "llava",
 }
+
+
+#: Hub repositories that need a licence accepted on their page and a token (``HF_TOKEN``): id → licence page.
+GATED = {
+    "stabilityai/stable-diffusion-3-medium-diffusers": "https://huggingface.co/stabilityai/stable-diffusion-3-medium",
+    "stabilityai/stable-diffusion-3.5-medium": "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium",
+    "black-forest-labs/FLUX.1-dev": "https://huggingface.co/black-forest-labs/FLUX.1-dev",
+}
+
+
+def gated_note(model_id: str) -> str:
+    """One sentence for a gated repository: where its licence is accepted, and that ``HF_TOKEN`` must be set."""
+    return f"{model_id} is gated: accept its licence at {GATED[model_id]} and set HF_TOKEN to a token of that account."
 
 
 def staging_hint(model_id: str) -> str:
@@ -94,9 +116,10 @@ def staging_hint(model_id: str) -> str:
         stage = f"stage it with `{command}`"
     else:
         stage = f"stage it as a diffusers folder DIR/{model_id} (or in the Hugging Face cache DIR/huggingface/hub)"
+    gated = f" ({gated_note(model_id)})" if model_id in GATED else ""
     return (
         f"{stage} and run with `paths.weights=DIR` "
-        "(or allow downloads: model.local_files_only=false and HF_HUB_OFFLINE unset)"
+        f"(or allow downloads: model.local_files_only=false and HF_HUB_OFFLINE unset){gated}"
     )
 
 
@@ -131,6 +154,8 @@ def resolve_source(model_id: str, cache_dir: str | os.PathLike | None) -> tuple[
     """
     if Path(model_id).expanduser().is_dir():
         return str(Path(model_id).expanduser()), True
+    if model_id.startswith(("/", "./", "../", "~")):  # a path, never a Hub id (owner/name)
+        checks.existing_path("model.model_id", model_id, "a Hub id (owner/name) or a local diffusers folder", True)
     if cache_dir is not None:
         staged = Path(cache_dir).expanduser() / model_id
         if staged.is_dir():

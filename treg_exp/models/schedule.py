@@ -77,3 +77,87 @@ class NoiseSchedule:
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
+
+
+#: the flow grids' base spacings before the shift: ``train`` (diffusers' scheduler default, SD3: N points from σ = 1
+#: down to the smallest shifted training σ) and ``uniform`` (FluxPipeline's ``linspace(1, 1/N, N)``)
+FLOW_SPACINGS = ("train", "uniform")
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """The rectified-flow path ``z_σ = (1−σ)·x0 + σ·ε`` (σ ∈ [0, 1]; the network gets the timestep ``σ·T``) and its
+    sampling grids, as diffusers' ``FlowMatchEulerDiscreteScheduler`` spaces them.
+
+    Shifts (REFERENCE.md, flow priors): SD3's constant ``σ ← s·σ/(1 + (s−1)·σ)`` (``shift`` s = 3.0 for SD3 / SD3.5);
+    FLUX's resolution-dependent ``σ ← e^μ/(e^μ + 1/σ − 1)`` with ``μ`` linear in the image's token count
+    (``use_dynamic_shifting``: ``base_shift`` at ``base_image_seq_len`` tokens to ``max_shift`` at
+    ``max_image_seq_len``).
+
+    Attributes:
+        num_train_timesteps: T (1000).
+        shift: s of the constant shift (1.0: none).
+        use_dynamic_shifting: FLUX's μ-shift instead of the constant one.
+        base_shift, max_shift, base_image_seq_len, max_image_seq_len: μ's line (0.5, 1.15, 256, 4096).
+        spacing: the grid before the shift, one of :data:`FLOW_SPACINGS`.
+    """
+
+    num_train_timesteps: int = 1000
+    shift: float = 1.0
+    use_dynamic_shifting: bool = False
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+    spacing: str = "train"
+
+    @classmethod
+    def from_diffusers_config(cls, config: dict, spacing: str = "train") -> FlowSchedule:
+        """From a ``FlowMatchEulerDiscreteScheduler`` config (``scheduler/scheduler_config.json``)."""
+        for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas"):
+            if config.get(key):
+                raise ValueError(f"unsupported flow scheduler option {key}")
+        if config.get("shift_terminal") or config.get("time_shift_type", "exponential") != "exponential":
+            raise ValueError("unsupported flow scheduler option shift_terminal / time_shift_type")
+        return cls(
+            num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+            shift=float(config.get("shift", 1.0)),
+            use_dynamic_shifting=bool(config.get("use_dynamic_shifting", False)),
+            base_shift=float(config.get("base_shift") or 0.5),
+            max_shift=float(config.get("max_shift") or 1.15),
+            base_image_seq_len=int(config.get("base_image_seq_len") or 256),
+            max_image_seq_len=int(config.get("max_image_seq_len") or 4096),
+            spacing=spacing,
+        )
+
+    def mu(self, image_seq_len: int) -> float:
+        """FLUX's ``μ``: linear in the token count, ``base_shift`` at ``base_image_seq_len``, ``max_shift`` at
+        ``max_image_seq_len`` (diffusers' ``calculate_shift``)."""
+        slope = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
+        return image_seq_len * slope + self.base_shift - slope * self.base_image_seq_len
+
+    def shifted(self, sigma: torch.Tensor, image_seq_len: int | None = None) -> torch.Tensor:
+        """σ after the schedule's shift (constant, or FLUX's μ-shift, which needs ``image_seq_len``)."""
+        if self.use_dynamic_shifting:
+            if image_seq_len is None:
+                raise ValueError("a resolution-dependent flow shift needs the image's token count")
+            e_mu = float(torch.tensor(self.mu(image_seq_len), dtype=torch.float64).exp())
+            return e_mu / (e_mu + (1.0 / sigma - 1.0))
+        return self.shift * sigma / (1.0 + (self.shift - 1.0) * sigma)
+
+    def sigmas(self, num_steps: int, image_seq_len: int | None = None) -> torch.Tensor:
+        """``[num_steps]`` float64 descending σ of an N-step grid (the terminal σ = 0 not included).
+
+        ``train``: ``shift(linspace(1, σ_min, N))`` with σ_min the smallest training σ after the constant shift
+        (``1/T`` under the μ-shift), as diffusers computes it; ``uniform``: ``shift(linspace(1, 1/N, N))``.
+        """
+        big_t = self.num_train_timesteps
+        if self.spacing == "uniform":
+            base = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
+        elif self.spacing == "train":
+            smallest = torch.tensor(1.0 / big_t, dtype=torch.float64)
+            sigma_min = float(smallest if self.use_dynamic_shifting else self.shifted(smallest))
+            base = torch.linspace(1.0, sigma_min, num_steps, dtype=torch.float64)
+        else:
+            raise ValueError(f"flow spacing must be one of {FLOW_SPACINGS}, got {self.spacing!r}")
+        return self.shifted(base, image_seq_len)

@@ -13,7 +13,7 @@ Every network pass is counted in ``self.counter``: ``unet``, ``encode``, ``decod
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -100,6 +100,8 @@ class StableDiffusionPrior(DiffusionPrior):
 
     latent_channels = 4
     latent_factor = 8
+    #: the networks :meth:`_install` adopts (frozen, eval mode, cast) from the loaded parts
+    network_names: tuple[str, ...] = ("unet", "vae", "text_encoder", "image_encoder")
 
     def __init__(
         self,
@@ -121,6 +123,9 @@ class StableDiffusionPrior(DiffusionPrior):
             raise UserError(f"model.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.model_id = str(model_id)
         self.dtype = parse_dtype(dtype)
+        #: the VAE's dtype (SDXL's stock VAE overflows in float16 and runs in float32); encode/decode return the
+        #: dtype of their input whatever it is
+        self.vae_dtype = self.dtype
         self.local_files_only = bool(local_files_only)
         self.cache_dir = None if cache_dir in (None, "") else str(cache_dir)
         self.clip_image_model = None if clip_image_model in (None, "") else str(clip_image_model)
@@ -178,7 +183,14 @@ class StableDiffusionPrior(DiffusionPrior):
         # read the weights in the target dtype (diffusers: torch_dtype, transformers ≥ 4.56: dtype)
         networks = {
             name: loading.load_component(
-                cls.from_pretrained, mid, name, subfolder=name, **{dtype_key: self.dtype}, **common, **hub, **variant
+                cls.from_pretrained,
+                mid,
+                name,
+                subfolder=name,
+                **{dtype_key: self.vae_dtype if name == "vae" else self.dtype},
+                **common,
+                **hub,
+                **variant,
             )
             for name, cls, dtype_key in (
                 ("text_encoder", CLIPTextModel, "dtype"),
@@ -220,13 +232,13 @@ class StableDiffusionPrior(DiffusionPrior):
         self.prediction_type = prediction_type
         self._schedule = NoiseSchedule.from_diffusers_config(config)
         self.tokenizer = parts["tokenizer"]
-        for name in ("unet", "vae", "text_encoder", "image_encoder"):
+        for name in self.network_names:
             module = parts.get(name)
             if module is not None:
                 module.requires_grad_(False)
                 module.eval()
                 # nn.Module.to, not diffusers' override, which warns about fp32 modules on every cast
-                torch.nn.Module.to(module, self.dtype)
+                torch.nn.Module.to(module, self.vae_dtype if name == "vae" else self.dtype)
             # nn.Module.__setattr__ registers the networks, so .to(device) and .device see them
             setattr(self, name, module)
         from diffusers.models.attention_processor import AttnProcessor2_0
@@ -291,13 +303,17 @@ class StableDiffusionPrior(DiffusionPrior):
         if cond.shape[0] != z_t.shape[0]:
             raise UserError(f"eps: {z_t.shape[0]} latents but {cond.shape[0]} conditioning rows")
         timestep = torch.tensor(int(t), device=z_t.device, dtype=torch.long)
-        out = self.unet(z_t.to(self.dtype), timestep, encoder_hidden_states=cond.to(self.dtype), return_dict=False)
+        out = self.unet(z_t.to(self.dtype), timestep, **self.unet_conditioning(z_t, cond), return_dict=False)
         out = out[0].to(z_t.dtype)
         self.counter.add("unet", z_t.shape[0], out.requires_grad)
         if self.prediction_type == "v_prediction":
             alpha_bar = float(self.schedule.alphas_cumprod[int(t)])
             out = alpha_bar**0.5 * out + (1.0 - alpha_bar) ** 0.5 * z_t
         return out
+
+    def unet_conditioning(self, z_t: torch.Tensor, cond: torch.Tensor) -> dict[str, Any]:
+        """The UNet's conditioning keywords for latents ``z_t`` and ``c`` (SD: the hidden states, in ``self.dtype``)."""
+        return {"encoder_hidden_states": cond.to(self.dtype)}
 
     def encode(
         self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None, mode: str = "sample"
@@ -312,7 +328,7 @@ class StableDiffusionPrior(DiffusionPrior):
             raise UserError(f"encode mode must be 'sample' or 'mean', got {mode!r}")
         if mode == "sample" and (generators is None or len(generators) != x.shape[0]):
             raise UserError("encode(mode='sample') needs one generator per image")
-        dist = self.vae.encode(x.to(self.dtype)).latent_dist
+        dist = self.vae.encode(x.to(self.vae_dtype)).latent_dist
         self.counter.add("encode", x.shape[0], dist.mean.requires_grad)
         z = dist.mean.to(x.dtype)
         if mode == "sample":
@@ -323,7 +339,7 @@ class StableDiffusionPrior(DiffusionPrior):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``D(z) = vae.decode(z / s)``: ``[B, 4, h, w]`` → ``[B, 3, 8h, 8w]`` in ``z``'s dtype (not clamped)."""
         self._require_loaded()
-        x = self.vae.decode((z / self.scaling_factor).to(self.dtype), return_dict=False)[0]
+        x = self.vae.decode((z / self.scaling_factor).to(self.vae_dtype), return_dict=False)[0]
         self.counter.add("decode", z.shape[0], x.requires_grad)
         return x.to(z.dtype)
 
@@ -335,20 +351,30 @@ class StableDiffusionPrior(DiffusionPrior):
         distinct prompt is encoded once and cached (the ``text`` counter counts encoder passes).
         """
         self._require_loaded()
+        return self.cached_embeddings(
+            prompts, lambda missing: self.text_encoder(self.token_ids(self.tokenizer, missing))[0]
+        )
+
+    def token_ids(self, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+        """``[B, model_max_length]`` token ids on the prior's device, padded and truncated as diffusers pads them."""
+        return tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+
+    def cached_embeddings(self, prompts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """``[B, ...]``: the rows ``encode(prompts)`` would return, in :attr:`state_dtype`, each distinct prompt encoded
+        once and cached (the ``text`` counter counts prompts encoded)."""
         if isinstance(prompts, str):
             raise UserError("embed_text takes a list of prompts, one per image")
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            ids = self.tokenizer(
-                list(missing),
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            hidden = self.text_encoder(ids)[0]
+            rows = encode(missing)
             self.counter.add("text", len(missing))
-            for prompt, row in zip(missing, hidden, strict=True):
+            for prompt, row in zip(missing, rows, strict=True):
                 self._text_cache[prompt] = row.to(self.state_dtype)
         # stack copies, so callers may edit their embedding (TReg's c_∅) without touching the cache
         return torch.stack([self._text_cache[p] for p in prompts]).to(self.device)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from treg_exp.common.errors import UserError
-from treg_exp.models.stable_diffusion import StableDiffusionPrior
+from treg_exp.models.stable_diffusion import PREDICTION_TYPES, StableDiffusionPrior
 
 #: Width of the tiny text encoder, the UNet's cross-attention and the image tower's projection.
 TEXT_WIDTH = 32
@@ -143,15 +143,51 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_tiny_components(seed: int = 0, architecture: str = "tiny") -> dict[str, Any]:
+def build_vae(shape: dict[str, Any], scaling_factor: float) -> Any:
+    """SD's 4-level ``AutoencoderKL`` (4 latent channels, shrinks by 8) with widths ``shape``, weights from the global
+    RNG."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        scaling_factor=scaling_factor,
+        **shape,
+    )
+
+
+def build_text_encoder(cls: type, tokenizer: Any, shape: dict[str, Any]) -> Any:
+    """A CLIP text tower ``cls`` (``CLIPTextModel`` or ``CLIPTextModelWithProjection``) of widths ``shape`` over
+    ``tokenizer``'s vocabulary and 77 positions; ``projection_dim`` defaults to the hidden width."""
+    from transformers import CLIPTextConfig
+
+    return cls(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            **{"projection_dim": shape["hidden_size"], **shape},
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def build_tiny_components(
+    seed: int = 0, architecture: str = "tiny", prediction_type: str = "epsilon"
+) -> dict[str, Any]:
     """SD-shaped components with weights drawn from ``seed`` (the global RNG is left untouched).
 
-    ``architecture``: a key of :data:`ARCHITECTURES` (``tiny`` or the full-size ``sd15``).
+    ``architecture``: a key of :data:`ARCHITECTURES` (``tiny`` or the full-size ``sd15``). ``prediction_type``:
+    the scheduler config's (``epsilon``, or ``v_prediction`` as SD 2.1-768's), which the prior reads.
     Returns a dict with ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``image_encoder`` (float32),
     ``scheduler`` (a DDIMScheduler) and ``scheduler_config`` (a plain dict).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     shapes = ARCHITECTURES[architecture]
     tokenizer = build_tokenizer()
@@ -159,30 +195,12 @@ def build_tiny_components(seed: int = 0, architecture: str = "tiny") -> dict[str
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **shapes["unet"])
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            scaling_factor=0.18215,
-            **shapes["vae"],
-        )
+        vae = build_vae(shapes["vae"], scaling_factor=0.18215)
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                projection_dim=shapes["text"]["hidden_size"],
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **shapes["text"],
-            )
-        )
+        text_encoder = build_text_encoder(CLIPTextModel, tokenizer, shapes["text"])
         torch.manual_seed(seed + 3)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**shapes["vision"]))
-    scheduler = DDIMScheduler(**SD1_SCHEDULER)
+    scheduler = DDIMScheduler(**{**SD1_SCHEDULER, "prediction_type": prediction_type})
     for module in (unet, vae, text_encoder, image_encoder):
         module.eval()
     return {
@@ -228,6 +246,8 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         dtype: networks' dtype (``float32`` default; ``float64`` for reference tests).
         architecture: ``tiny`` or ``sd15`` (the full-size architecture, random weights: for benchmarks).
         seed: weight seed (the same seed gives the same model).
+        prediction_type: ``epsilon`` (SD 1.x) or ``v_prediction`` (SD 2.1-768's parameterisation), written into the
+            scheduler config that the prior reads like a real model's.
         gradient_checkpointing, vae_slicing, vae_tiling, channels_last, compile_mode: as for
             :class:`StableDiffusionPrior`.
     """
@@ -242,9 +262,12 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         vae_tiling: bool = False,
         channels_last: bool = False,
         compile_mode: str | None = None,
+        prediction_type: str = "epsilon",
     ):
         if architecture not in ARCHITECTURES:
             raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"model.prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         super().__init__(
             model_id=f"random-{architecture}(seed={seed})",
             dtype=dtype,
@@ -258,8 +281,9 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         )
         self.seed = int(seed)
         self.architecture = architecture
+        self.prediction_type = prediction_type
 
     def _load_components(self) -> dict[str, Any]:
-        parts = build_tiny_components(self.seed, self.architecture)
+        parts = build_tiny_components(self.seed, self.architecture, self.prediction_type)
         parts.pop("scheduler")
         return parts

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from treg_exp.common import seeding
+from treg_exp.common import checks, seeding
 from treg_exp.common.errors import UserError
 
 
@@ -141,9 +141,7 @@ def load_mask_file(path: str | Path, holes: str = "nonzero") -> torch.Tensor:
     The file holds one array (or one named ``mask``/``masks``) of shape ``[H, W]``, ``[N, H, W]`` or
     ``[N, 1, H, W]``; ``holes`` says which entries are holes: ``nonzero`` (Palette's convention) or ``zero``.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"mask file not found: {path}")
+    path = checks.existing_path("task.mask_file", path, "a .npz of masks [H, W], [N, H, W] or [N, 1, H, W]")
     if holes not in ("nonzero", "zero"):
         raise UserError(f"task.mask_holes must be 'nonzero' or 'zero', got {holes!r}")
     with np.load(path) as data:

@@ -130,9 +130,9 @@ class ClassNamePrompt(PromptSource):
 
 def read_swaps(path: str | Path) -> dict[str, str]:
     """``{label: prompt}`` from a ``.json`` object or a ``.csv`` with columns ``label``, ``prompt``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"prompt.swaps_file not found: {path}")
+    path = checks.existing_path(
+        "prompt.swaps_file", path, "a .json file {label: prompt} or a .csv file with columns label, prompt"
+    )
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text())

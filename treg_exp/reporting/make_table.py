@@ -57,7 +57,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Build the table, print its markdown, write ``table.md``, ``table.tex`` and ``report.html``; the exit status.
 
     A single folder holding several sweeps (``sweep.json`` and earlier ``sweep-<time>.json``) gets one table per
-    sweep, unless ``--sweep`` picks one."""
+    sweep, unless ``--sweep`` picks one. A run that cannot be read (:func:`treg_exp.reporting.tables.damage`) is one
+    warning line and left out; the exit status is 2 only when no run is readable."""
     roots = [Path(r) for r in args.roots]
     if not find_runs(roots) and not any(sweep_files(r) for r in roots):
         print(f"error: no summary.json below {', '.join(map(str, roots))}", file=sys.stderr)
@@ -74,8 +75,18 @@ def run_from_args(args: argparse.Namespace) -> int:
         picks = [[path] for path in sweep_files(roots[0])]
     else:
         picks = [None]
-    for sweeps in picks:
-        table = build(roots, reference, args.dataset, dataset_metrics=not args.no_dataset_metrics, sweeps=sweeps)
+    tables = [
+        (sweeps, build(roots, reference, args.dataset, dataset_metrics=not args.no_dataset_metrics, sweeps=sweeps))
+        for sweeps in picks
+    ]
+    damaged = [problem for _, table in tables for problem in table.damaged]
+    if damaged and not any(cell.runs for _, table in tables for cell in table.cells.values()):
+        where = ", ".join(map(str, roots))
+        print(f"error: no readable run below {where}: {len(damaged)} damaged ({damaged[0]}, ...)", file=sys.stderr)
+        return 2
+    for problem in damaged:
+        print(f"warning: {problem}; left out of the table", file=sys.stderr)
+    for sweeps, table in tables:
         own = sweeps[0] if sweeps else next(iter(sweep_files(roots[0])), None)
         defaults = outputs_of(roots[0], own)
         paths = (args.markdown or defaults[0], args.latex or defaults[1], args.html or defaults[2])

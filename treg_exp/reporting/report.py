@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -31,6 +32,8 @@ from treg_exp.reporting.tables import (
     reference_of,
     value_of,
 )
+
+log = logging.getLogger(__name__)
 
 THUMB = 128
 STYLE = """
@@ -140,7 +143,12 @@ def tile(runs: list[Path], folder: str, image_id: str, prompt: str | None = None
     if path is None:
         return "<td>—</td>"
     caption = f'<div class="prompt">{html.escape(str(prompt))}</div>' if prompt is not None else ""
-    return f'<td><img src="{thumbnail(path)}" alt="{folder} {html.escape(image_id)}">{caption}</td>'
+    try:
+        source = thumbnail(path)
+    except (OSError, ValueError) as error:  # a PNG cut short or not an image: the page goes on without it
+        log.warning("%s: unreadable image (%s); left out of the report", path, error)
+        return f"<td>unreadable: {html.escape(path.name)}</td>"
+    return f'<td><img src="{source}" alt="{folder} {html.escape(image_id)}">{caption}</td>'
 
 
 def grids_html(table: Table, grid_images: int) -> str:

@@ -65,6 +65,27 @@ def _merged_folders(run_dirs: Sequence[Path], tmp: Path) -> tuple[Path, Path]:
     return tmp / "recon", tmp / "gt"
 
 
+def config_damage(run_dir: Path) -> str | None:
+    """What is wrong with ``run_dir/config.yaml`` (missing, unreadable, not a mapping), or ``None``."""
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.load(run_dir / "config.yaml")
+    except FileNotFoundError:
+        return "config.yaml is missing"
+    except Exception as error:  # noqa: BLE001 - YAML, decoding and OS errors all mean the same here
+        return f"config.yaml is unreadable ({type(error).__name__})"
+    return None if OmegaConf.is_dict(config) else "config.yaml holds no config"
+
+
+def unscorable(run_dir: Path) -> str | None:
+    """What keeps ``run_dir`` from being scored (no ``gt/``; ``config.yaml`` missing, unreadable or not a
+    mapping), or ``None``."""
+    if not (run_dir / "gt").is_dir():
+        return "gt/ is missing (not a run directory, or no image finished)"
+    return config_damage(run_dir)
+
+
 def score(
     run_dirs: Sequence[Path | str],
     metrics: str | None = None,
@@ -82,12 +103,17 @@ def score(
     from treg_exp.tracking.comparison import write_comparison
     from treg_exp.tracking.files import write_csv, write_json
 
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
+    given = [Path(d) for d in run_dirs]
+    if not given:
         raise UserError("score needs at least one run directory")
-    for d in dirs:
-        if not (d / "config.yaml").is_file() or not (d / "gt").is_dir():
-            raise UserError(f"{d} is not a finished run directory (no config.yaml or gt/)")
+    problems = {d: unscorable(d) for d in given}
+    dirs = [d for d in given if problems[d] is None]
+    if not dirs:
+        many = f"none of {len(given)} is readable; the first: " if len(given) > 1 else ""
+        raise UserError(f"{many}{given[0]} is not a finished run directory ({problems[given[0]]})")
+    for d, problem in problems.items():
+        if problem is not None:
+            print(f"warning: {d}: {problem}; left out", file=sys.stderr)
     cfg = OmegaConf.load(dirs[0] / "config.yaml")
     metrics_cfg = metrics_config(metrics) if metrics else cfg.metrics
     if protocol is not None:
@@ -107,9 +133,16 @@ def score(
             saved_path = run_dir / "measurement" / f"{image_id}.pt"
             if not recon_path.is_file() or not saved_path.is_file():
                 continue  # a failed or unfinished image
-            gt = load_png(gt_path)[None].to(torch_device)
-            recon = load_png(recon_path)[None].to(torch_device)
-            saved = torch.load(saved_path, map_location="cpu", weights_only=False)
+            try:
+                gt = load_png(gt_path)[None].to(torch_device)
+                recon = load_png(recon_path)[None].to(torch_device)
+                saved = torch.load(saved_path, map_location="cpu", weights_only=False)
+            except Exception as error:  # noqa: BLE001 - PIL, zip and pickle errors of a file cut short
+                print(
+                    f"warning: {run_dir}: image {image_id} unreadable ({type(error).__name__}); left out",
+                    file=sys.stderr,
+                )
+                continue
             y = saved["y"][None].to(torch_device)
             image_operator = operator
             if operator is not None:

@@ -95,23 +95,77 @@ class Table:
     shared: list[str] = field(default_factory=list)
     #: the command line's settings by which a sweep of a preset departs from it (a smoke run: ``model=tiny`` ...)
     departures: list[str] = field(default_factory=list)
+    #: ``<run dir>: <what is wrong>`` of each run left out because it cannot be read
+    damaged: list[str] = field(default_factory=list)
+
+
+#: the files that mark a run directory, and Hydra's folder of copies inside it (not a run)
+RUN_FILES, HYDRA_FOLDER, SCORE_FOLDER = ("summary.json", "config.yaml"), ".hydra", "score"
 
 
 # --- reading runs -----------------------------------------------------------------------------------------------
 def find_runs(roots: Sequence[Path]) -> list[Path]:
-    return sorted({p.parent for root in roots for p in Path(root).rglob("summary.json")})
+    """Every folder below ``roots`` that holds a run's ``summary.json`` or ``config.yaml`` (readable or not: see
+    :func:`damage`), so that a run whose summary is lost is reported, not silently left out. Not runs: Hydra's
+    copies (``.hydra/``) and ``treg-exp score``'s output (``<run>/score/``)."""
+    found = {p.parent for root in roots for name in RUN_FILES for p in Path(root).rglob(name)}
+    return sorted(p for p in found if HYDRA_FOLDER not in p.parts and p.parent / SCORE_FOLDER != p)
+
+
+def damage(run_dir: Path) -> str | None:
+    """What keeps ``run_dir`` out of a table — its ``summary.json`` or ``config.yaml`` missing, cut short or not a
+    mapping, its ``metrics.csv`` missing, unparsable or with a line cut short — or ``None`` when it is readable.
+    (``.hydra/`` and ``rows/`` are not read by reports: their damage leaves the run readable.)"""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except FileNotFoundError:
+        return "summary.json is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"summary.json is unreadable (cut short or not JSON: {type(error).__name__}: {error})"
+    if not isinstance(summary, dict) or not isinstance(summary.get("counts"), dict):
+        return "summary.json holds no run summary (no counts)"
+    from treg_exp.reporting.score import config_damage
+
+    if (problem := config_damage(run_dir)) is not None:
+        return problem
+    try:
+        read_ok_rows(run_dir, strict=True)
+    except FileNotFoundError:
+        return "metrics.csv is missing"
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
+        return f"metrics.csv is unreadable ({error})"
+    return None
+
+
+def readable(run_dirs: Sequence[Path], damaged: list[str]) -> list[Path]:
+    """The runs of ``run_dirs`` that :func:`damage` finds nothing wrong with; each other one is appended to
+    ``damaged`` as ``<run dir>: <what is wrong>``."""
+    kept = []
+    for run_dir in run_dirs:
+        problem = damage(run_dir)
+        if problem is None:
+            kept.append(run_dir)
+        else:
+            damaged.append(f"{run_dir}: {problem}")
+    return kept
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def read_ok_rows(run_dir: Path) -> list[dict[str, Any]]:
+def read_ok_rows(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """The ``ok`` rows of ``metrics.csv`` (``[]`` without one; ``strict``: a missing file raises
+    ``FileNotFoundError`` and a line whose field count is not the header's ``ValueError``)."""
     path = run_dir / "metrics.csv"
-    if not path.is_file():
+    if not path.is_file() and not strict:
         return []
     with path.open(newline="") as handle:
-        return [r for r in csv.DictReader(handle) if r.get("status") == "ok"]
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows, start=2):
+        if strict and (None in row or None in row.values()):
+            raise ValueError(f"line {number} does not have the header's columns (cut short?)")
+    return [r for r in rows if r.get("status") == "ok"]
 
 
 def run_key(summary: dict[str, Any]) -> tuple[str, str, str, str, str]:
@@ -258,11 +312,12 @@ def read_reference(path: Path, dataset: str) -> dict[tuple[str, str], dict[str, 
 
 
 # --- building the table -----------------------------------------------------------------------------------------
-def job_runs(sweep_dir: Path, folder: str) -> list[Path]:
-    """The run folders of a job: ``folder`` and its ``shard-*`` subfolders, those that hold a summary."""
+def job_runs(sweep_dir: Path, folder: str, damaged: list[str]) -> list[Path]:
+    """The readable run folders of a job: ``folder`` and its ``shard-*`` subfolders, those that hold a summary
+    (the damaged ones are appended to ``damaged``)."""
     base = sweep_dir / folder
     candidates = [base, *sorted(base.glob("shard-*-of-*"))] if base.is_dir() else []
-    return [c for c in candidates if (c / "summary.json").is_file()]
+    return readable([c for c in candidates if (c / "summary.json").is_file()], damaged)
 
 
 def sweep_files(root: Path) -> list[Path]:
@@ -283,11 +338,14 @@ def build(
     """The table of ``roots`` (sweep folders with ``sweep.json``, or any folders of runs); ``sweeps``: the sweep
     records to read instead of each sweep folder's ``sweep.json``."""
     roots = [Path(r) for r in roots]
-    sweeps = list(sweeps) if sweeps else [r / SWEEP_FILE for r in roots if (r / SWEEP_FILE).is_file()]
-    if sweeps:
-        table = _from_sweeps(sweeps, dataset_metrics)
+    damaged: list[str] = []
+    paths = list(sweeps) if sweeps else [r / SWEEP_FILE for r in roots if (r / SWEEP_FILE).is_file()]
+    records = [(p.parent, sweep) for p in paths if (sweep := read_sweep(p, damaged))]
+    if records:
+        table = _from_sweeps(records, dataset_metrics, damaged)
     else:
-        table = _from_runs(find_runs(roots), dataset_metrics)
+        table = _from_runs(readable(find_runs(roots), damaged), dataset_metrics)
+    table.damaged = damaged
     if reference is not None and dataset is not None:
         table.reference = read_reference(reference, dataset)
     table.metrics = shown_metrics(table)
@@ -295,14 +353,26 @@ def build(
     return table
 
 
-def _from_sweeps(sweep_paths: list[Path], dataset_metrics: bool) -> Table:
-    sweep_roots = [p.parent for p in sweep_paths]
-    sweeps = [json.loads(p.read_text()) for p in sweep_paths]
-    first = sweeps[0]
+def read_sweep(path: Path, damaged: list[str]) -> dict[str, Any] | None:
+    """The sweep record ``path`` (a folder's ``sweep.json``), or ``None`` (with a line in ``damaged``) when it is cut
+    short or holds no job list: the folder's runs are then pooled as a folder of runs."""
+    try:
+        sweep = json.loads(path.read_text())
+        if not isinstance(sweep, dict) or not isinstance(sweep.get("jobs"), list):
+            raise ValueError("no list of jobs")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        damaged.append(f"{path}: unreadable ({error}); the runs below it are pooled as a folder of runs")
+        return None
+    return sweep
+
+
+def _from_sweeps(records: list[tuple[Path, dict[str, Any]]], dataset_metrics: bool, damaged: list[str]) -> Table:
+    """The table of sweep records ``(sweep folder, sweep.json's content)``: pivoted on the jobs' settings."""
+    first = records[0][1]
     rows: list[str] = []
     columns: list[str] = []
     cells: dict[tuple[str, str], Cell] = {}
-    jobs = [(root, job) for root, sweep in zip(sweep_roots, sweeps, strict=True) for job in sweep["jobs"]]
+    jobs = [(root, job) for root, sweep in records for job in sweep["jobs"]]
     row_labels, column_labels, shared = pivot([job_settings(job) for _, job in jobs])
     for (root, job), row_label, column_label in zip(jobs, row_labels, column_labels, strict=True):
         row = job.get("row") or row_label
@@ -316,7 +386,7 @@ def _from_sweeps(sweep_paths: list[Path], dataset_metrics: bool) -> Table:
             cell.status, cell.reason, cell.task = "skipped", job.get("reason", ""), job.get("task")
             continue
         cell.status, cell.task = "run", job.get("task")
-        cell.runs += job_runs(root, job["folder"])
+        cell.runs += job_runs(root, job["folder"], damaged)
     for cell in cells.values():
         if cell.runs:
             pool(cell, dataset_metrics)

@@ -1,5 +1,12 @@
 """The shared diffusion math every solver uses: timestep grid, Tweedie, DDIM step, classifier-free guidance.
 
+A solver never assumes the prior's parameterisation: :func:`denoise` (or :func:`split_prediction` of a guided
+network output) returns the pair ``(ẑ0, ε̂)`` for ε, v and rectified-flow priors alike, and :func:`sampler_step`
+takes the pair to the next grid point (DDIM on ᾱ grids). ``DiffusionPrior.prediction_type`` says what
+``prior.predict`` returns: ε (``epsilon``; ``v_prediction`` priors convert v to ε themselves, with the textbook ᾱ_t
+of the network's timestep) or the flow velocity ``v = ε − x0`` (``flow``: ``ẑ0 = z_t − σ·v``,
+``ε̂ = z_t + (1−σ)·v`` on the path ``z_σ = (1−σ)·x0 + σ·ε``).
+
 Notation (REFERENCE.md): ``ᾱ_t = alphas_cumprod[t]``;
 Tweedie ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t``;
 DDIM ``z′ = √ᾱ_prev·ẑ0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·ξ`` with ``σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)``;
@@ -24,7 +31,7 @@ import torch
 
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
-from treg_exp.models.schedule import NoiseSchedule
+from treg_exp.models.schedule import FlowSchedule, NoiseSchedule
 
 
 @dataclass(frozen=True)
@@ -37,13 +44,18 @@ class Step:
         t_prev: the next (less noisy) timestep, negative after the last step.
         alpha_bar: ᾱ paired with ``t`` (after the index shift).
         alpha_bar_prev: ᾱ paired with ``t_prev``.
+        sigma, sigma_prev: on a rectified-flow grid, σ of ``z = (1−σ)·x0 + σ·ε`` at ``t`` and ``t_prev`` (``None`` on
+            ᾱ grids). There ``alpha_bar`` is the ᾱ of the same signal-to-noise ratio,
+            ``(1−σ)²/((1−σ)² + σ²)`` (the ᾱ of ``z/√((1−σ)² + σ²)``), so ᾱ-valued weights keep their meaning.
     """
 
     index: int
-    t: int
-    t_prev: int
+    t: int | float
+    t_prev: int | float
     alpha_bar: float
     alpha_bar_prev: float
+    sigma: float | None = None
+    sigma_prev: float | None = None
 
     @property
     def is_last(self) -> bool:
@@ -98,6 +110,45 @@ def ddim_plan(schedule: NoiseSchedule, num_steps: int, alpha_index_shift: int = 
         )
         for i, t in enumerate(sampling_timesteps(schedule, num_steps, alpha_index_shift))
     ]
+
+
+def flow_alpha_bar(sigma: float) -> float:
+    """The ᾱ with the signal-to-noise ratio of ``z_σ = (1−σ)·x0 + σ·ε``: ``(1−σ)²/((1−σ)² + σ²)`` (1 at σ = 0)."""
+    return (1.0 - sigma) ** 2 / ((1.0 - sigma) ** 2 + sigma**2)
+
+
+def flow_plan(schedule: FlowSchedule, num_steps: int, image_seq_len: int | None = None) -> list[Step]:
+    """The grid of a rectified-flow sampler: σ from :meth:`FlowSchedule.sigmas`, the network's timestep ``σ·T``,
+    σ′ = the next grid point (0 after the last step, where ``t_prev`` is −1); ᾱ fields from :func:`flow_alpha_bar`."""
+    if not 0 < num_steps <= schedule.num_train_timesteps:
+        raise UserError(f"num_steps must be in 1..{schedule.num_train_timesteps}, got {num_steps}")
+    sigmas = [float(s) for s in schedule.sigmas(num_steps, image_seq_len)] + [0.0]
+    big_t = schedule.num_train_timesteps
+    return [
+        Step(
+            index=i,
+            t=sigma * big_t,
+            t_prev=sigma_prev * big_t if i + 1 < num_steps else -1,
+            alpha_bar=flow_alpha_bar(sigma),
+            alpha_bar_prev=flow_alpha_bar(sigma_prev),
+            sigma=sigma,
+            sigma_prev=sigma_prev,
+        )
+        for i, (sigma, sigma_prev) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True))
+    ]
+
+
+def sampling_plan(
+    schedule: NoiseSchedule | FlowSchedule,
+    num_steps: int,
+    alpha_index_shift: int = 0,
+    image_seq_len: int | None = None,
+) -> list[Step]:
+    """The prior's deterministic-sampler grid: :func:`ddim_plan` for an ᾱ schedule, :func:`flow_plan` for a flow one
+    (where ``alpha_index_shift``, an ᾱ-table convention, does not apply)."""
+    if isinstance(schedule, FlowSchedule):
+        return flow_plan(schedule, num_steps, image_seq_len)
+    return ddim_plan(schedule, num_steps, alpha_index_shift)
 
 
 #: the grids of the DDPM-ancestral (DPS-family) solvers: ``leading`` = :func:`ddim_plan`, ``respaced`` =
@@ -176,16 +227,18 @@ def ddim_step(
     return renoise(z0, eps, alpha_bar_prev, ddim_sigma(alpha_bar, alpha_bar_prev, eta), noise)
 
 
-def guided_eps(
+def guided_prediction(
     prior,
     z_t: torch.Tensor,
-    t: int,
+    t: int | float,
     cond: torch.Tensor,
     uncond: torch.Tensor,
     guidance_scale: float,
 ) -> torch.Tensor:
-    """Classifier-free guidance ``ε̂ = ε(c_∅) + ω(ε(c) − ε(c_∅))`` with the pair in one network call.
+    """Classifier-free guidance ``ε̂ = ε(c_∅) + ω(ε(c) − ε(c_∅))`` of ``prior.predict`` with the pair in one call.
 
+    On a flow prior the same combination of velocities, ``v̂ = v(c_∅) + ω(v(c) − v(c_∅))``: ẑ0 and ε̂ are affine in
+    the network output with coefficients summing to one, so guiding the output guides both.
     ω = 0 runs only the unconditional branch and ω = 1 only the conditional one (each one call of B rows);
     otherwise one call of 2B rows ``[c_∅; c]`` (diffusers' order). This fixes the official TReg quirk in which
     ω = 1.0 ran the null branch only.
@@ -194,11 +247,88 @@ def guided_eps(
         z_t: ``[B, C, h, w]``; cond, uncond: ``[B, ...]`` embeddings (``c`` and ``c_∅``).
     """
     if guidance_scale == 0.0:
-        return prior.eps(z_t, t, uncond)
+        return prior.predict(z_t, t, uncond)
     if guidance_scale == 1.0:
-        return prior.eps(z_t, t, cond)
-    eps_uncond, eps_cond = prior.eps(torch.cat([z_t, z_t]), t, torch.cat([uncond, cond])).chunk(2)
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        return prior.predict(z_t, t, cond)
+    out_uncond, out_cond = prior.predict(torch.cat([z_t, z_t]), t, torch.cat([uncond, cond])).chunk(2)
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+
+def split_prediction(prior, z_t: torch.Tensor, output: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ẑ0, ε̂)`` from a (guided) ``prior.predict`` output at ``step``: the one place the parameterisation enters.
+
+    ε (and v, converted to ε by the prior): Tweedie ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t`` with the step's ᾱ.
+    Rectified flow (``z_σ = (1−σ)·x0 + σ·ε``, velocity ``v = ε − x0``): ``ẑ0 = z_t − σ·v``, ``ε̂ = z_t + (1−σ)·v``
+    (defined at σ = 1, where Tweedie from ε̂ is not).
+
+    Args:
+        z_t: ``[B, C, h, w]``; output: ``[B, C, h, w]`` what ``prior.predict`` (or :func:`guided_prediction`) gave.
+    """
+    if prior.prediction_type == "flow":
+        if step.sigma is None:
+            raise UserError(f"{type(prior).__name__} is a rectified-flow prior but the grid has no σ")
+        return z_t - step.sigma * output, z_t + (1.0 - step.sigma) * output
+    return tweedie(z_t, output, step.alpha_bar), output
+
+
+def denoise(
+    prior,
+    z_t: torch.Tensor,
+    step: Step,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ẑ0, ε̂)`` ``[B, C, h, w]`` each at ``step`` with CFG: :func:`guided_prediction` then
+    :func:`split_prediction` (in ``dtype`` when given: the solver's, whatever the network's)."""
+    output = guided_prediction(prior, z_t, step.t, cond, uncond, guidance_scale)
+    if dtype is not None:
+        output = output.to(dtype)
+    return split_prediction(prior, z_t, output, step)
+
+
+def eps_for_z0(z_t: torch.Tensor, z0: torch.Tensor, step: Step) -> torch.Tensor:
+    """The ε̂ that pairs with a given ẑ0 at ``step`` (e.g. after clamping ẑ0): ``(z_t − √ᾱ_t·ẑ0)/√(1−ᾱ_t)``, or
+    ``(z_t − (1−σ)·ẑ0)/σ`` on a flow grid."""
+    if step.sigma is not None:
+        return (z_t - (1.0 - step.sigma) * z0) / step.sigma
+    return (z_t - step.alpha_bar**0.5 * z0) / (1.0 - step.alpha_bar) ** 0.5
+
+
+def sampler_step(
+    z0: torch.Tensor, eps: torch.Tensor, step: Step, eta: float = 0.0, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The deterministic/stochastic step to ``step``'s ``t_prev`` from ``(ẑ0, ε̂)``: :func:`ddim_step` with η on ᾱ
+    grids; on flow grids :func:`flow_step` with ``η`` the fraction of fresh noise (0: the Euler step)."""
+    if step.sigma_prev is not None:
+        return flow_step(z0, eps, step.sigma_prev, eta, noise)
+    return ddim_step(z0, eps, step.alpha_bar, step.alpha_bar_prev, eta, noise)
+
+
+def flow_step(
+    z0: torch.Tensor,
+    eps: torch.Tensor,
+    sigma_prev: float,
+    fresh: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Re-noise to σ′ on the rectified-flow path: ``z′ = (1−σ′)·ẑ0 + σ′·(√(1−f²)·ε̂ + f·ξ)``.
+
+    ``f = 0`` (``fresh``) is the deterministic Euler step ``z′ = z + (σ′ − σ)·v`` (same value when ẑ0, ε̂ come from
+    ``v`` at ``z``: ``z = (1−σ)ẑ0 + σε̂`` and ``v = ε̂ − ẑ0``); ``f = 1`` re-noises with fresh noise only.
+
+    Args:
+        z0, eps: ``[B, C, h, w]`` the pair from :func:`split_prediction`; sigma_prev: σ′ in [0, 1];
+        fresh: f in [0, 1]; noise: ξ ``[B, C, h, w]``, required when ``f > 0``.
+    """
+    if fresh == 0.0:
+        return (1.0 - sigma_prev) * z0 + sigma_prev * eps
+    if not 0.0 < fresh <= 1.0:
+        raise UserError(f"on a flow prior eta is the fraction of fresh noise, in [0, 1]; got {fresh}")
+    if noise is None:
+        raise ValueError("flow_step with fresh noise needs noise")
+    return (1.0 - sigma_prev) * z0 + sigma_prev * ((1.0 - fresh**2) ** 0.5 * eps + fresh * noise)
 
 
 # --- checks every solver runs before any network pass -------------------------------------------------------------
@@ -213,6 +343,13 @@ def check_batch(
             f"for a batch of {batch} images"
         )
     return batch
+
+
+def require_alpha_bar_prior(name: str, prior, why: str) -> None:
+    """One-line :class:`UserError` when ``prior`` is a rectified-flow prior and ``name`` is defined only on ᾱ
+    schedules (``why``: what of the method needs ᾱ)."""
+    if prior.prediction_type == "flow":
+        raise UserError(f"{name} is not defined for rectified-flow priors ({type(prior).__name__}): {why}")
 
 
 def configure_checkpointing(prior, enabled: bool | None) -> None:
@@ -249,30 +386,30 @@ class DenoiserGradient:
 def denoiser_gradient(
     prior,
     z_t: torch.Tensor,
-    alpha_bar: float,
-    eps_fn: Callable[[torch.Tensor], torch.Tensor],
+    step: Step,
+    output_fn: Callable[[torch.Tensor], torch.Tensor],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     wrt: torch.Tensor | None = None,
 ) -> DenoiserGradient:
     """``∇_{z_t} Σ_b L_b(ẑ0(z_t), D(ẑ0(z_t)))`` through the network, Tweedie and the decoder, in one backward pass.
 
-    ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂(z_t))/√ᾱ_t``. The loss is a sum of per-image losses, so image ``b`` gets the gradient
+    ``(ẑ0, ε̂)`` from :func:`split_prediction` (Tweedie ``ẑ0 = (z_t − √(1−ᾱ_t)·ε̂(z_t))/√ᾱ_t``; ``z_t − σ·v`` on a
+    flow prior). The loss is a sum of per-image losses, so image ``b`` gets the gradient
     of its own ``L_b`` and a batch computes what B runs of one compute. The graph is freed when this returns; the
     prior's gradient checkpointing (UNet, VAE) applies to it.
 
     Args:
         z_t: ``[B, C, h, w]`` the current latent, in the solver's dtype.
-        alpha_bar: ᾱ_t paired with the network's timestep.
-        eps_fn: ``z ↦ ε̂(z)`` ``[B, C, h, w]`` (e.g. the CFG estimate, or one branch).
+        step: the grid step (its ᾱ_t, or σ on a flow grid).
+        output_fn: ``z ↦ prior.predict`` output ``[B, C, h, w]`` (e.g. the CFG estimate, or one branch).
         loss_fn: ``(ẑ0, x̂0) ↦ [B]`` per-image losses, differentiable (may run the encoder: GML-DPS, PSLD).
         wrt: differentiate with respect to this leaf instead of ``z_t`` (which is then held fixed), e.g. the text
-            embedding that ``eps_fn`` closes over (P2L's prompt tuning); it must have ``requires_grad``.
+            embedding that ``output_fn`` closes over (P2L's prompt tuning); it must have ``requires_grad``.
     """
     dtype = z_t.dtype
     with torch.enable_grad():
         z_in = z_t.detach().requires_grad_(wrt is None)
-        eps = eps_fn(z_in).to(dtype)
-        z0 = tweedie(z_in, eps, alpha_bar)
+        z0, eps = split_prediction(prior, z_in, output_fn(z_in).to(dtype), step)
         x0 = prior.decode(z0).to(dtype)
         loss = loss_fn(z0, x0)
         (grad,) = torch.autograd.grad(loss.sum(), z_in if wrt is None else wrt)

@@ -93,7 +93,9 @@ class DDIMSolver(Solver):
             raise UserError(f"ddim: {len(prompts)} prompts and {len(generators)} generators for {batch} images")
         dtype = prior.state_dtype
         shape = prior.latent_shape(image_shape)
-        plan = core.ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
+        plan = core.sampling_plan(
+            prior.schedule, self.num_steps, self.alpha_index_shift, prior.image_seq_len(image_shape)
+        )
         with torch.no_grad():
             if initial_latent is None:
                 z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar)
@@ -105,12 +107,11 @@ class DDIMSolver(Solver):
             uncond = prior.null_embedding(batch, self.null_prompt).to(dtype)
             z0 = z
             for step in plan:
-                eps = core.guided_eps(prior, z, step.t, cond, uncond, self.guidance_scale).to(dtype)
-                z0 = core.tweedie(z, eps, step.alpha_bar)
+                z0, eps = core.denoise(prior, z, step, cond, uncond, self.guidance_scale, dtype)
                 noise = None
                 if self.eta > 0.0:
                     noise = seeding.randn(shape[1:], generators, device=z.device, dtype=dtype)
-                z = core.ddim_step(z0, eps, step.alpha_bar, step.alpha_bar_prev, self.eta, noise)
+                z = core.sampler_step(z0, eps, step, self.eta, noise)
                 if callback is not None:
                     callback(step.index, {"timestep": torch.full((batch,), float(step.t)), "z0_rms": _rms(z0)})
             x = prior.decode(z0 if self.output == "x0" else z)

@@ -42,8 +42,12 @@ Departures from the official code, and why:
   its stopping test runs before each iteration instead of after it, which differs only for a start that already
   meets the tolerance.
 - Text: the official model is unconditional. With a text prior the null prompt's embedding is used
-  (``cfg_scale`` 0); ``cfg_scale`` > 0 applies classifier-free guidance with the image's prompt (``core.guided_eps``).
+  (``cfg_scale`` 0); ``cfg_scale`` > 0 applies classifier-free guidance with
+  the image's prompt (``core.guided_prediction``).
 - Precision: the state and the CG are float32 (float64 for a float64 prior), the network runs in ``prior.dtype``.
+
+Rectified-flow priors: not defined (its grid, re-noising and CG on Tweedie's estimate are ᾱ-schedule steps);
+``PlugAndPlaySolver.check_prior`` says so in one line.
 """
 
 from __future__ import annotations

@@ -74,6 +74,9 @@ Departures from the official code, and why:
 - Text: the official model is unconditional; with a text prior the null prompt is used (``cfg_scale`` 0), and
   ``cfg_scale`` > 0 applies classifier-free guidance with the image's prompt.
 - Precision: the state and the data step are float32 (float64 for a float64 prior).
+
+Rectified-flow priors: not defined (its ``σ̄_t``-matched timesteps and re-noising are ᾱ-schedule steps);
+``PlugAndPlaySolver.check_prior`` says so in one line.
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ Departures from the official code, and why:
 
 Cost per image: ``num_steps`` network calls with a backward pass each, ``num_steps`` decodes (identities on a pixel
 prior, counted) and one output decode.
+
+Rectified-flow priors: only ``sampler=ddim`` (the flow step of ``core.sampler_step``); the DDPM ancestral step, the
+default, is an ᾱ-schedule posterior and refuses in one line (``DPSFamily.check_prior``).
 """
 
 from __future__ import annotations

@@ -68,6 +68,10 @@ Cost per image: ``num_steps`` UNet calls of 1 row (2 with CFG) and ``num_steps``
 through it, plus one decode for the output with ``output=latent``; GML-DPS and PSLD add an encode (with backward) per
 step. Diagnostics via ``callback(step_index, values)``: ``dps/residual`` (``‖y − A(D(ẑ0))‖`` without renoising) and
 ``dps/loss`` (the differentiated loss), each ``[B]``.
+
+Rectified-flow priors (SD3, FLUX, ``gaussian_flow``): ``(ẑ0, ε̂)`` come from ``core.split_prediction``
+(``ẑ0 = z − σ·v``), the grid from the prior's flow schedule and ``sampler=ddim`` is the flow step
+(``core.sampler_step``; η is then the fraction of fresh noise); ``sampler=ddpm`` is not defined there (one line).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ from treg_exp.common import seeding
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
-from treg_exp.models.schedule import NoiseSchedule
+from treg_exp.models.schedule import FlowSchedule, NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers import core
 from treg_exp.solvers.base import Callback, Solver
@@ -223,7 +227,12 @@ class DPSFamily(Solver):
         self.check_prior(prior)
 
     def check_prior(self, prior: DiffusionPrior) -> None:
-        """The options that depend on the prior (also called by the runner before anything is written)."""
+        """The options that depend on the prior (also called by the runner before anything is written).
+
+        On rectified-flow priors only ``sampler=ddim`` is defined (the flow step of :func:`core.sampler_step`, η the
+        fraction of fresh noise); the DDPM ancestral step is an ᾱ-schedule posterior."""
+        if self.sampler == "ddpm":
+            core.require_alpha_bar_prior(f"{self.name} with sampler=ddpm", prior, "set solver.sampler=ddim")
         if self.clip_denoised is True and prior.latent_factor != 1:
             raise UserError(
                 f"{self.name}: clip_denoised clamps ẑ0 to [-1, 1], which is an image only on a pixel-space prior; "
@@ -250,8 +259,11 @@ class DPSFamily(Solver):
         )
         return self.sampler == "ddpm" and wanted
 
-    def plan(self, schedule: NoiseSchedule) -> list[core.Step]:
-        """The sampling grid (``grid``, ``num_steps``, ``alpha_index_shift``)."""
+    def plan(self, schedule: NoiseSchedule | FlowSchedule, image_seq_len: int | None = None) -> list[core.Step]:
+        """The sampling grid (``grid``, ``num_steps``, ``alpha_index_shift``; a flow prior's own grid, which may
+        depend on the image's token count)."""
+        if isinstance(schedule, FlowSchedule):
+            return core.flow_plan(schedule, self.num_steps, image_seq_len)
         if self.grid == "respaced":
             return core.respaced_plan(schedule, self.num_steps)
         shift = self.alpha_index_shift
@@ -289,7 +301,7 @@ class DPSFamily(Solver):
             alpha_bar_prev = 1.0 if step.is_last else step.alpha_bar_prev
             fixed = self.ddpm_variance if self.ddpm_variance in core.DDPM_VARIANCES else "small"
             return core.ddpm_step(z, z0, step.alpha_bar, alpha_bar_prev, noise, fixed, log_variance)
-        return core.ddim_step(z0, eps, step.alpha_bar, step.alpha_bar_prev, self.eta, noise)
+        return core.sampler_step(z0, eps, step, self.eta, noise)
 
     def _needs_noise(self, step: core.Step) -> bool:
         if self.sampler == "ddpm":
@@ -313,7 +325,7 @@ class DPSFamily(Solver):
         dtype = prior.state_dtype
         device = y.device
         core.configure_checkpointing(prior, self.gradient_checkpointing)
-        plan = self.plan(prior.schedule)
+        plan = self.plan(prior.schedule, prior.image_seq_len(image_shape))
         learned = self.uses_learned_variance(prior)
         alpha_bars = [step.alpha_bar for step in plan]
         with torch.no_grad():
@@ -332,24 +344,24 @@ class DPSFamily(Solver):
             variance_channels: dict[str, torch.Tensor | None] = {}
             if learned:  # ε and v from one call of the one branch run (cfg_scale 0: c_∅, 1: c)
 
-                def eps_fn(z_in, t=step.t, out=variance_channels):
+                def output_fn(z_in, t=step.t, out=variance_channels):
                     eps, out["v"] = prior.model_output(z_in, t, cond if self.cfg_scale == 1.0 else null)
                     return eps
 
             else:
 
-                def eps_fn(z_in, t=step.t):
-                    return core.guided_eps(prior, z_in, t, cond, null, self.cfg_scale)
+                def output_fn(z_in, t=step.t):
+                    return core.guided_prediction(prior, z_in, t, cond, null, self.cfg_scale)
 
             result = core.denoiser_gradient(
-                prior, z, step.alpha_bar, eps_fn=eps_fn, loss_fn=lambda z0, x0, ctx=ctx: self.loss(z0, x0, ctx)
+                prior, z, step, output_fn=output_fn, loss_fn=lambda z0, x0, ctx=ctx: self.loss(z0, x0, ctx)
             )
             with torch.no_grad():
                 z0, eps = result.z0, result.eps
                 if clips:
                     # DPS's clip_denoised: the step uses the clamped x̂0 and the ε consistent with it
                     z0 = z0.clamp(-1.0, 1.0)
-                    eps = (z - step.alpha_bar**0.5 * z0) / (1.0 - step.alpha_bar) ** 0.5
+                    eps = core.eps_for_z0(z, z0, step)
                 log_variance = None
                 if learned:
                     v = variance_channels["v"].detach().to(dtype)

@@ -106,6 +106,9 @@ warm-start ``C``), ``prompt/loss`` (``r`` at the tuned ``C*``; the loss the K Ad
 ``squared_residual``), ``prompt/shift`` (‖C* − C⁰‖ from the initial prompt's embedding); on projection steps
 ``project/residual_before`` (‖A D(ẑ0) − y‖), ``project/residual_after`` (‖A x̄ − y‖) and ``project/cg_residual``;
 ``image/x0`` (``[B, 3, H, W]``) every ``trajectory_every`` steps and at the last.
+
+Rectified-flow priors: the same algorithm with ``(ẑ0, ε̂)`` from the velocity (``core.split_prediction``) and the
+flow step for DDIM (``core.sampler_step``); the tuned ``c`` of SD3 / FLUX holds the token and pooled embeddings.
 """
 
 from __future__ import annotations
@@ -119,17 +122,18 @@ from treg_exp.common import seeding
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
+from treg_exp.models.schedule import NoiseSchedule
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
 from treg_exp.solvers.core import (
     AdamHistory,
     check_batch,
     configure_checkpointing,
-    ddim_plan,
-    ddim_step,
     denoiser_gradient,
-    guided_eps,
+    guided_prediction,
     residual_norm,
+    sampler_step,
+    sampling_plan,
 )
 
 GRADIENT_TYPES = ("gd", "adam")
@@ -340,8 +344,8 @@ class P2L(Solver):
             result = denoiser_gradient(
                 prior,
                 z,
-                step.alpha_bar,
-                eps_fn=lambda z_in: prior.eps(z_in, step.t, param),
+                step,
+                output_fn=lambda z_in: prior.predict(z_in, step.t, param),
                 loss_fn=lambda _z0, x0: self._prompt_loss(y, operator, x0),
                 wrt=param,
             )
@@ -369,8 +373,10 @@ class P2L(Solver):
         device = y.device
         configure_checkpointing(prior, self.gradient_checkpointing)
 
-        schedule = dataclasses.replace(prior.schedule, timestep_spacing=self.timestep_spacing)
-        plan = ddim_plan(schedule, self.num_steps, self.alpha_index_shift)
+        schedule = prior.schedule
+        if isinstance(schedule, NoiseSchedule):  # a flow schedule has its own spacing
+            schedule = dataclasses.replace(schedule, timestep_spacing=self.timestep_spacing)
+        plan = sampling_plan(schedule, self.num_steps, self.alpha_index_shift, prior.image_seq_len(image_shape))
         texts = [self.prompt] * batch if self.prompt is not None else list(prompts)
         with torch.no_grad():
             cond = prior.embed_text(texts).to(dtype)  # C⁰, the warm start of the first step
@@ -395,8 +401,8 @@ class P2L(Solver):
             result = denoiser_gradient(
                 prior,
                 z,
-                step.alpha_bar,
-                eps_fn=lambda z_in: guided_eps(prior, z_in, t, tuned, null, self.cfg_scale),  # noqa: B023
+                step,
+                output_fn=lambda z_in: guided_prediction(prior, z_in, t, tuned, null, self.cfg_scale),  # noqa: B023
                 loss_fn=lambda _z0, x: self._residual(y, operator, x),
             )
             z0, x0 = result.z0, result.x0
@@ -417,7 +423,7 @@ class P2L(Solver):
                 noise = None
                 if self.eta > 0.0:
                     noise = seeding.randn(z.shape[1:], generators, device=device, dtype=dtype)
-                z_prime = ddim_step(z0, result.eps, step.alpha_bar, step.alpha_bar_prev, self.eta, noise)
+                z_prime = sampler_step(z0, result.eps, step, self.eta, noise)
                 direction = result.grad if history is None else history.direction(result.grad)
                 z = z_prime - self.step_size * direction
             snapshot = self.trajectory_every > 0 and (

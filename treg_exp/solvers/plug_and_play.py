@@ -27,7 +27,7 @@ from treg_exp.common.errors import UserError
 from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
-from treg_exp.solvers.core import check_batch, guided_eps, tweedie
+from treg_exp.solvers.core import check_batch, guided_prediction, require_alpha_bar_prior, tweedie
 
 ENCODE_MODES = ("mean", "sample")
 
@@ -78,8 +78,9 @@ class BatchDenoiser:
         )
 
     def eps(self, z_t: torch.Tensor, t: int) -> torch.Tensor:
-        """``ε̂(z_t, t)`` with classifier-free guidance (:func:`~treg_exp.solvers.core.guided_eps`): ``[B, C, h, w]``."""
-        return guided_eps(self.prior, z_t, t, self.cond, self.uncond, self.cfg_scale).to(self.dtype)
+        """``ε̂(z_t, t)`` with classifier-free guidance (:func:`~treg_exp.solvers.core.guided_prediction`),
+        ``[B, C, h, w]``."""
+        return guided_prediction(self.prior, z_t, t, self.cond, self.uncond, self.cfg_scale).to(self.dtype)
 
     def x0(self, z_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
         """Tweedie's estimate decoded: ``D((z_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t)``, ``[B, 3, H, W]``."""
@@ -125,6 +126,12 @@ class PlugAndPlaySolver(Solver):
         self.null_prompt = str(null_prompt)
         self.encode_mode = encode_mode
 
+    def check_prior(self, prior: DiffusionPrior) -> None:
+        """Not defined for rectified-flow priors: the denoiser's noise levels (σ̄_t, ᾱ-grids) are ᾱ-schedule ones."""
+        require_alpha_bar_prior(
+            type(self).__name__, prior, "its noise levels and re-noising are written for ᾱ schedules"
+        )
+
     def solve(
         self,
         y: torch.Tensor,
@@ -139,6 +146,7 @@ class PlugAndPlaySolver(Solver):
 
         Builds the batch's :class:`BatchDenoiser` and runs :meth:`iterate` without gradients (no network gradient
         is taken by these methods); its result is clamped and returned in float32."""
+        self.check_prior(prior)
         with torch.no_grad():
             denoiser = BatchDenoiser(
                 type(self).__name__,

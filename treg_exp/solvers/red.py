@@ -46,6 +46,9 @@ one encode and one decode (identities counted on a pixel prior); gd adds two ope
 
 Diagnostics via ``callback(step_index, values)``, each ``[B]``: ``sigma`` (σ̄_t used), ``red/change``
 (``‖x_k − x_{k−1}‖/‖x_{k−1}‖``), ``red/residual`` (‖Ax − y‖, one operator application).
+
+Rectified-flow priors: not defined (its denoiser level ``σ̄_t`` is an ᾱ-schedule one); ``PlugAndPlaySolver.check_prior``
+says so in one line.
 """
 
 from __future__ import annotations

@@ -85,6 +85,9 @@ Diagnostics via ``callback(step_index, values)``, each ``[B]``: ``dps/residual``
 step) every step; on DC steps ``dc/pixel`` or ``dc/latent`` (1.0), ``dc/mse_start`` (loss at the start point),
 ``dc/mse_end`` (the last loss evaluated, before the last update) and ``dc/iterations``; the final optimisation
 reports the same keys under ``final/`` with ``step_index = N``.
+
+Rectified-flow priors (SD3, FLUX, ``gaussian_flow``): not defined — the pseudo-x0 ``(z − (1−ᾱ)ε̂)/√ᾱ`` and the
+stochastic resampling ``N(√ᾱ·ẑ0(y), σ²)`` are ᾱ-schedule formulas; :meth:`ReSample.check_prior` says so in one line.
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ from treg_exp.solvers.core import (
     ddim_sigma,
     ddim_step,
     denoiser_gradient,
-    guided_eps,
+    guided_prediction,
+    require_alpha_bar_prior,
     residual_norm,
     tweedie,
 )
@@ -336,6 +340,10 @@ class ReSample(Solver):
         """``[num_steps]``: ``"pixel"``, ``"latent"`` or ``None`` per step (see :func:`dc_stages`)."""
         return dc_stages(self.num_steps, self.dc_every, self.splits)
 
+    def check_prior(self, prior: DiffusionPrior) -> None:
+        """Not defined for rectified-flow priors: its pseudo-x0 and stochastic resampling are ᾱ formulas."""
+        require_alpha_bar_prior("ReSample", prior, "its pseudo-x0 and stochastic resampling are written in ᾱ")
+
     # --- pieces ------------------------------------------------------------------------------------------------
     def _noise_scale(self, alpha_bar: float) -> float:
         """ẑ0′ = Tweedie with ε̂ scaled by this: √(1−ᾱ) turns ``√(1−ᾱ)·ε̂`` into the official ``(1−ᾱ)·ε̂``."""
@@ -423,6 +431,7 @@ class ReSample(Solver):
     ) -> torch.Tensor:
         """Reconstruct a batch (see :meth:`Solver.solve`): ``y`` ``[B, ...]`` → ``x̂`` ``[B, 3, H, W]`` in [−1, 1]."""
         batch = check_batch("ReSample", y, prompts, generators, image_shape)
+        self.check_prior(prior)
         dtype = prior.state_dtype
         device = y.device
         configure_checkpointing(prior, self.gradient_checkpointing)
@@ -434,7 +443,7 @@ class ReSample(Solver):
             cond = uncond if self.cfg_scale == 0.0 else prior.embed_text(list(prompts)).to(dtype)
 
         def eps_at(z_in: torch.Tensor, t: int) -> torch.Tensor:
-            return guided_eps(prior, z_in, t, cond, uncond, self.cfg_scale).to(dtype)
+            return guided_prediction(prior, z_in, t, cond, uncond, self.cfg_scale).to(dtype)
 
         shape = prior.latent_shape(image_shape)
         z = prior.initial_noise(shape, generators, dtype=dtype, alpha_bar=plan[0].alpha_bar).to(device)
@@ -445,8 +454,8 @@ class ReSample(Solver):
             dps = denoiser_gradient(
                 prior,
                 z,
-                step.alpha_bar,
-                eps_fn=lambda z_in, t=step.t, c=scale: c * eps_at(z_in, t),
+                step,
+                output_fn=lambda z_in, t=step.t, c=scale: c * eps_at(z_in, t),
                 loss_fn=lambda _z0, x0: residual_norm(y, operator, x0),
             )
             with torch.no_grad():

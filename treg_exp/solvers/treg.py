@@ -57,7 +57,7 @@ Departures from the official code, and why:
   ``|f̂|/77 ≈ 4e-4`` gradient is below fp16's smallest normal) and fp16 CG loses the small-λ solve.
 - ``cfg_scale == 1.0``: the official ``predict_noise`` runs only the *null* branch when ω = 1 (so the prompt is
   ignored); here ω = 1 runs the conditional branch, which is what ``ε(c_∅) + 1·(ε(c) − ε(c_∅))`` means
-  (``core.guided_eps``).
+  (``core.guided_prediction``).
 - ``cfg_scale == 0`` (and the DPS steps, which use the null branch): the official code still evaluates the CFG pair
   (2 rows) and multiplies the conditional one by 0; here only the unconditional branch runs (1 row). Same values,
   half the UNet rows.
@@ -87,6 +87,10 @@ Departures from the official code, and why:
   Gaussian-deblur preset's ``null_lr`` 5e-4 is in ``conf/solver_task/treg_gauss_deblur.yaml``; ``model=gaussian``
   sets ``null_prompt: ""`` and AN off (``conf/solver_model/treg_gaussian.yaml``: that prior knows only colour
   prompts and has no image encoder).
+
+Rectified-flow priors (SD3, FLUX, ``gaussian_flow``; no official code): ``(ẑ0, ε̂)`` from the velocity
+(``core.split_prediction``), plain steps are the flow Euler step, and the DC step's mix and re-noise take ``1−σ′`` for
+ᾱ_prev (:func:`treg_renoise`, FlowDPS's re-noising); adaptive negation needs an image tower, which these priors lack.
 """
 
 from __future__ import annotations
@@ -104,14 +108,14 @@ from treg_exp.models.base import DiffusionPrior
 from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers.base import Callback, Solver
 from treg_exp.solvers.core import (
+    Step,
     check_batch,
     configure_checkpointing,
-    ddim_plan,
-    ddim_step,
+    denoise,
     denoiser_gradient,
-    guided_eps,
     residual_norm,
-    tweedie,
+    sampler_step,
+    sampling_plan,
 )
 
 ENCODE_MODES = ("sample", "mean")
@@ -155,6 +159,24 @@ def dc_steps(num_steps: int, dc_every: float, dc_until: float, dc_grid: int | No
         k = math.floor(s / every)
         flags.append(i == 0 or k > math.floor((s - ratio) / every))
     return flags
+
+
+def treg_renoise(
+    z0_data: torch.Tensor, z0: torch.Tensor, eps: torch.Tensor, step: Step, noise: torch.Tensor
+) -> torch.Tensor:
+    """TReg's DC step 5: mix ``ẑ0(y)`` with ``ẑ0`` and re-noise to ``t_prev`` with ε̂ and fresh ξ (official form).
+
+    ᾱ grids: ``z̄0 = ᾱ_prev·ẑ0(y) + (1−ᾱ_prev)·ẑ0``, ``z_prev = √ᾱ_prev·z̄0 + (1−ᾱ_prev)·ε̂ + √(ᾱ_prev(1−ᾱ_prev))·ξ``,
+    i.e. ``√ᾱ_prev·z̄0 + √(1−ᾱ_prev)·(√(1−ᾱ_prev)·ε̂ + √ᾱ_prev·ξ)``. Flow grids (no official code; the same form with
+    ``1−σ′`` for ᾱ_prev, FlowDPS's re-noising): ``z̄0 = (1−σ′)·ẑ0(y) + σ′·ẑ0``,
+    ``z_prev = (1−σ′)·z̄0 + σ′·(√σ′·ε̂ + √(1−σ′)·ξ)``. All tensors ``[B, C, h, w]``.
+    """
+    if step.sigma_prev is not None:
+        s = step.sigma_prev
+        return (1.0 - s) * ((1.0 - s) * z0_data + s * z0) + s * (s**0.5 * eps + (1.0 - s) ** 0.5 * noise)
+    abp = step.alpha_bar_prev
+    z0_mix = abp * z0_data + (1.0 - abp) * z0
+    return abp**0.5 * z0_mix + (1.0 - abp) * eps + (abp * (1.0 - abp)) ** 0.5 * noise
 
 
 class TReg(Solver):
@@ -301,11 +323,11 @@ class TReg(Solver):
         result = denoiser_gradient(
             prior,
             z,
-            step.alpha_bar,
-            eps_fn=lambda z_in: prior.eps(z_in, step.t, null),
+            step,
+            output_fn=lambda z_in: prior.predict(z_in, step.t, null),
             loss_fn=lambda _z0, x0: residual_norm(y, operator, x0),
         )
-        z_prime = ddim_step(result.z0, result.eps, step.alpha_bar, step.alpha_bar_prev)
+        z_prime = sampler_step(result.z0, result.eps, step)
         rho = self.dps_scale if self.dps_scale is not None else step.alpha_bar_prev**0.5
         return (z_prime - rho * result.grad).detach(), result.z0, result.x0, result.loss
 
@@ -327,7 +349,7 @@ class TReg(Solver):
         device = y.device
         configure_checkpointing(prior, self.gradient_checkpointing)
 
-        plan = ddim_plan(prior.schedule, self.num_steps, self.alpha_index_shift)
+        plan = sampling_plan(prior.schedule, self.num_steps, self.alpha_index_shift, prior.image_seq_len(image_shape))
         is_dc = self.dc_schedule()
         with torch.no_grad():
             cond = prior.embed_text(list(prompts)).to(dtype)
@@ -341,11 +363,9 @@ class TReg(Solver):
         for step in plan:
             values: dict[str, torch.Tensor] = {}
             x0 = None
-            abp = step.alpha_bar_prev
             if is_dc[step.index]:
                 with torch.no_grad():
-                    eps = self._eps(prior, z, step.t, cond, null, dtype)
-                    z0 = tweedie(z, eps, step.alpha_bar)
+                    z0, eps = denoise(prior, z, step, cond, null, self.cfg_scale, dtype)
                     x0 = self._decode(prior, z0, dtype)
                     x0y, cg_res = operator.solve_damped(y, x0, self.cg_lambda, self.cg_iters, self.cg_tol)
                     x0y = x0y.to(dtype)
@@ -361,16 +381,14 @@ class TReg(Solver):
                     values["an/null_shift"] = batch_norm(null - null_init)
                 with torch.no_grad():
                     noise = seeding.randn(z.shape[1:], generators, device=device, dtype=dtype)
-                    z0_mix = abp * z0y + (1.0 - abp) * z0
-                    z = abp**0.5 * z0_mix + (1.0 - abp) * eps + (abp * (1.0 - abp)) ** 0.5 * noise
+                    z = treg_renoise(z0y, z0, eps, step, noise)
             elif self.use_dps:
                 z, z0, x0, residual = self._dps_step(z, step, y, operator, prior, null)
                 values["dps/residual"] = residual
             else:
                 with torch.no_grad():
-                    eps = self._eps(prior, z, step.t, cond, null, dtype)
-                    z0 = tweedie(z, eps, step.alpha_bar)
-                    z = ddim_step(z0, eps, step.alpha_bar, abp)
+                    z0, eps = denoise(prior, z, step, cond, null, self.cfg_scale, dtype)
+                    z = sampler_step(z0, eps, step)
             snapshot = self.trajectory_every > 0 and (
                 step.index % self.trajectory_every == 0 or step.index == len(plan) - 1
             )
@@ -386,15 +404,3 @@ class TReg(Solver):
             # that step's decode when it made one.
             x = x0 if x0 is not None else self._decode(prior, z0, dtype)
         return x.clamp(-1.0, 1.0).float()
-
-    def _eps(
-        self,
-        prior: DiffusionPrior,
-        z: torch.Tensor,
-        t: int,
-        cond: torch.Tensor,
-        null: torch.Tensor,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """CFG noise estimate ε̂ ``[B, C, h, w]`` in the solver's ``dtype`` (the prior runs its network in its own)."""
-        return guided_eps(prior, z, t, cond, null, self.cfg_scale).to(dtype)
