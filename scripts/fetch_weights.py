@@ -3,6 +3,7 @@
     python scripts/fetch_weights.py --out /shared/treg-weights            # SD 1.5 + metrics
     python scripts/fetch_weights.py --out DIR --models sd15 sd14 sd21base
     python scripts/fetch_weights.py --out DIR --models sdxl sdxl_vae_fp16     # + OpenCLIP ViT-bigG/14 image tower
+    python scripts/fetch_weights.py --out DIR --models sd15 lcm_lora_sd15     # + LCM-LoRA (solver=latino)
     python scripts/fetch_weights.py --out DIR --models adm_ffhq256 adm_imagenet512   # pixel ADM priors (.pt)
     python scripts/fetch_weights.py --out DIR --models sd15 paligemma          # + a captioner (prompt=caption)
     python scripts/fetch_weights.py --out DIR --dry-run                   # list what would be fetched
@@ -42,6 +43,7 @@ HF_MODELS = {
     "flux_schnell": "black-forest-labs/FLUX.1-schnell",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     "sdxl_vae_fp16": "madebyollin/sdxl-vae-fp16-fix",
+    "lcm_lora_sd15": "latent-consistency/lcm-lora-sdv1-5",  # LCM-LoRA (model.lora; solver=latino)
     "clip": weights.CLIP_MODEL,
     "clip_bigg": CLIP_BIGG_MODEL,
 }
@@ -68,6 +70,7 @@ HF_PATTERNS = [
     "*/diffusion_pytorch_model.safetensors",
     "*/model.safetensors",
     "model.safetensors",
+    "pytorch_lora_weights.safetensors",  # a LoRA repository's one file (diffusers' name)
 ]
 # SD 1.x's safety checker (1.2 GB) is never loaded here
 HF_SKIPPED = ["safety_checker/*"]

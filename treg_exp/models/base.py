@@ -126,6 +126,28 @@ class DiffusionPrior(nn.Module, ABC):
         ε for ε and v priors (this default: :meth:`eps`), the velocity for flow priors; one network call."""
         return self.eps(z_t, t, cond)
 
+    #: whether the network is a consistency model — a map from ``z_t`` to the end point of the probability-flow ODE
+    #: in one pass (LCM-LoRA fused into SD's UNet; the Gaussian prior's exact map): what :meth:`consistency_x0` needs
+    consistency_model: bool = False
+
+    def consistency_x0(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        """The consistency model's clean estimate ``ẑ0 = (z_t − √(1−ᾱ_t)·ε_θ(z_t, t, c))/√ᾱ_t`` ``[B, C, h, w]``, in
+        ``z_t``'s dtype; one network call (differentiable in ``cond`` when gradients are on).
+
+        This is what diffusers' ``LCMScheduler.step`` calls ``predicted_original_sample`` (an ε network distilled
+        into a consistency model keeps the ε parameterisation); the boundary condition
+        ``c_skip(t)·z_t + c_out(t)·ẑ0`` is the sampler's (``solvers.latino``). A one-line :class:`UserError` where the
+        prior is no consistency model (:attr:`consistency_model`).
+        """
+        if not self.consistency_model:
+            raise UserError(
+                f"{type(self).__name__} is not a consistency model: load a consistency LoRA (model.lora, e.g. "
+                "latent-consistency/lcm-lora-sdv1-5 on SD 1.5) or use model=gaussian (its exact consistency map)"
+            )
+        alpha_bar = float(self.schedule.alphas_cumprod[int(t)])
+        eps = self.eps(z_t, t, cond).to(z_t.dtype)
+        return (z_t - (1.0 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+
     #: whether :meth:`model_output` returns the variance channels ``v`` of a learned DDPM variance (ADM's
     #: ``learn_sigma``); :meth:`learned_log_variance` turns them into the ancestral step's log σ².
     has_learned_variance: bool = False

@@ -14,6 +14,10 @@ Definition (issue 3), so that anyone can recompute its answers:
 - Schedule: SD 1.x's betas (scaled-linear 0.00085 → 0.012, T = 1000) with ``steps_offset=0``, so 1000 sampling
   steps give t = 999 … 0. ``q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I)`` gives, per frequency,
   ``E[x0 | x_t] = μ + √ᾱ_t·P/(ᾱ_t·P + 1 − ᾱ_t)·(x_t − √ᾱ_t·μ)`` and ``ε = (x_t − √ᾱ_t·E[x0|x_t]) / √(1 − ᾱ_t)``.
+- Consistency map (LATINO): the probability-flow ODE ``dx̄/dσ̄ = ε̂`` (``x̄ = x/√ᾱ``, ``σ̄² = (1 − ᾱ)/ᾱ``) moves
+  each frequency of ``x̄ − μ`` by ``σ̄/(P + σ̄²)``, so ``x̄ − μ`` scales as ``√(P + σ̄²)`` and its end point at σ̄ = 0
+  is ``x0 = μ + √P/√(ᾱ_t·P + 1 − ᾱ_t)·(x_t − √ᾱ_t·μ)`` (:meth:`GaussianPrior.consistency_x0`): the map an ideal
+  consistency model learns, in closed form.
 - ``x_T`` is not N(0, I) here (``ᾱ_T·P(0)`` is 2.45 at 256 px): :meth:`GaussianPrior.initial_noise` draws the exact
   marginal ``q(x_T) = N(√ᾱ_T μ, ᾱ_T Σ + (1 − ᾱ_T) I)`` at T = 999.
 
@@ -78,6 +82,7 @@ class GaussianPrior(DiffusionPrior):
 
     latent_channels = 3
     latent_factor = 1
+    consistency_model = True
 
     def __init__(
         self,
@@ -220,6 +225,22 @@ class GaussianPrior(DiffusionPrior):
         shifted = x - alpha_bar**0.5 * cond.to(device=x.device, dtype=self.dtype)[:, :, None, None]
         return spectral_filter(shifted, gain).to(z_t.dtype)
 
+    def consistency_x0(self, z_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        """The exact probability-flow ODE end point ``x0 = μ + √P/√(ᾱ_t·P + 1 − ᾱ_t)·(x_t − √ᾱ_t·μ)`` per frequency
+        (module docstring), ``[B, 3, H, W]`` in ``z_t``'s dtype, computed in ``self.dtype``; differentiable in
+        ``cond`` ``[B, 3]``. Counted as one UNet call of B rows (the pass a consistency network makes)."""
+        t = int(t)
+        if not 0 <= t < self.schedule.num_train_timesteps:
+            raise ValueError(f"timestep {t} outside 0..{self.schedule.num_train_timesteps - 1}")
+        self.counter.add("unet", z_t.shape[0], cond.requires_grad)
+        alpha_bar = float(self.schedule.alphas_cumprod[t])
+        x = z_t.to(self.dtype)
+        h, w = x.shape[-2:]
+        mu = self.mean_image(cond.to(device=x.device, dtype=self.dtype), h, w)
+        power = self.power_spectrum(h, w, device=x.device)
+        gain = (power / (alpha_bar * power + 1.0 - alpha_bar)).sqrt()
+        return (mu + spectral_filter(x - alpha_bar**0.5 * mu, gain)).to(z_t.dtype)
+
     def initial_noise(
         self,
         shape: Sequence[int],
@@ -269,6 +290,8 @@ class GaussianFlowPrior(GaussianPrior):
     """
 
     prediction_type = "flow"
+    #: LATINO's loop (ᾱ noise levels, LCM boundary condition) is not written for the flow path
+    consistency_model = False
 
     def __init__(
         self,

@@ -33,6 +33,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: the file name diffusers' ``save_lora_weights`` writes and the LCM-LoRA repositories hold
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 def checkpoint_vae_blocks(module: torch.nn.Module, enabled: bool) -> None:
@@ -96,6 +98,11 @@ class StableDiffusionPrior(DiffusionPrior):
         channels_last: keep UNet and VAE weights in ``channels_last`` memory format (often faster on GPUs).
         compile_mode: ``torch.compile`` the UNet with this mode (``default``, ``reduce-overhead``,
             ``max-autotune``); ``None``: eager. The first calls of each new shape pay the compilation.
+        lora: a LoRA of the UNet (Hub id or local folder), loaded through diffusers' ``load_lora_weights`` (peft)
+            and fused into the UNet's weights at :meth:`load`; a consistency LoRA (LCM-LoRA,
+            ``latent-consistency/lcm-lora-sdv1-5``) makes the prior a consistency model
+            (:attr:`consistency_model`, LATINO). ``None``: the plain UNet.
+        lora_weight_name: the LoRA's file inside that repository or folder (diffusers' default name).
     """
 
     latent_channels = 4
@@ -117,6 +124,8 @@ class StableDiffusionPrior(DiffusionPrior):
         vae_tiling: bool = False,
         channels_last: bool = False,
         compile_mode: str | None = None,
+        lora: str | None = None,
+        lora_weight_name: str = LORA_WEIGHT_NAME,
     ) -> None:
         super().__init__()
         if compile_mode not in COMPILE_MODES:
@@ -136,6 +145,8 @@ class StableDiffusionPrior(DiffusionPrior):
         self.vae_tiling = bool(vae_tiling)
         self.channels_last = bool(channels_last)
         self.compile_mode = compile_mode
+        self.lora = None if lora in (None, "") else str(lora)
+        self.lora_weight_name = str(lora_weight_name)
         self.tokenizer: Any = None
         self.scheduler_config: dict[str, Any] = {}
         self.prediction_type = "epsilon"
@@ -232,6 +243,8 @@ class StableDiffusionPrior(DiffusionPrior):
         self.prediction_type = prediction_type
         self._schedule = NoiseSchedule.from_diffusers_config(config)
         self.tokenizer = parts["tokenizer"]
+        if self.lora is not None:
+            self.fuse_lora(parts)
         for name in self.network_names:
             module = parts.get(name)
             if module is not None:
@@ -259,6 +272,50 @@ class StableDiffusionPrior(DiffusionPrior):
         self._text_cache.clear()
         self._loaded = True
         self.set_gradient_checkpointing(self.gradient_checkpointing)
+
+    @property
+    def consistency_model(self) -> bool:  # type: ignore[override]
+        """True when a (consistency) LoRA is fused into the UNet (``lora``): LCM's parameterisation then applies."""
+        return self.lora is not None
+
+    def lora_pipeline(self, parts: dict[str, Any]) -> Any:
+        """A diffusers pipeline over the loaded ``parts`` (no copy), only to call its LoRA loader on them."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=parts["vae"],
+            text_encoder=parts["text_encoder"],
+            tokenizer=parts["tokenizer"],
+            unet=parts["unet"],
+            scheduler=DDIMScheduler.from_config(parts["scheduler_config"]),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def fuse_lora(self, parts: dict[str, Any], source: str | None = None) -> None:
+        """Load the LoRA ``source`` (default ``self.lora``) into ``parts["unet"]`` with diffusers'
+        ``load_lora_weights`` (local first, :func:`loading.load_component`), fuse it into the weights at scale 1
+        (as the official LATINO code: ``load_lora_weights`` then ``fuse_lora``) and drop the adapter layers, so the
+        UNet is a plain ``UNet2DConditionModel`` again whose passes cost what the base model's cost."""
+        from diffusers.utils import logging as diffusers_logging
+
+        pipe = self.lora_pipeline(parts)
+        verbosity = diffusers_logging.get_verbosity()
+        # a UNet-only LoRA makes diffusers log that the text encoder has no LoRA keys, on every load
+        diffusers_logging.set_verbosity_error()
+        try:
+            loading.load_component(
+                lambda where, **kwargs: pipe.load_lora_weights(where, weight_name=self.lora_weight_name, **kwargs),
+                source or self.lora,
+                "LoRA",
+                cache_dir=self.cache_dir,
+                local_files_only=self.local_files_only,
+            )
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+        pipe.fuse_lora(lora_scale=1.0)
+        pipe.unload_lora_weights()
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Switch gradient checkpointing of the UNet and the VAE (now if loaded, else at :meth:`load`).

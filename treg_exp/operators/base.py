@@ -114,7 +114,12 @@ class LinearOperator(nn.Module, ABC):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form (AᵀA + λI)⁻¹")
 
     def prox_l2(
-        self, y: torch.Tensor, x0: torch.Tensor, lam: float, cg_iters: int = 50, cg_tol: float = 0.0
+        self,
+        y: torch.Tensor,
+        x0: torch.Tensor,
+        lam: float | torch.Tensor,
+        cg_iters: int = 50,
+        cg_tol: float = 0.0,
     ) -> torch.Tensor:
         """``argmin_x ‖y − A x‖² + λ‖x − x₀‖²``, i.e. ``(AᵀA + λI) x = Aᵀy + λx₀``.
 
@@ -124,11 +129,12 @@ class LinearOperator(nn.Module, ABC):
 
         Args:
             y: the measurement ``[B, ...]``; x0: ``[B, 3, H, W]`` the point the step is anchored at.
+            lam: λ ≥ 0, one number or one per image (``[B, 1, 1, 1]``, LATINO's residual-scaled step).
 
         Returns:
             ``[B, 3, H, W]``.
         """
-        if lam > 0 and self.has_closed_form_prox():
+        if bool(torch.all(torch.as_tensor(lam) > 0)) and self.has_closed_form_prox():
             dtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
             x0 = x0.to(dtype)
             return self.normal_inverse(self.adjoint(y.to(dtype)) + lam * x0, lam)
