@@ -58,6 +58,7 @@ SOLVERS: list[tuple[str, list[str]]] = [
     ("red", []),  # the Gaussian settings: ADMM, σ annealed 0.5 → 0.03
     ("red", ["solver.method=gd", "solver.sigma_schedule=fixed", "solver.sigma=0.05"]),
     ("resample", ["solver.num_steps=100"]),  # 500 official steps cost minutes per image even here
+    ("latino", []),  # the exact consistency map: Gaussian prior's PF-ODE end point
     ("ddim", []),
 ]
 
