@@ -84,8 +84,11 @@ OVERHEAD_TARGET = 0.05
 VARIANTS = [
     ("treg cfg 0, no AN", ["solver=treg", "solver.cfg_scale=0", "solver.adaptive_negation=false"]),
     ("treg + DPS", ["solver=treg", "solver.use_dps=true"]),
+    ("latino + prompt_opt", ["model.lora=random", "solver=latino", "solver.prompt_opt=true"]),
 ]
 EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the exact Gaussian prior
+#: model options a solver needs on model=tiny: LATINO a consistency model (the tiny UNet with a random LoRA fused)
+PRIOR_OPTIONS = {"latino": ["model.lora=random"]}
 
 
 def solver_names() -> list[str]:
@@ -95,7 +98,7 @@ def solver_names() -> list[str]:
 def small_model_overrides(name: str) -> list[str]:
     if name in EXACT_PRIOR:
         return ["model=gaussian", f"solver={name}", "task.padding=circular"]
-    return ["model=tiny", f"solver={name}"]
+    return ["model=tiny", *PRIOR_OPTIONS.get(name, []), f"solver={name}"]
 
 
 def run_once(overrides: list[str], images: int = 1, batch_size: int = 1, resolution: int = 64) -> dict:

@@ -63,6 +63,7 @@ PAPER_NAMES = {
     "ddim": "DDIM",
     "red": "RED",
     "resample": "ReSample",
+    "latino": "LATINO",
 }
 
 
