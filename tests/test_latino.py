@@ -251,6 +251,25 @@ def test_network_passes_are_counted() -> None:
     assert not any(key.endswith("grad_rows") for key in counts)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"timesteps": [999, 499, 99], "init": "noise"}, {"num_steps": 2, "prompt_opt": True, "prompt_opt_iters": 2}],
+)
+def test_cost_formula_counts_what_the_solver_runs(tiny_lcm, options) -> None:
+    """The cost estimate's formula (``experiment.cost.latino_passes``) equals the prior's counter on a real solve, with
+    an explicit grid, the noise start and prompt optimisation. Catches a formula that drifts from the loop."""
+    from treg_exp.experiment import cost
+
+    operator, y = problem()
+    tiny_lcm.reset_counter()
+    tiny_lcm.embed_text([PROMPT, ""])  # cached: the solve's text passes are set-up, not counted per image
+    tiny_lcm.reset_counter()
+    LATINO(**options).solve(y, operator, tiny_lcm, [PROMPT], generators(), (1, 3, RES, RES))
+    passes = cost.solver_passes({"_target_": "treg_exp.solvers.latino.LATINO", **options}, "latino", {})
+    for name in cost.COUNT_NAMES:
+        assert getattr(passes, name) == tiny_lcm.counter.get(name, 0), name
+
+
 def test_batch_equals_single_images() -> None:
     """A batch of two with the residual-scaled δ (one λ per image in the proximal step) equals the two images solved
     alone. Catches λ or δ shared across the batch."""

@@ -155,6 +155,24 @@ def p2l_passes(cfg: Mapping[str, Any]) -> Passes:
     )
 
 
+def latino_passes(cfg: Mapping[str, Any]) -> Passes:
+    """LATINO (``treg_exp.solvers.latino``): per step one 1-row consistency pass, a decode and an encode; the output's
+    decode and (``init: measurement``) the start's encode; ``prompt_opt`` adds per round and round step a pass whose
+    graph reaches the embedding (differentiated), a decode and an encode."""
+    from treg_exp.solvers.latino import LATINO
+
+    solver = LATINO(**{k: v for k, v in cfg.items() if not str(k).startswith("_")})
+    steps = solver.num_steps if solver.timesteps is None else len(solver.timesteps)
+    tuned = solver.prompt_opt_iters * len(solver.prompt_opt_timesteps) if solver.prompt_opt else 0
+    return Passes(
+        unet_calls=steps + tuned,
+        unet_rows=steps + tuned,
+        unet_grad_rows=tuned,
+        decode_rows=steps + 1 + tuned,
+        encode_rows=steps + tuned + int(solver.init == "measurement"),
+    )
+
+
 def no_network_passes(cfg: Mapping[str, Any]) -> Passes:
     """The exact oracles (``treg_exp.solvers.oracles``) use no network."""
     return Passes()
@@ -165,6 +183,7 @@ FORMULAS: dict[str, Callable[[Mapping[str, Any]], Passes]] = {
     "treg_exp.solvers.treg.TReg": treg_passes,
     "treg_exp.solvers.ddim.DDIMSolver": ddim_passes,
     "treg_exp.solvers.p2l.P2L": p2l_passes,
+    "treg_exp.solvers.latino.LATINO": latino_passes,
     "treg_exp.solvers.oracles.PosteriorMean": no_network_passes,
     "treg_exp.solvers.oracles.PosteriorSample": no_network_passes,
 }
