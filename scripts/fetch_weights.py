@@ -44,6 +44,7 @@ HF_MODELS = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     "sdxl_vae_fp16": "madebyollin/sdxl-vae-fp16-fix",
     "lcm_lora_sd15": "latent-consistency/lcm-lora-sdv1-5",  # LCM-LoRA (model.lora; solver=latino)
+    "lcm_lora_sdxl": "latent-consistency/lcm-lora-sdxl",  # LCM-LoRA for model=sdxl
     "clip": weights.CLIP_MODEL,
     "clip_bigg": CLIP_BIGG_MODEL,
 }

@@ -17,7 +17,8 @@ import torch
 from treg_exp.common import seeding
 from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.models.gaussian import GaussianFlowPrior, GaussianPrior
-from treg_exp.models.tiny import SD1_SCHEDULER, TinyStableDiffusionPrior, build_tiny_components, save_random_lora
+from treg_exp.models.stable_diffusion import LORA_TARGETS, save_random_lora
+from treg_exp.models.tiny import SD1_SCHEDULER, TinyStableDiffusionPrior, build_tiny_components
 from treg_exp.operators import gaussian_deblur
 from treg_exp.solvers.latino import LATINO, boundary_scalings, lcm_timesteps
 
@@ -80,8 +81,6 @@ def test_lora_is_loaded_and_fused_through_diffusers(tmp_path) -> None:
     the output of the peft-adapted UNet (to 1e-5), which differs from the base UNet's; ``lora=random`` is that same
     LoRA. Catches a LoRA not loaded, loaded at the wrong scale, or lost when the adapter layers are dropped."""
     from peft import LoraConfig
-
-    from treg_exp.models.tiny import LORA_TARGETS
 
     base = build_tiny_components(0)["unet"].double()
     save_random_lora(tmp_path, base, seed=0)
@@ -382,3 +381,32 @@ def test_calibration_against_the_exact_posterior() -> None:
         print(task, result.as_dict())
         assert result.mse_ratio <= 2.0 and 0.5 <= result.spread_ratio <= 2.0, task
         assert result.bias2 < result.adjoint_bias2, task
+
+
+# --- SDXL ----------------------------------------------------------------------------------------------------------
+def test_sdxl_lora_and_latino_on_the_official_sdxl_grid() -> None:
+    """On the tiny SDXL build: ``model.lora=random`` is loaded through ``StableDiffusionXLPipeline``'s LoRA loader
+    and changes the UNet; LATINO runs the SDXL code's 8 custom timesteps (999, 874, …, 124) at one pass, decode and
+    encode per step; LATINO-PRO never moves the pooled row SDXL packs as ``c``'s last row, nor the 4 leading tokens.
+    Catches a LoRA loader that ignores SDXL's pipeline layout and a prompt update that reaches the pooled
+    embedding (the official optimises the token embeddings only)."""
+    from treg_exp.models.sdxl import RandomSDXLPrior
+    from treg_exp.solvers.plug_and_play import BatchDenoiser
+
+    prior, base = RandomSDXLPrior(lora="random").load("cpu"), RandomSDXLPrior().load("cpu")
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = prior.embed_text([PROMPT])
+    with torch.no_grad():
+        assert (prior.eps(z, 500, cond) - base.eps(z, 500, cond)).abs().max() > 1e-2
+    operator, y = problem()
+    y = y.float()
+    prior.reset_counter()
+    grid = [999, 874, 749, 624, 499, 374, 249, 124]
+    LATINO(timesteps=grid).solve(y, operator, prior, [PROMPT], generators(), (1, 3, RES, RES))
+    assert (prior.counter["unet_rows"], prior.counter["decode_rows"], prior.counter["encode_rows"]) == (8, 9, 9)
+    solver = LATINO(prompt_opt=True, prompt_opt_iters=1, prompt_opt_lr=0.02)
+    with torch.no_grad():
+        denoiser = BatchDenoiser("LATINO", y, prior, [PROMPT], generators(), (1, 3, RES, RES), 1.0, "", "mean")
+        tuned, _ = solver.optimise_prompt(y, operator, denoiser, solver.start(y, operator, denoiser, 999))
+    moved = (tuned - denoiser.cond).norm(dim=-1)[0]
+    assert moved[-1] == 0 and torch.all(moved[:4] == 0) and moved[4:-1].min() > 0

@@ -33,7 +33,7 @@ from treg_exp.common.devices import parse_dtype
 from treg_exp.common.errors import UserError
 from treg_exp.models import loading
 from treg_exp.models.conditioning import pack_pooled, split_pooled
-from treg_exp.models.stable_diffusion import StableDiffusionPrior, clip_preprocess
+from treg_exp.models.stable_diffusion import LORA_WEIGHT_NAME, StableDiffusionPrior, clip_preprocess
 from treg_exp.models.tiny import SD1_SCHEDULER, build_text_encoder, build_tokenizer, build_vae
 
 #: The CLIP image tower projecting to OpenCLIP-G's text width (1280), for TReg's adaptive negation on SDXL.
@@ -54,6 +54,8 @@ class SDXLPrior(StableDiffusionPrior):
         clip_image_model, clip_image_model_2: ``CLIPVisionModelWithProjection`` towers for TReg's adaptive negation,
             projecting to each text encoder's width (ViT-L/14: 768; ViT-bigG/14: 1280); ``None``: no image features.
         zero_empty_prompt: the null prompt ``""`` is zeros, as SDXL base's ``force_zeros_for_empty_prompt``.
+        lora, lora_weight_name: a UNet LoRA fused at load (``latent-consistency/lcm-lora-sdxl``; DMD2's LoRA:
+            ``tianweiy/DMD2`` with ``dmd2_sdxl_4step_lora_fp16.safetensors``), as for :class:`StableDiffusionPrior`.
         Others: as for :class:`StableDiffusionPrior`.
     """
 
@@ -77,6 +79,8 @@ class SDXLPrior(StableDiffusionPrior):
         vae_tiling: bool = False,
         channels_last: bool = False,
         compile_mode: str | None = None,
+        lora: str | None = None,
+        lora_weight_name: str = LORA_WEIGHT_NAME,
     ) -> None:
         super().__init__(
             model_id=model_id,
@@ -91,6 +95,8 @@ class SDXLPrior(StableDiffusionPrior):
             vae_tiling=vae_tiling,
             channels_last=channels_last,
             compile_mode=compile_mode,
+            lora=lora,
+            lora_weight_name=lora_weight_name,
         )
         self.vae_dtype = self.dtype if vae_dtype in (None, "") else parse_dtype(vae_dtype)
         self.vae_model_id = None if vae_model_id in (None, "") else str(vae_model_id)
@@ -146,6 +152,20 @@ class SDXLPrior(StableDiffusionPrior):
     def _install(self, parts: dict[str, Any]) -> None:
         super()._install(parts)
         self.tokenizer_2 = parts["tokenizer_2"]
+
+    def lora_pipeline(self, parts: dict[str, Any]) -> Any:
+        """A ``StableDiffusionXLPipeline`` over the loaded ``parts`` (no copy), to call its LoRA loader on them."""
+        from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(
+            vae=parts["vae"],
+            text_encoder=parts["text_encoder"],
+            text_encoder_2=parts["text_encoder_2"],
+            tokenizer=parts["tokenizer"],
+            tokenizer_2=parts["tokenizer_2"],
+            unet=parts["unet"],
+            scheduler=DDIMScheduler.from_config(parts["scheduler_config"]),
+        )
 
     # --- networks --------------------------------------------------------------------------------------------
     @property
@@ -359,6 +379,8 @@ class RandomSDXLPrior(SDXLPrior):
         architecture: ``tiny`` (tests) or ``sdxl`` (SDXL base's full size, benchmarks).
         seed: weight seed (the same seed gives the same model).
         dtype, vae_dtype, gradient_checkpointing, vae_slicing, vae_tiling: as for :class:`SDXLPrior`.
+        lora: ``random`` (a random LoRA of the UNet from ``seed``, loaded back through the real loader), a LoRA
+            folder, or ``None``.
     """
 
     def __init__(
@@ -370,6 +392,7 @@ class RandomSDXLPrior(SDXLPrior):
         gradient_checkpointing: bool = False,
         vae_slicing: bool = False,
         vae_tiling: bool = False,
+        lora: str | None = None,
     ) -> None:
         if architecture not in ARCHITECTURES:
             raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
@@ -383,6 +406,7 @@ class RandomSDXLPrior(SDXLPrior):
             gradient_checkpointing=gradient_checkpointing,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
+            lora=lora,
         )
         self.architecture = architecture
         self.seed = int(seed)

@@ -13,6 +13,7 @@ Every network pass is counted in ``self.counter``: ``unet``, ``encode``, ``decod
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,11 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: the file name diffusers' ``save_lora_weights`` writes and the LCM-LoRA repositories hold
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: ``model.lora`` value for a LoRA with random weights (:func:`save_random_lora`, from ``seed`` where the prior has
+#: one), written to a temporary folder and loaded back through the real path: tests and benchmarks
+RANDOM_LORA = "random"
+#: the attention projections an LCM-LoRA adapts (and so does the random one)
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def checkpoint_vae_blocks(module: torch.nn.Module, enabled: bool) -> None:
@@ -76,6 +82,28 @@ def clip_preprocess(x: torch.Tensor, image_size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
+def save_random_lora(directory: str | os.PathLike, unet: torch.nn.Module, seed: int = 0, rank: int = 4) -> str:
+    """Write a LoRA of ``unet`` with random weights (peft ``LoraConfig``, rank ``rank`` on :data:`LORA_TARGETS`, both
+    factors drawn from ``seed``: peft's ``init_lora_weights=False``) in diffusers' LoRA format
+    (``pytorch_lora_weights.safetensors``, ``unet.``-prefixed keys, as ``save_lora_weights`` writes them); ``unet``
+    itself is left untouched. Returns ``directory``."""
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    adapted = copy.deepcopy(unet)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS), init_lora_weights=False)
+        adapted.add_adapter(config)
+    StableDiffusionPipeline.save_lora_weights(
+        str(directory), unet_lora_layers=get_peft_model_state_dict(adapted), safe_serialization=True
+    )
+    return str(directory)
+
+
 class StableDiffusionPrior(DiffusionPrior):
     """Stable Diffusion's UNet, VAE and CLIP text encoder (plus an optional CLIP image tower) as a prior.
 
@@ -98,7 +126,8 @@ class StableDiffusionPrior(DiffusionPrior):
         channels_last: keep UNet and VAE weights in ``channels_last`` memory format (often faster on GPUs).
         compile_mode: ``torch.compile`` the UNet with this mode (``default``, ``reduce-overhead``,
             ``max-autotune``); ``None``: eager. The first calls of each new shape pay the compilation.
-        lora: a LoRA of the UNet (Hub id or local folder), loaded through diffusers' ``load_lora_weights`` (peft)
+        lora: a LoRA of the UNet (Hub id, local folder, or ``random``: :func:`save_random_lora`), loaded through
+            diffusers' ``load_lora_weights`` (peft)
             and fused into the UNet's weights at :meth:`load`; a consistency LoRA (LCM-LoRA,
             ``latent-consistency/lcm-lora-sdv1-5``) makes the prior a consistency model
             (:attr:`consistency_model`, LATINO). ``None``: the plain UNet.
@@ -293,21 +322,29 @@ class StableDiffusionPrior(DiffusionPrior):
             requires_safety_checker=False,
         )
 
-    def fuse_lora(self, parts: dict[str, Any], source: str | None = None) -> None:
-        """Load the LoRA ``source`` (default ``self.lora``) into ``parts["unet"]`` with diffusers'
-        ``load_lora_weights`` (local first, :func:`loading.load_component`), fuse it into the weights at scale 1
-        (as the official LATINO code: ``load_lora_weights`` then ``fuse_lora``) and drop the adapter layers, so the
-        UNet is a plain ``UNet2DConditionModel`` again whose passes cost what the base model's cost."""
+    def fuse_lora(self, parts: dict[str, Any], source: str | None = None, weight_name: str | None = None) -> None:
+        """Load the LoRA ``source`` (default ``self.lora``, file ``weight_name``, default ``self.lora_weight_name``)
+        into ``parts["unet"]`` with diffusers' ``load_lora_weights`` (local first, :func:`loading.load_component`),
+        fuse it into the weights at scale 1 (as the official LATINO code: ``load_lora_weights`` then ``fuse_lora``)
+        and drop the adapter layers, so the UNet is a plain ``UNet2DConditionModel`` again whose passes cost what the
+        base model's cost. ``random``: :func:`save_random_lora` of the UNet (from the prior's ``seed`` where it has
+        one, else 0) through a temporary folder."""
         from diffusers.utils import logging as diffusers_logging
 
+        source = source or self.lora
+        if source == RANDOM_LORA:
+            with tempfile.TemporaryDirectory(prefix="treg_random_lora_") as folder:
+                save_random_lora(folder, parts["unet"], seed=int(getattr(self, "seed", 0)))
+                return self.fuse_lora(parts, folder, LORA_WEIGHT_NAME)
+        weight_name = weight_name or self.lora_weight_name
         pipe = self.lora_pipeline(parts)
         verbosity = diffusers_logging.get_verbosity()
         # a UNet-only LoRA makes diffusers log that the text encoder has no LoRA keys, on every load
         diffusers_logging.set_verbosity_error()
         try:
             loading.load_component(
-                lambda where, **kwargs: pipe.load_lora_weights(where, weight_name=self.lora_weight_name, **kwargs),
-                source or self.lora,
+                lambda where, **kwargs: pipe.load_lora_weights(where, weight_name=weight_name, **kwargs),
+                source,
                 "LoRA",
                 cache_dir=self.cache_dir,
                 local_files_only=self.local_files_only,

@@ -239,34 +239,6 @@ def save_tiny(directory: str | os.PathLike, seed: int = 0) -> Path:
     return root
 
 
-#: ``model.lora`` value that builds :func:`save_random_lora` for the tiny UNet (into a temporary folder) and loads it
-#: through the real path (``StableDiffusionPrior.fuse_lora``)
-RANDOM_LORA = "random"
-#: the attention projections an LCM-LoRA adapts (and so does the random one)
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def save_random_lora(directory: str | os.PathLike, unet: Any, seed: int = 0, rank: int = 4) -> Path:
-    """Write a LoRA of ``unet`` with random weights (peft ``LoraConfig``, rank ``rank`` on :data:`LORA_TARGETS`, both
-    factors drawn from ``seed``: peft's ``init_lora_weights=False``) as diffusers' ``save_lora_weights`` writes it
-    (``pytorch_lora_weights.safetensors``); ``unet`` itself is left untouched. Returns ``directory``."""
-    import copy
-
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    adapted = copy.deepcopy(unet)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS), init_lora_weights=False)
-        adapted.add_adapter(config)
-    StableDiffusionPipeline.save_lora_weights(
-        str(directory), unet_lora_layers=get_peft_model_state_dict(adapted), safe_serialization=True
-    )
-    return Path(directory)
-
-
 class TinyStableDiffusionPrior(StableDiffusionPrior):
     """:class:`StableDiffusionPrior` over the tiny random components of :func:`build_tiny_components`.
 
@@ -278,8 +250,8 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
             scheduler config that the prior reads like a real model's.
         gradient_checkpointing, vae_slicing, vae_tiling, channels_last, compile_mode: as for
             :class:`StableDiffusionPrior`.
-        lora: ``random`` (:data:`RANDOM_LORA`: a random LoRA of the tiny UNet from ``seed``, written by
-            :func:`save_random_lora` and loaded back through the real loader), a LoRA folder, or ``None``.
+        lora: ``random`` (a random LoRA of the UNet from ``seed``, :func:`~treg_exp.models.stable_diffusion.
+            save_random_lora`, loaded back through the real loader), a LoRA folder, or ``None``.
     """
 
     def __init__(
@@ -314,15 +286,6 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         self.seed = int(seed)
         self.architecture = architecture
         self.prediction_type = prediction_type
-
-    def fuse_lora(self, parts: dict[str, Any], source: str | None = None) -> None:
-        """``lora: random``: write :func:`save_random_lora` of the UNet into a temporary folder and fuse it from
-        there through :meth:`StableDiffusionPrior.fuse_lora`; any other value as that method."""
-        if (source or self.lora) != RANDOM_LORA:
-            return super().fuse_lora(parts, source)
-        with tempfile.TemporaryDirectory(prefix="treg_tiny_lora_") as folder:
-            save_random_lora(folder, parts["unet"], seed=self.seed)
-            return super().fuse_lora(parts, folder)
 
     def _load_components(self) -> dict[str, Any]:
         parts = build_tiny_components(self.seed, self.architecture, self.prediction_type)

@@ -39,10 +39,11 @@ Prompt optimisation (``prompt_opt``; LATINO-PRO's SAPG, ``main_LATINO_PRO.py``):
 ``ℓ(c) = −‖z_{k+1} − √ᾱ_{t_{k+1}}·ẑ0(z_k, t_k; c)‖²/(2(1−ᾱ_{t_{k+1}}))`` (``z_{k+1}`` the next latent of the loop,
 held fixed; ``ẑ0`` the consistency estimate with gradients to ``c``) gives ``∇_c ℓ``; each token row of it is
 normalised and added to an accumulated ``G`` (never reset, as the code) whose first ``prompt_opt_frozen_tokens`` rows
-are zero; at the round's last step ``c ← Π(c + η_j·G)`` with ``η_j = lr·max(decay^max(0, j − decay_start),
-min_scale)`` and ``Π`` the projection of each token row onto the ball of radius ``prompt_opt_radius`` around ``c_0``'s
-row. Between rounds the final latent is re-noised to t = 999 and the next round starts from it; after the last round
-the plain LATINO loop (``timesteps``) runs from that re-noised latent with the optimised ``c``.
+are zero, as is SDXL's pooled row (``c`` packs it as its last row; the code moves the token embeddings only). At the
+round's last step ``c ← Π(c + η_j·G)`` with ``η_j = lr·max(decay^max(0, j − decay_start), min_scale)`` and ``Π`` the
+projection of each token row onto the ball of radius ``prompt_opt_radius`` around ``c_0``'s row. Between rounds the
+final latent is re-noised to t = 999 and the next round starts from it; after the last round the plain LATINO loop
+(``timesteps``) runs from that re-noised latent with the optimised ``c``.
 
 Cost per image at the defaults: 8 network calls of 1 row, 9 decodes, 9 encodes (one for the start), no backward pass;
 ``prompt_opt`` adds per round ``len(prompt_opt_timesteps)`` network calls with a backward pass through the network
@@ -63,8 +64,9 @@ Departures from the official code, and why:
 - LATINO-PRO: the prior samples the code draws between rounds for its logs are not drawn; δ is this module's one
   schedule in the rounds and in the final loop (the code has 4-step and 8-step variants per problem).
 
-Priors: a consistency model (``DiffusionPrior.consistency_model``: SD 1.x with a consistency LoRA in
-``model.lora``; the Gaussian prior's exact map). Other priors, and rectified-flow ones, are refused in one line.
+Priors: a consistency model (``DiffusionPrior.consistency_model``: SD 1.x or SDXL with a consistency LoRA in
+``model.lora`` — LCM-LoRA, or DMD2's LoRA where the official SDXL code loads DMD2's full UNet; the Gaussian prior's
+exact map). Other priors, and rectified-flow ones, are refused in one line.
 """
 
 from __future__ import annotations
@@ -301,6 +303,11 @@ class LATINO(Solver):
         c0 = denoiser.cond
         cond = c0.clone()
         accumulated = torch.zeros_like(c0)
+        frozen = torch.zeros_like(c0, dtype=torch.bool)
+        if c0.dim() == 3:  # token rows: the leading ones (BOS and the first words) stay
+            frozen[:, : self.prompt_opt_frozen_tokens] = True
+            if hasattr(prior, "split_conditioning"):  # SDXL's pooled row: the official moves the token rows only
+                frozen[:, -1] = True
         nexts = [*grid[1:], None]
         for round_index in range(self.prompt_opt_iters):
             for t, t_next in zip(grid, nexts, strict=True):
@@ -316,9 +323,7 @@ class LATINO(Solver):
                         log_lik = -0.5 / (1.0 - alpha_bar_next) * gap.flatten(1).pow(2).sum(1)
                         (grad,) = torch.autograd.grad(log_lik.sum(), leaf)
                 if not is_last:
-                    accumulated = accumulated + grad / grad.norm(dim=-1, keepdim=True)
-                    if accumulated.dim() == 3:  # token rows: the leading ones (BOS and the first words) stay
-                        accumulated[:, : self.prompt_opt_frozen_tokens] = 0.0
+                    accumulated = (accumulated + grad / grad.norm(dim=-1, keepdim=True)).masked_fill(frozen, 0.0)
                 else:
                     scale = max(
                         self.prompt_opt_decay ** max(0, round_index - self.prompt_opt_decay_start),
