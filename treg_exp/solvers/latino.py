@@ -11,8 +11,9 @@ text embedding ``c``; LCM's boundary condition ``c_skip(t) = σ_d²/((s·t)² + 
 σ_d²)`` with ``s = 10`` (``timestep_scaling``) and ``σ_d = 0.5`` (diffusers' ``LCMScheduler``).
 
 Start (``init: measurement``, the official ``y_noise``): ``x_init = clip(Aᵀy)`` (the official computes a CG solution
-of ``AᵀA u = Aᵀy`` and then uses ``Aᵀy`` itself), ``z = √ᾱ_{t_0}·E(x_init) + √(1−ᾱ_{t_0})·ξ`` (``add_noise`` at
-``t_0`` = 999). ``init: noise``: ``z`` from the prior's ``initial_noise``.
+of ``AᵀA u = Aᵀy`` and then uses ``Aᵀy`` itself), ``z = √ᾱ_{t_0}·E(x_init) + √(1−ᾱ_{t_0})·ξ`` at the grid's first
+timestep ``t_0`` (999 on the official grids, where the code's ``add_noise`` is at 999 whatever the grid).
+``init: noise``: ``z`` from the prior's ``initial_noise``.
 
 Each of the ``K`` steps ``t_k`` (default: LCM's 8-step grid 999, 879, 759, 639, 499, 379, 259, 139 of 50 original
 steps, :func:`lcm_timesteps`; ``timesteps`` sets a list, e.g. the SDXL code's):
