@@ -2,7 +2,7 @@
 
 ``scripts/prepare_ffhq.py``, ``prepare_imagenet.py`` and ``prepare_food101.py`` call :func:`main`::
 
-    python scripts/prepare_ffhq.py --src /data/ffhq/images1024x1024 [--out $TREG_DATA] [--resolution 512 256]
+    python scripts/prepare_ffhq.py --src /data/ffhq/images1024x1024 [--out $TREG_DATA] [--resolution 512 256 1024]
     python scripts/prepare_ffhq.py --verify [--out $TREG_DATA]       # check a prepared folder only
 
 For every file of the dataset's list (``treg_exp/data/lists``) the source image is found anywhere under ``--src`` by
@@ -53,7 +53,7 @@ DATASETS = {
     "ffhq": DatasetSpec(
         "ffhq",
         "ffhq_1k",
-        {512: "ffhq512", 256: "ffhq256"},
+        {512: "ffhq512", 256: "ffhq256", 1024: "ffhq1024"},
         1,
         "FFHQ's images1024x1024 (NVlabs/ffhq-dataset; only 00000-00999 are needed)",
     ),
