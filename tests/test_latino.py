@@ -410,3 +410,31 @@ def test_sdxl_lora_and_latino_on_the_official_sdxl_grid() -> None:
         tuned, _ = solver.optimise_prompt(y, operator, denoiser, solver.start(y, operator, denoiser, 999))
     moved = (tuned - denoiser.cond).norm(dim=-1)[0]
     assert moved[-1] == 0 and torch.all(moved[:4] == 0) and moved[4:-1].min() > 0
+
+
+def test_lora_staged_in_the_weights_folder_loads_offline(tmp_path) -> None:
+    """A Hub LoRA staged as ``fetch_weights.py --out DIR`` stages it (``DIR/huggingface/hub``, the Hub cache layout)
+    loads with downloads off from ``cache_dir=DIR``, and is the LoRA that was staged. Catches a loader that looks
+    only online or only in local folders (the offline-cluster path)."""
+    from treg_exp.models.stable_diffusion import StableDiffusionPrior
+
+    repo, revision = "latent-consistency/lcm-lora-sdv1-5", "0" * 40
+    cache = tmp_path / "huggingface" / "hub" / f"models--{repo.replace('/', '--')}"
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(revision)
+    parts = build_tiny_components(0)
+    save_random_lora(cache / "snapshots" / revision, parts["unet"], seed=3)
+    staged = StableDiffusionPrior(model_id="unused", cache_dir=str(tmp_path), local_files_only=True, lora=repo)
+    staged.fuse_lora(parts)
+    reference = build_tiny_components(0)
+    folder = tmp_path / "plain"
+    save_random_lora(folder, reference["unet"], seed=3)
+    StableDiffusionPrior(model_id="unused", lora=str(folder)).fuse_lora(reference)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = parts["unet"](z, 500, encoder_hidden_states=cond).sample
+        want = reference["unet"](z, 500, encoder_hidden_states=cond).sample
+        plain = build_tiny_components(0)["unet"](z, 500, encoder_hidden_states=cond).sample
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert (got - plain).abs().max() > 1e-2
