@@ -4,6 +4,7 @@
     python scripts/fetch_weights.py --out DIR --models sd15 sd14 sd21base
     python scripts/fetch_weights.py --out DIR --models sdxl sdxl_vae_fp16     # + OpenCLIP ViT-bigG/14 image tower
     python scripts/fetch_weights.py --out DIR --models sd15 lcm_lora_sd15     # + LCM-LoRA (solver=latino)
+    python scripts/fetch_weights.py --out DIR --models sdxl dmd2_sdxl_unet    # + DMD2's UNet (official LATINO)
     python scripts/fetch_weights.py --out DIR --models adm_ffhq256 adm_imagenet512   # pixel ADM priors (.pt)
     python scripts/fetch_weights.py --out DIR --models sd15 paligemma          # + a captioner (prompt=caption)
     python scripts/fetch_weights.py --out DIR --dry-run                   # list what would be fetched
@@ -48,6 +49,8 @@ HF_MODELS = {
     "clip": weights.CLIP_MODEL,
     "clip_bigg": CLIP_BIGG_MODEL,
 }
+# single files of Hub repositories too large to stage whole: key → (repository, file)
+HF_FILES = {"dmd2_sdxl_unet": ("tianweiy/DMD2", "dmd2_sdxl_4step_unet_fp16.bin")}  # model.unet_weights (LATINO, SDXL)
 # the image towers every run stages (TReg's adaptive negation, CLIP score); SDXL's second one comes with model sdxl
 ALWAYS = {"clip": None, "clip_bigg": "sdxl"}
 # the captioners of prompt=caption (conf/prompt/captioner/<key>.yaml): transformers folders, sharded safetensors
@@ -85,7 +88,8 @@ CLEANFID_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretraine
 
 @dataclass
 class Item:
-    """One thing to fetch: a Hub repository (``kind="hf"``) or a file from a URL (``kind="url"``) to ``target``."""
+    """One thing to fetch to ``target``: a Hub repository (``kind="hf"``), one file of one (``"hf_file"``, source
+    ``owner/name/file``) or a file from a URL (``"url"``)."""
 
     kind: str
     source: str
@@ -98,6 +102,7 @@ def plan(out: Path, models: list[str]) -> list[Item]:
     extra = [tower for tower, needed_by in ALWAYS.items() if needed_by is None or needed_by in models]
     items = [Item("hf", HF_MODELS[m], hub) for m in [*models, *extra] if m in HF_MODELS]
     items += [Item("hf", CAPTIONERS[m], hub) for m in models if m in CAPTIONERS]
+    items += [Item("hf_file", "/".join(HF_FILES[m]), hub) for m in models if m in HF_FILES]
     checkpoints = out / "torch" / "hub" / "checkpoints"
     # ADM's official .pt files sit where torch.hub keeps downloads; model=adm_* looks there (cache_dir=paths.weights)
     items += [Item("url", ADM_RELEASES[m].url, checkpoints / ADM_RELEASES[m].file) for m in models if m in ADM_RELEASES]
@@ -116,6 +121,11 @@ def fetch(item: Item) -> None:
         captioner = item.source in CAPTIONERS.values()
         patterns = CAPTIONER_PATTERNS if captioner else HF_PATTERNS
         snapshot_download(item.source, cache_dir=str(item.target), allow_patterns=patterns, ignore_patterns=HF_SKIPPED)
+    elif item.kind == "hf_file":
+        from huggingface_hub import hf_hub_download
+
+        repo, _, filename = item.source.rpartition("/")
+        hf_hub_download(repo, filename, cache_dir=str(item.target))
     elif not item.target.is_file():
         import torch
 
@@ -133,9 +143,9 @@ def unreachable(items: list[Item]) -> str | None:
 
     from treg_exp.models.loading import hub_offline, hub_reachable
 
-    if hub_offline() and any(item.kind == "hf" for item in items):
+    if hub_offline() and any(item.kind in ("hf", "hf_file") for item in items):
         return f"HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it and {NETWORK_HINT}"
-    hosts = {"the Hugging Face Hub": None} if any(item.kind == "hf" for item in items) else {}
+    hosts = {"the Hugging Face Hub": None} if any(item.kind in ("hf", "hf_file") for item in items) else {}
     hosts.update({urlparse(i.source).hostname or i.source: i.source for i in items if i.kind == "url"})
     for name, endpoint in hosts.items():
         if not hub_reachable(endpoint):
@@ -157,7 +167,7 @@ def failure(item: Item, error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the cache folder (later: paths.weights=OUT)")
-    choices = [*(m for m in HF_MODELS if m not in ALWAYS), *ADM_RELEASES, *CAPTIONERS]
+    choices = [*(m for m in HF_MODELS if m not in ALWAYS), *ADM_RELEASES, *CAPTIONERS, *HF_FILES]
     parser.add_argument("--models", nargs="*", default=["sd15"], choices=choices)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and download nothing")
     args = parser.parse_args(argv)

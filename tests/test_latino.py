@@ -438,3 +438,24 @@ def test_lora_staged_in_the_weights_folder_loads_offline(tmp_path) -> None:
         plain = build_tiny_components(0)["unet"](z, 500, encoder_hidden_states=cond).sample
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert (got - plain).abs().max() > 1e-2
+
+
+def test_sdxl_unet_weights_replace_the_unet(tmp_path) -> None:
+    """``model.unet_weights`` (DMD2's distilled UNet in the official LATINO) loads a full UNet state dict into SDXL's
+    UNet: the prior then computes the other weights' ε and counts as a consistency model; a missing Hub file with
+    downloads off and a missing local file fail in one line. Catches weights that are read but not installed."""
+    from treg_exp.models.sdxl import RandomSDXLPrior
+
+    other = RandomSDXLPrior(seed=1).load("cpu")
+    torch.save(other.unet.state_dict(), tmp_path / "unet.bin")
+    prior = RandomSDXLPrior(unet_weights=str(tmp_path / "unet.bin")).load("cpu")
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = prior.embed_text([PROMPT])
+    with torch.no_grad():
+        torch.testing.assert_close(prior.eps(z, 500, cond), other.eps(z, 500, cond), rtol=0, atol=0)
+    assert prior.consistency_model and not other.consistency_model
+    with pytest.raises(WeightsNotFoundError) as error:
+        RandomSDXLPrior(unet_weights="tianweiy/DMD2/dmd2_sdxl_4step_unet_fp16.bin").load("cpu")
+    assert "\n" not in str(error.value) and "--models dmd2_sdxl_unet" in str(error.value)
+    with pytest.raises(UserError, match="file not found"):
+        RandomSDXLPrior(unet_weights=str(tmp_path / "missing.bin")).load("cpu")

@@ -88,6 +88,7 @@ FETCH_KEYS = {
     "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "sdxl",
     "latent-consistency/lcm-lora-sdv1-5": "lcm_lora_sd15",
     "latent-consistency/lcm-lora-sdxl": "lcm_lora_sdxl",
+    "tianweiy/DMD2": "dmd2_sdxl_unet",
     "openai/clip-vit-large-patch14": None,
     # the captioners of prompt=caption (conf/prompt/captioner/)
     "google/paligemma2-3b-mix-224": "paligemma",

@@ -25,6 +25,7 @@ full-size UNet, VAE and text towers, for benchmarks at 1024 px).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,9 @@ class SDXLPrior(StableDiffusionPrior):
         zero_empty_prompt: the null prompt ``""`` is zeros, as SDXL base's ``force_zeros_for_empty_prompt``.
         lora, lora_weight_name: a UNet LoRA fused at load (``latent-consistency/lcm-lora-sdxl``; DMD2's LoRA:
             ``tianweiy/DMD2`` with ``dmd2_sdxl_4step_lora_fp16.safetensors``), as for :class:`StableDiffusionPrior`.
+        unet_weights: a full UNet state dict replacing the base UNet's weights (a local ``.bin`` / ``.safetensors``
+            file or ``owner/name/file`` on the Hub): ``tianweiy/DMD2/dmd2_sdxl_4step_unet_fp16.bin`` is the
+            official LATINO's DMD2 consistency UNet. ``None``: the base UNet.
         Others: as for :class:`StableDiffusionPrior`.
     """
 
@@ -81,6 +85,7 @@ class SDXLPrior(StableDiffusionPrior):
         compile_mode: str | None = None,
         lora: str | None = None,
         lora_weight_name: str = LORA_WEIGHT_NAME,
+        unet_weights: str | None = None,
     ) -> None:
         super().__init__(
             model_id=model_id,
@@ -102,6 +107,7 @@ class SDXLPrior(StableDiffusionPrior):
         self.vae_model_id = None if vae_model_id in (None, "") else str(vae_model_id)
         self.clip_image_model_2 = None if clip_image_model_2 in (None, "") else str(clip_image_model_2)
         self.zero_empty_prompt = bool(zero_empty_prompt)
+        self.unet_weights = None if unet_weights in (None, "") else str(unet_weights)
         self.tokenizer_2: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -150,8 +156,42 @@ class SDXLPrior(StableDiffusionPrior):
         return parts
 
     def _install(self, parts: dict[str, Any]) -> None:
+        if self.unet_weights is not None:
+            parts["unet"].load_state_dict(self.load_unet_weights())
         super()._install(parts)
         self.tokenizer_2 = parts["tokenizer_2"]
+
+    @property
+    def consistency_model(self) -> bool:  # type: ignore[override]
+        """A consistency LoRA (``lora``) or distilled UNet weights (``unet_weights``, DMD2) make one."""
+        return self.lora is not None or self.unet_weights is not None
+
+    def load_unet_weights(self) -> dict[str, torch.Tensor]:
+        """The state dict of ``unet_weights``: a local ``.bin`` / ``.safetensors`` file, or ``owner/name/file`` on the
+        Hub (local cache first, :func:`loading.load_component`); one-line error when missing."""
+        source = str(self.unet_weights)
+        if Path(source).expanduser().is_file():
+            path = str(Path(source).expanduser())
+        else:
+            repo, _, filename = source.rpartition("/")
+            if repo.count("/") != 1 or source.startswith(("/", "./", "../", "~")):
+                raise UserError(
+                    f"model.unet_weights: file not found: {source}; expects a local file or owner/name/file on the Hub"
+                )
+            from huggingface_hub import hf_hub_download
+
+            path = loading.load_component(
+                lambda where, **kwargs: hf_hub_download(where, filename, **kwargs),
+                repo,
+                f"UNet weights {filename}",
+                cache_dir=self.cache_dir,
+                local_files_only=self.local_files_only,
+            )
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
     def lora_pipeline(self, parts: dict[str, Any]) -> Any:
         """A ``StableDiffusionXLPipeline`` over the loaded ``parts`` (no copy), to call its LoRA loader on them."""
@@ -381,6 +421,7 @@ class RandomSDXLPrior(SDXLPrior):
         dtype, vae_dtype, gradient_checkpointing, vae_slicing, vae_tiling: as for :class:`SDXLPrior`.
         lora: ``random`` (a random LoRA of the UNet from ``seed``, loaded back through the real loader), a LoRA
             folder, or ``None``.
+        unet_weights: a UNet state-dict file replacing the random UNet's weights (as :class:`SDXLPrior`'s).
     """
 
     def __init__(
@@ -393,6 +434,7 @@ class RandomSDXLPrior(SDXLPrior):
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         lora: str | None = None,
+        unet_weights: str | None = None,
     ) -> None:
         if architecture not in ARCHITECTURES:
             raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
@@ -407,6 +449,7 @@ class RandomSDXLPrior(SDXLPrior):
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
             lora=lora,
+            unet_weights=unet_weights,
         )
         self.architecture = architecture
         self.seed = int(seed)

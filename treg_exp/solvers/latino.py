@@ -66,8 +66,8 @@ Departures from the official code, and why:
   schedule in the rounds and in the final loop (the code has 4-step and 8-step variants per problem).
 
 Priors: a consistency model (``DiffusionPrior.consistency_model``: SD 1.x or SDXL with a consistency LoRA in
-``model.lora`` — LCM-LoRA, or DMD2's LoRA where the official SDXL code loads DMD2's full UNet; the Gaussian prior's
-exact map). Other priors, and rectified-flow ones, are refused in one line.
+``model.lora`` (LCM-LoRA); SDXL with DMD2's distilled UNet in ``model.unet_weights``, the official ``LATINO`` model;
+the Gaussian prior's exact map). Other priors, and rectified-flow ones, are refused in one line.
 """
 
 from __future__ import annotations
@@ -205,8 +205,8 @@ class LATINO(Solver):
         if not prior.consistency_model:
             raise UserError(
                 f"LATINO needs a consistency model and {type(prior).__name__} is none: set model.lora to a "
-                "consistency LoRA (latent-consistency/lcm-lora-sdv1-5 on model=sd15; random on model=tiny) "
-                "or use model=gaussian"
+                "consistency LoRA (latent-consistency/lcm-lora-sdv1-5 on model=sd15; random on model=tiny), "
+                "model.unet_weights to DMD2's UNet on model=sdxl, or use model=gaussian"
             )
 
     def grid(self, prior: DiffusionPrior) -> list[int]:
