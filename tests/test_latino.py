@@ -142,20 +142,25 @@ def test_gaussian_consistency_map_is_the_probability_flow_end_point() -> None:
 
 
 # --- the loop against the official one -----------------------------------------------------------------------------
-def official_latino(prior, y, operator, generator, delta_fn, steps: int = 8) -> torch.Tensor:
-    """The official ``LATINO-1.5`` loop (module docstring) in float64 on ``prior``'s networks: ``[1, 3, H, W]``.
+def official_latino(prior, y, operator, generator, delta_fn, steps: int = 8, custom=None, conditioning=None):
+    """The official loop (module docstring) in float64 on ``prior``'s networks: ``[1, 3, H, W]``.
 
-    ``delta_fn(t, df)`` is the δ of ``noise_pred_cond_y_15`` for the problem; ``generator`` gives the start's noise
-    and then one draw per re-noising (the solver's order)."""
+    ``LATINO-1.5`` (SD 1.5, ``noise_pred_cond_y_15``) by default; ``custom`` timesteps override the scheduler's after
+    ``set_timesteps(steps)`` and ``conditioning`` gives the UNet's keywords, as the SDXL ``LATINO`` model does
+    (``noise_pred_cond_y``). ``delta_fn(t, df)`` is the code's δ for the problem; ``generator`` gives the start's
+    noise and then one draw per re-noising (the solver's order)."""
     from diffusers import LCMScheduler
 
     unet, vae, s = prior.unet, prior.vae, prior.vae.config.scaling_factor
     scheduler = LCMScheduler.from_config(prior.scheduler_config)
     scheduler.set_timesteps(steps)
+    if custom is not None:
+        scheduler.timesteps = torch.tensor(custom, dtype=torch.long)
     # the same ᾱ values, used in float64: in float32 the step's (z − √(1−ᾱ)·ε)/√ᾱ at t = 999 loses ~1e-6
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
-    tokens = prior.tokenizer([PROMPT], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-    text = prior.text_encoder(tokens.input_ids)[0]
+    if conditioning is None:
+        tokens = prior.tokenizer([PROMPT], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        conditioning = {"encoder_hidden_states": prior.text_encoder(tokens.input_ids)[0]}
     shape = (1, 4, y.shape[-2] // 8, y.shape[-1] // 8)
 
     def noise() -> torch.Tensor:
@@ -166,7 +171,7 @@ def official_latino(prior, y, operator, generator, delta_fn, steps: int = 8) -> 
     latents = scheduler.add_noise(mu_z, noise(), torch.tensor([999]))
     timesteps = scheduler.timesteps.tolist()
     for i, t in enumerate(timesteps):
-        noise_pred = unet(latents, t, encoder_hidden_states=text).sample
+        noise_pred = unet(latents, t, **conditioning).sample
         alpha_t = scheduler.alphas_cumprod[t]
         z0_pred = torch.sqrt(1 / alpha_t) * (latents - torch.sqrt(1 - alpha_t) * noise_pred)
         x = vae.decode(z0_pred / s).sample.clip(-1, 1)
@@ -459,3 +464,24 @@ def test_sdxl_unet_weights_replace_the_unet(tmp_path) -> None:
     assert "\n" not in str(error.value) and "--models dmd2_sdxl_unet" in str(error.value)
     with pytest.raises(UserError, match="file not found"):
         RandomSDXLPrior(unet_weights=str(tmp_path / "missing.bin")).load("cpu")
+
+
+def test_latino_equals_the_official_sdxl_loop() -> None:
+    """LATINO on the tiny SDXL build (float64, random LoRA standing for DMD2) on the SDXL code's 8 custom timesteps
+    equals the transcription of the official ``LATINO`` model's loop to 1e-6, with the UNet conditioned as the code
+    conditions it (hidden states, pooled ``text_embeds``, size/crop ``time_ids``) and the δ of the code's SR ×16 branch (0.3·df
+    above t = 300, 0.2·df below). Catches a grid, conditioning or boundary-condition departure on SDXL."""
+    from treg_exp.models.sdxl import RandomSDXLPrior
+
+    prior = RandomSDXLPrior(dtype="float64", lora="random").load("cpu")
+    operator, y = problem()
+    grid = [999, 874, 749, 624, 499, 374, 249, 124]
+    solver = LATINO(timesteps=grid, delta_high=0.3, delta_low=0.2, delta_switch=300, delta_residual=True)
+    with torch.no_grad():
+        got = solver.solve(y, operator, prior, [PROMPT], generators(), (1, 3, RES, RES))
+        hidden, pooled = prior.split_conditioning(prior.embed_text([PROMPT]))
+        ids = torch.tensor([[RES, RES, 0, 0, RES, RES]], dtype=torch.float64)  # _get_add_time_ids at the image size
+        keywords = {"encoder_hidden_states": hidden, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
+        delta = lambda t, df: (0.3 if t > 300 else 0.2) * df  # noqa: E731 - the code's branch, one line
+        want = official_latino(prior, y, operator, generators()[0], delta, custom=grid, conditioning=keywords)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)
