@@ -469,8 +469,9 @@ def test_sdxl_unet_weights_replace_the_unet(tmp_path) -> None:
 def test_latino_equals_the_official_sdxl_loop() -> None:
     """LATINO on the tiny SDXL build (float64, random LoRA standing for DMD2) on the SDXL code's 8 custom timesteps
     equals the transcription of the official ``LATINO`` model's loop to 1e-6, with the UNet conditioned as the code
-    conditions it (hidden states, pooled ``text_embeds``, size/crop ``time_ids``) and the δ of the code's SR ×16 branch (0.3·df
-    above t = 300, 0.2·df below). Catches a grid, conditioning or boundary-condition departure on SDXL."""
+    conditions it (hidden states, pooled ``text_embeds``, size/crop ``time_ids``) and the δ of the code's SR ×16
+    branch (0.3·df above t = 300, 0.2·df below). Catches a grid, conditioning or boundary-condition departure on
+    SDXL."""
     from treg_exp.models.sdxl import RandomSDXLPrior
 
     prior = RandomSDXLPrior(dtype="float64", lora="random").load("cpu")
