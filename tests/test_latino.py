@@ -4,9 +4,10 @@ consistency map.
 The official loop is transcribed here from reading ``LATINO-PRO/LATINO-PRO@b0168a9`` (``main_LATINO.py``, model
 ``LATINO-1.5``; ``noise_schemes.noise_pred_cond_y_15``; ``utils._get_x_init``), not copied: float64, batch 1, with the
 raw diffusers modules (UNet, VAE, CLIP text tower) and diffusers' own ``LCMScheduler`` (``set_timesteps``,
-``add_noise``, ``step``), and three changes only: noise comes from the image's generator in the order the solver
-draws it, the proximal step is the operator's (deepinv's ``prox_l2(x, y, γ)`` is ``(AᵀA + I/γ)⁻¹(Aᵀy + x/γ)``), and
-the CFG pair of scale 1 is its prompt branch.
+``add_noise``, ``step``), and four changes only: noise comes from the image's generator in the order the solver
+draws it, the proximal step is the operator's (deepinv's ``prox_l2(x, y, γ)`` is ``(AᵀA + I/γ)⁻¹(Aᵀy + x/γ)``),
+the residual ``df`` is ``‖A x̂ − y‖`` without the fresh measurement noise deepinv's ``physics(x)`` adds (a documented
+departure of the module), and the CFG pair of scale 1 is its prompt branch.
 """
 
 from __future__ import annotations

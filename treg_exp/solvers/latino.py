@@ -56,6 +56,10 @@ Departures from the official code, and why:
   generator on the CPU (``seeding.randn``): the start's ξ first, then one per re-noising.
 - Precision: the official runs the networks in float16 and the proximal step in float32; here the state is float32
   (float64 on a float64 prior) and the networks run in ``prior.dtype``.
+- The residual ``df``: the official computes it by calling the deepinv physics, whose ``forward`` adds a fresh draw
+  of the measurement noise to ``A x̂`` (the problem's σ_y on [0, 1], half of it on [−1, 1]); here ``df = ‖A x̂ − y‖``
+  without it, the residual the schedule scales with (the draw adds about ``√m·σ_y/2`` to it in quadrature, for
+  ``m`` measurements).
 - Text: the official SD 1.5 path runs classifier-free guidance with scale 1 (a null and a prompt branch, the null
   one unused); here the prompt branch alone (half the rows, the same result).
 - Start: inpainting's moving-average fill of the official ``_get_x_init`` is not reproduced; every operator starts
