@@ -487,3 +487,96 @@ def test_latino_equals_the_official_sdxl_loop() -> None:
         delta = lambda t, df: (0.3 if t > 300 else 0.2) * df  # noqa: E731 - the code's branch, one line
         want = official_latino(prior, y, operator, generators()[0], delta, custom=grid, conditioning=keywords)
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)
+
+
+def official_latino_pro(prior, y, operator, generator, rounds: int) -> torch.Tensor:
+    """``main_LATINO_PRO.py`` in float64 on the tiny SDXL build: ``rounds`` SAPG rounds on the DMD2 grid 999, 749,
+    499, 249, then the 8-step loop on 999, 874, …, 124 with the tuned token embeddings; δ of the code's fallback
+    branch (0.01 above t = 200, 1 below). The prior samples the code draws between rounds for its logs are left out
+    (they change nothing but the global RNG); noise from ``generator`` in the solver's order."""
+    from diffusers import LCMScheduler
+
+    unet, vae, s = prior.unet, prior.vae, prior.vae.config.scaling_factor
+    scheduler = LCMScheduler.from_config(prior.scheduler_config)
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    hidden, pooled = prior.split_conditioning(prior.embed_text([PROMPT]))
+    ids = torch.tensor([[RES, RES, 0, 0, RES, RES]], dtype=torch.float64)
+    added = {"text_embeds": pooled, "time_ids": ids}
+
+    def noise() -> torch.Tensor:
+        return torch.randn((4, RES // 8, RES // 8), generator=generator, dtype=torch.float32)[None].double()
+
+    def set_grid(grid: list[int]) -> None:
+        scheduler.set_timesteps(len(grid))
+        scheduler.timesteps = torch.tensor(grid, dtype=torch.long)
+
+    def latino_step(latents, noise_uncond, t, next_t):  # noise_pred_cond_y_PRO, then scheduler.step
+        alpha_t = scheduler.alphas_cumprod[t]
+        z0_pred = torch.sqrt(1 / alpha_t) * (latents - torch.sqrt(1 - alpha_t) * noise_uncond)
+        x = vae.decode(z0_pred / s).sample.clip(-1, 1)
+        gamma = (0.01 if t > 200 else 1.0) * (1 - alpha_t) / SIGMA_Y**2
+        mu_z = vae.encode(operator.prox_l2(y, x, float(1 / gamma)).clip(-1, 1)).latent_dist.mean * s
+        noise_pred = torch.sqrt(1 / (1 - alpha_t)) * latents - torch.sqrt(alpha_t / (1 - alpha_t)) * mu_z
+        denoised = scheduler.step(noise_pred, t, latents).denoised
+        if next_t is None:
+            return denoised
+        alpha_prev = scheduler.alphas_cumprod[next_t]
+        return alpha_prev.sqrt() * denoised + (1 - alpha_prev).sqrt() * noise()
+
+    def project_onto_ball(theta, theta_0, radius):
+        delta = theta - theta_0
+        scaling_factor = torch.clamp(radius / (torch.norm(delta, p=2, dim=-1, keepdim=True) + 1e-8), max=1.0)
+        return theta_0 + scaling_factor * delta
+
+    mu_z = vae.encode(operator.adjoint(y).clip(-1, 1)).latent_dist.mean * s
+    latents = scheduler.add_noise(mu_z, noise(), torch.tensor([999]))
+    text_embeddings_0 = text_embeddings = hidden
+    accumulated_grad = torch.zeros_like(text_embeddings)
+    dmd2 = [999, 749, 499, 249]
+    for j in range(rounds):
+        set_grid(dmd2)
+        for i, timestep in enumerate(dmd2):
+            text_embeddings = text_embeddings.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                noise_uncond = unet(latents, timestep, encoder_hidden_states=text_embeddings, added_cond_kwargs=added)
+                noise_uncond = noise_uncond.sample
+            next_t = dmd2[i + 1] if i + 1 < len(dmd2) else None
+            if i < len(dmd2) - 1:
+                alpha_t = scheduler.alphas_cumprod[timestep]
+                with torch.enable_grad():
+                    z0_pred_c = torch.sqrt(1 / alpha_t) * (latents - torch.sqrt(1 - alpha_t) * noise_uncond)
+                latents = latino_step(latents, noise_uncond.detach(), timestep, next_t)
+                with torch.enable_grad():
+                    alpha_t = scheduler.alphas_cumprod[next_t]
+                    loss = -0.5 / (1 - alpha_t) * torch.norm(latents - torch.sqrt(alpha_t) * z0_pred_c) ** 2
+                    gradients = torch.autograd.grad(loss, inputs=text_embeddings)[0]
+                accumulated_grad += gradients / torch.norm(gradients, dim=-1, keepdim=True)
+                accumulated_grad[0, :4] = 0
+            else:
+                step = 0.08 * max(0.9 ** max(0, j - 10), 0.001)
+                text_embeddings = project_onto_ball(text_embeddings + step * accumulated_grad, text_embeddings_0, 15)
+                latents = latino_step(latents, noise_uncond.detach(), timestep, None)
+        latents = scheduler.add_noise(latents.detach(), noise(), torch.tensor([999]))
+    grid = [999, 874, 749, 624, 499, 374, 249, 124]
+    set_grid(grid)
+    for i, timestep in enumerate(grid):
+        noise_uncond = unet(latents, timestep, encoder_hidden_states=text_embeddings, added_cond_kwargs=added).sample
+        latents = latino_step(latents, noise_uncond, timestep, grid[i + 1] if i + 1 < len(grid) else None)
+    return (vae.decode(latents / s).sample / 2 + 0.5).clamp(0, 1) * 2 - 1
+
+
+def test_latino_pro_equals_the_official_loop() -> None:
+    """``prompt_opt`` on the tiny SDXL build (float64, random LoRA) equals the transcription of ``main_LATINO_PRO.py``
+    over 2 SAPG rounds and the final 8-step loop to 1e-6: the surrogate's gradient, its row normalisation, the
+    accumulated (never reset) direction with 4 frozen tokens, the step and its decay, the projection onto the ball,
+    the re-noising between rounds and the final loop with the tuned embedding. Catches any of them changed."""
+    from treg_exp.models.sdxl import RandomSDXLPrior
+
+    prior = RandomSDXLPrior(dtype="float64", lora="random").load("cpu")
+    operator, y = problem()
+    grid = [999, 874, 749, 624, 499, 374, 249, 124]
+    solver = LATINO(timesteps=grid, prompt_opt=True, prompt_opt_iters=2)
+    with torch.no_grad():
+        got = solver.solve(y, operator, prior, [PROMPT], generators(), (1, 3, RES, RES))
+        want = official_latino_pro(prior, y, operator, generators()[0], rounds=2)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)
