@@ -290,13 +290,15 @@ def test_batch_equals_single_images() -> None:
 
 def test_refuses_priors_without_a_consistency_map() -> None:
     """SD without a LoRA and rectified-flow priors are refused before any weight is loaded, in one line that says
-    what to set."""
+    what to set; so are grids that are not descending or leave the schedule, when the solver is built."""
     for prior, words in ((TinyStableDiffusionPrior(), "model.lora"), (GaussianFlowPrior(), "rectified-flow")):
         with pytest.raises(UserError) as error:
             LATINO().check_prior(prior)
         assert words in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(UserError, match="descending"):
-        LATINO(timesteps=[499, 999]).grid(GaussianPrior())
+        LATINO(timesteps=[499, 999])
+    with pytest.raises(UserError, match="0..999"):
+        LATINO(prompt_opt_timesteps=[1000, 500])
 
 
 # --- end to end and LATINO-PRO --------------------------------------------------------------------------------------

@@ -184,7 +184,11 @@ class LATINO(Solver):
         self.num_steps = int(num_steps)
         self.original_steps = int(original_steps)
         self.timesteps = None if timesteps is None else [int(t) for t in timesteps]
-        lcm_timesteps(1000, self.num_steps, self.original_steps)  # the grid's arguments, checked before any run
+        # the grids' arguments, checked before any weight loads (every ᾱ prior here has T = 1000; the solve checks
+        # against the prior's own T)
+        lcm_timesteps(1000, self.num_steps, self.original_steps)
+        if self.timesteps is not None:
+            check_timesteps("timesteps", self.timesteps, 1000)
         self.delta_high = float(delta_high)
         self.delta_low = float(delta_low)
         self.delta_switch = int(delta_switch)
@@ -196,6 +200,7 @@ class LATINO(Solver):
         self.prompt_opt = bool(prompt_opt)
         self.prompt_opt_iters = int(prompt_opt_iters)
         self.prompt_opt_timesteps = [999, 749, 499, 249] if prompt_opt_timesteps is None else list(prompt_opt_timesteps)
+        check_timesteps("prompt_opt_timesteps", self.prompt_opt_timesteps, 1000)
         self.prompt_opt_lr = float(prompt_opt_lr)
         self.prompt_opt_decay = float(prompt_opt_decay)
         self.prompt_opt_decay_start = int(prompt_opt_decay_start)
