@@ -59,6 +59,7 @@ SOLVERS: list[tuple[str, list[str]]] = [
     ("red", ["solver.method=gd", "solver.sigma_schedule=fixed", "solver.sigma=0.05"]),
     ("resample", ["solver.num_steps=100"]),  # 500 official steps cost minutes per image even here
     ("latino", []),  # the exact consistency map: Gaussian prior's PF-ODE end point
+    ("flowdps", []),  # rectified-flow priors only: a row of CALIBRATION_FLOW.md
     ("ddim", []),
 ]
 

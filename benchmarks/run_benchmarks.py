@@ -89,6 +89,8 @@ VARIANTS = [
 EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the exact Gaussian prior
 #: model options a solver needs on model=tiny: LATINO a consistency model (the tiny UNet with a random LoRA fused)
 PRIOR_OPTIONS = {"latino": ["model.lora=random"]}
+#: solvers defined on rectified-flow priors only: they run on the tiny SD3 build instead of model=tiny
+FLOW_ONLY = {"flowdps"}
 
 
 def solver_names() -> list[str]:
@@ -98,7 +100,8 @@ def solver_names() -> list[str]:
 def small_model_overrides(name: str) -> list[str]:
     if name in EXACT_PRIOR:
         return ["model=gaussian", f"solver={name}", "task.padding=circular"]
-    return ["model=tiny", *PRIOR_OPTIONS.get(name, []), f"solver={name}"]
+    model = "tiny_sd3" if name in FLOW_ONLY else "tiny"
+    return [f"model={model}", *PRIOR_OPTIONS.get(name, []), f"solver={name}"]
 
 
 def run_once(overrides: list[str], images: int = 1, batch_size: int = 1, resolution: int = 64) -> dict:

@@ -173,6 +173,21 @@ def latino_passes(cfg: Mapping[str, Any]) -> Passes:
     )
 
 
+def flowdps_passes(cfg: Mapping[str, Any]) -> Passes:
+    """FlowDPS (``treg_exp.solvers.flowdps``): per step one CFG call and K differentiated decodes (FlowChef: one);
+    one decode for the output. The transformer is never differentiated."""
+    from treg_exp.solvers.flowdps import FlowDPS
+
+    solver = FlowDPS(**{k: v for k, v in cfg.items() if not str(k).startswith("_")})
+    steps, decodes = solver.num_steps, solver.num_steps * solver.num_dc_steps
+    return Passes(
+        unet_calls=steps,
+        unet_rows=steps * _branch_rows(solver.cfg_scale),
+        decode_rows=decodes + 1,
+        decode_grad_rows=decodes,
+    )
+
+
 def no_network_passes(cfg: Mapping[str, Any]) -> Passes:
     """The exact oracles (``treg_exp.solvers.oracles``) use no network."""
     return Passes()
@@ -184,6 +199,7 @@ FORMULAS: dict[str, Callable[[Mapping[str, Any]], Passes]] = {
     "treg_exp.solvers.ddim.DDIMSolver": ddim_passes,
     "treg_exp.solvers.p2l.P2L": p2l_passes,
     "treg_exp.solvers.latino.LATINO": latino_passes,
+    "treg_exp.solvers.flowdps.FlowDPS": flowdps_passes,
     "treg_exp.solvers.oracles.PosteriorMean": no_network_passes,
     "treg_exp.solvers.oracles.PosteriorSample": no_network_passes,
 }

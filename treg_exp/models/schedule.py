@@ -100,6 +100,9 @@ class FlowSchedule:
         use_dynamic_shifting: FLUX's μ-shift instead of the constant one.
         base_shift, max_shift, base_image_seq_len, max_image_seq_len: μ's line (0.5, 1.15, 256, 4096).
         spacing: the grid before the shift, one of :data:`FLOW_SPACINGS`.
+        sampling_shift: the constant shift the sampling grid applies instead of ``shift`` (``None``: ``shift``), while
+            the ``train`` grid's σ_min keeps the training shift — diffusers' scheduler after
+            ``scheduler.config.shift = s`` under the 0.30 release FlowDPS pins (σ_min is fixed at construction).
     """
 
     num_train_timesteps: int = 1000
@@ -110,6 +113,7 @@ class FlowSchedule:
     base_image_seq_len: int = 256
     max_image_seq_len: int = 4096
     spacing: str = "train"
+    sampling_shift: float | None = None
 
     @classmethod
     def from_diffusers_config(cls, config: dict, spacing: str = "train") -> FlowSchedule:
@@ -136,20 +140,25 @@ class FlowSchedule:
         slope = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
         return image_seq_len * slope + self.base_shift - slope * self.base_image_seq_len
 
-    def shifted(self, sigma: torch.Tensor, image_seq_len: int | None = None) -> torch.Tensor:
-        """σ after the schedule's shift (constant, or FLUX's μ-shift, which needs ``image_seq_len``)."""
+    def shifted(
+        self, sigma: torch.Tensor, image_seq_len: int | None = None, shift: float | None = None
+    ) -> torch.Tensor:
+        """σ after the schedule's shift (constant — ``shift`` when given, else the schedule's —, or FLUX's μ-shift,
+        which needs ``image_seq_len``)."""
         if self.use_dynamic_shifting:
             if image_seq_len is None:
                 raise ValueError("a resolution-dependent flow shift needs the image's token count")
             e_mu = float(torch.tensor(self.mu(image_seq_len), dtype=torch.float64).exp())
             return e_mu / (e_mu + (1.0 / sigma - 1.0))
-        return self.shift * sigma / (1.0 + (self.shift - 1.0) * sigma)
+        s = self.shift if shift is None else shift
+        return s * sigma / (1.0 + (s - 1.0) * sigma)
 
     def sigmas(self, num_steps: int, image_seq_len: int | None = None) -> torch.Tensor:
         """``[num_steps]`` float64 descending σ of an N-step grid (the terminal σ = 0 not included).
 
         ``train``: ``shift(linspace(1, σ_min, N))`` with σ_min the smallest training σ after the constant shift
-        (``1/T`` under the μ-shift), as diffusers computes it; ``uniform``: ``shift(linspace(1, 1/N, N))``.
+        (``1/T`` under the μ-shift), as diffusers computes it; ``uniform``: ``shift(linspace(1, 1/N, N))``. The outer
+        shift is ``sampling_shift`` when set.
         """
         big_t = self.num_train_timesteps
         if self.spacing == "uniform":
@@ -160,4 +169,4 @@ class FlowSchedule:
             base = torch.linspace(1.0, sigma_min, num_steps, dtype=torch.float64)
         else:
             raise ValueError(f"flow spacing must be one of {FLOW_SPACINGS}, got {self.spacing!r}")
-        return self.shifted(base, image_seq_len)
+        return self.shifted(base, image_seq_len, self.sampling_shift)

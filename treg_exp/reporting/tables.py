@@ -64,6 +64,7 @@ PAPER_NAMES = {
     "red": "RED",
     "resample": "ReSample",
     "latino": "LATINO",
+    "flowdps": "FlowDPS",
 }
 
 
