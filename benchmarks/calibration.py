@@ -60,6 +60,7 @@ SOLVERS: list[tuple[str, list[str]]] = [
     ("resample", ["solver.num_steps=100"]),  # 500 official steps cost minutes per image even here
     ("latino", []),  # the exact consistency map: Gaussian prior's PF-ODE end point
     ("flowdps", []),  # rectified-flow priors only: a row of CALIBRATION_FLOW.md
+    ("daps", []),  # the DAPS-100 grid, exact likelihood (conf/solver_model/daps_gaussian.yaml)
     ("ddim", []),
 ]
 

@@ -91,6 +91,8 @@ EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the 
 PRIOR_OPTIONS = {"latino": ["model.lora=random"]}
 #: solvers defined on rectified-flow priors only: they run on the tiny SD3 build instead of model=tiny
 FLOW_ONLY = {"flowdps"}
+#: the key that counts a solver's steps, where it is not ``num_steps`` (DAPS: annealing levels)
+STEP_KEYS = {"daps": "annealing_steps", "latent_daps": "annealing_steps"}
 
 
 def solver_names() -> list[str]:
@@ -133,12 +135,13 @@ def small_model_runs() -> list[dict]:
     run_once(["model=tiny", "solver=treg", "solver.num_steps=2", "solver.use_dps=true"])  # warm-up, not timed
     results = []
     for name, overrides in runs:
-        default_steps = compose(overrides).solver.get("num_steps")
+        step_key = STEP_KEYS.get(name, "num_steps")
+        default_steps = compose(overrides).solver.get(step_key)
         fitted = bool(default_steps and default_steps > MAX_SMALL_STEPS)
         steps_run = FIT_STEPS if fitted else (default_steps,)
         measured = []
         for steps in steps_run:
-            run = run_once([*overrides, *([f"solver.num_steps={steps}"] if fitted else [])])
+            run = run_once([*overrides, *([f"solver.{step_key}={steps}"] if fitted else [])])
             values = {k: float(run["rows"][0].get(k, 0.0)) for k in cost.COUNT_NAMES}
             measured.append({"seconds": run["wall_per_image"], **values, "peak": run["peak_rss_gib"]})
         at_defaults = measured[-1]
@@ -171,7 +174,7 @@ def batch_runs() -> list[dict]:
     for name in solver_names():
         overrides = small_model_overrides(name) + BATCH_EXTRA.get(name, [])
         if name not in EXACT_PRIOR:
-            overrides.append(f"solver.num_steps={BATCH_STEPS}")
+            overrides.append(f"solver.{STEP_KEYS.get(name, 'num_steps')}={BATCH_STEPS}")
         row = {"name": name, "extra": BATCH_EXTRA.get(name, [])}
         for batch in (1, BATCH_IMAGES):
             run = run_once(overrides, BATCH_IMAGES, batch)

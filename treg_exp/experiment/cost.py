@@ -188,6 +188,22 @@ def flowdps_passes(cfg: Mapping[str, Any]) -> Passes:
     )
 
 
+def daps_passes(cfg: Mapping[str, Any]) -> Passes:
+    """DAPS / LatentDAPS (``treg_exp.solvers.daps``): per annealing level ``ode_steps`` CFG calls; per MCMC step a
+    differentiated decode and one decode for the output (LatentDAPS: on pixel priors these decodes are the identity,
+    free)."""
+    from treg_exp.solvers.daps import DAPS
+
+    solver = DAPS(**{k: v for k, v in cfg.items() if not str(k).startswith("_")})
+    calls, decodes = solver.annealing_steps * solver.ode_steps, solver.annealing_steps * solver.mcmc_steps
+    return Passes(
+        unet_calls=calls,
+        unet_rows=calls * _branch_rows(solver.cfg_scale),
+        decode_rows=decodes + 1,
+        decode_grad_rows=decodes,
+    )
+
+
 def no_network_passes(cfg: Mapping[str, Any]) -> Passes:
     """The exact oracles (``treg_exp.solvers.oracles``) use no network."""
     return Passes()
@@ -200,6 +216,7 @@ FORMULAS: dict[str, Callable[[Mapping[str, Any]], Passes]] = {
     "treg_exp.solvers.p2l.P2L": p2l_passes,
     "treg_exp.solvers.latino.LATINO": latino_passes,
     "treg_exp.solvers.flowdps.FlowDPS": flowdps_passes,
+    "treg_exp.solvers.daps.DAPS": daps_passes,
     "treg_exp.solvers.oracles.PosteriorMean": no_network_passes,
     "treg_exp.solvers.oracles.PosteriorSample": no_network_passes,
 }

@@ -65,6 +65,8 @@ PAPER_NAMES = {
     "resample": "ReSample",
     "latino": "LATINO",
     "flowdps": "FlowDPS",
+    "daps": "DAPS",
+    "latent_daps": "LatentDAPS",
 }
 
 

@@ -515,6 +515,24 @@ def renoise(
     return z_prev
 
 
+def edm_denoise(
+    prior,
+    x: torch.Tensor,
+    sigma: float,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """EDM's denoiser ``D(x; σ)`` of a VP prior for ``x = x0 + σ·n``: Tweedie at the table's timestep t whose
+    ``σ̄_t = √((1−ᾱ_t)/ᾱ_t)`` is nearest σ (:func:`timestep_for_sigma`), on the VP input ``√ᾱ_t·x``:
+    ``D = x − σ̄_t·ε̂(√ᾱ_t·x, t)`` with CFG (DAPS's ODE). ``x``: ``[B, C, h, w]``; returns the same shape."""
+    t, alpha_bar = timestep_for_sigma(prior.schedule, sigma)
+    step = Step(index=0, t=t, t_prev=-1, alpha_bar=alpha_bar, alpha_bar_prev=1.0)
+    z0, _ = denoise(prior, alpha_bar**0.5 * x, step, cond, uncond, guidance_scale, dtype)
+    return z0
+
+
 def timestep_for_sigma(schedule: NoiseSchedule, sigma: float) -> tuple[int, float]:
     """``(t, ᾱ_t)`` with ``σ̄_t = √((1−ᾱ_t)/ᾱ_t)`` nearest to σ (ties to the smaller t): RED's denoiser level, DiffPIR's
     ``t_y`` (the official ``find_nearest(reduced_alpha_cumprod, σ)``)."""
