@@ -7,7 +7,8 @@
 A case is one step of a solver that differentiates through the networks: the latent-DPS gradient
 ``∇_{z_t}‖y − A(D(ẑ0(z_t)))‖`` (``ldps``: UNet + decoder + backward) and PSLD's, which adds the gluing term
 ``γ‖E(Aᵀy + (I − AᵀA)D(ẑ0)) − ẑ0‖`` (``psld``: UNet + decoder + encoder + backward), both through the shared
-:func:`treg_exp.solvers.core.denoiser_gradient` that the solvers use, on ``model=sd15_random`` (the real shapes,
+:func:`treg_exp.solvers.core.denoiser_gradient` that the solvers use, and one MCMC step of LatentDAPS,
+``∇_z‖A(D(z)) − y‖²`` (``latent_daps``: decoder + backward, no UNet), on ``model=sd15_random`` (the real shapes,
 random weights) in float32 on the CPU, batch 1, ``gauss_deblur``; each with the prior's gradient checkpointing
 (:meth:`StableDiffusionPrior.set_gradient_checkpointing`: diffusers' per-block checkpoints of UNet and VAE plus our
 per-ResNet checkpoints of the VAE) on and off.
@@ -28,7 +29,14 @@ import torch
 from common import reset_peak, rss_gib
 
 #: (case, checkpointing) in the order they run: checkpointed (small) cases first
-CASES = (("ldps", True), ("psld", True), ("ldps", False), ("psld", False))
+CASES = (
+    ("latent_daps", True),
+    ("ldps", True),
+    ("psld", True),
+    ("latent_daps", False),
+    ("ldps", False),
+    ("psld", False),
+)
 #: PSLD's γ (only the graph matters here, not the value)
 GLUING_WEIGHT = 0.1
 
@@ -38,7 +46,7 @@ def measure(resolution: int = 512) -> list[dict]:
     from treg_exp.common import seeding
     from treg_exp.models.tiny import TinyStableDiffusionPrior
     from treg_exp.operators.blur import gaussian_deblur
-    from treg_exp.solvers.core import denoiser_gradient, residual_norm
+    from treg_exp.solvers.core import Step, denoiser_gradient, residual_norm
 
     torch.manual_seed(0)
     prior = TinyStableDiffusionPrior(architecture="sd15", dtype="float32").load("cpu")
@@ -49,6 +57,7 @@ def measure(resolution: int = 512) -> list[dict]:
     cond = prior.embed_text([""])
     z_t = seeding.randn(prior.latent_shape(x.shape)[1:], generators)
     t, alpha_bar = 500, float(prior.schedule.alphas_cumprod[500])
+    step = Step(index=0, t=t, t_prev=t - 1, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar)
     gluing_target = operator.adjoint(y)
     with torch.no_grad():  # warm the allocator and the kernels with the same shapes, without a graph
         prior.encode(prior.decode(prior.eps(z_t, t, cond)), mode="mean")
@@ -68,11 +77,16 @@ def measure(resolution: int = 512) -> list[dict]:
         base = reset_peak()
         prior.reset_counter()
         start = time.perf_counter()
-        result = denoiser_gradient(prior, z_t, alpha_bar, lambda z: prior.eps(z, t, cond), loss)
+        if case == "latent_daps":
+            with torch.enable_grad():
+                z = z_t.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad((operator(prior.decode(z)) - y).pow(2).sum(), z)
+        else:
+            grad = denoiser_gradient(prior, z_t, step, lambda z: prior.eps(z, t, cond), loss).grad
         seconds = time.perf_counter() - start
         peak = rss_gib("VmHWM")
-        assert torch.isfinite(result.grad).all()
-        del result
+        assert torch.isfinite(grad).all()
+        del grad
         rows.append(
             {
                 "case": case,
