@@ -1,11 +1,13 @@
 """FlowDPS (``treg_exp.solvers.flowdps``) and its FlowChef variant.
 
 The official loop is transcribed here from reading ``FlowDPS-Inverse/FlowDPS@8361843`` (``sd3_sampler.py``:
-``SD3FlowDPS.sample``, ``data_consistency``, ``SD3FlowChef.sample``), not copied: float64, batch 1, the grid from
+``SD3FlowDPS.sample``, ``data_consistency``, ``SD3FlowChef.sample``, ``SD3PSLD.sample``),
+not copied: float64, batch 1, the grid from
 diffusers' own ``FlowMatchEulerDiscreteScheduler`` with the shift set after construction (what
 ``scheduler.config.shift = 4.0`` did under the diffusers 0.30.1 the repository pins: ``set_shift`` here), the raw
 velocity of the prior's network, and two changes only: noise comes from the image's generator in the order the solver
-draws it (z_1, then one ε per step), and the SR pseudo-inverse is the SVD operator's ``pinv``. η = 0.5 on the tiny
+draws it (z_1, then one ε per step; PSLD: one encoder draw per step),
+and the SR pseudo-inverse is the SVD operator's ``pinv``. η = 0.5 on the tiny
 model: at the official 15 a random network makes the loop chaotic (REFERENCE.md).
 """
 
@@ -67,8 +69,8 @@ def official_sigmas(prior_shift: float, steps: int, shift: float = 4.0) -> list[
 def official_loop(
     prior, y, operator, data_map, generator, sigmas, w, eta, variant="flowdps", half=True
 ) -> torch.Tensor:
-    """FlowDPS / FlowChef as ``sd3_sampler.py`` computes them (batch 1), float64 (``half``: the code's ``.half()`` of
-    the gradient)."""
+    """FlowDPS / FlowChef / PSLD as ``sd3_sampler.py`` computes them (batch 1), float64 (``half``: the code's
+    ``.half()`` of the gradient)."""
     cond, uncond = prior.embed_text(["a photo"]), prior.null_embedding(1, "")
     shape = prior.latent_shape((1, 3, *operator.input_shape(y)[-2:]))
     z = seeding.randn(shape[1:], [generator], dtype=torch.float64)
@@ -89,6 +91,23 @@ def official_loop(
             grad = torch.autograd.grad(loss, z0)[0]
             return grad.half().double() if half else grad
 
+        if variant == "psld":
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                pred_v = prior.predict(z, t, cond)
+                pred_null_v = prior.predict(z, t, uncond) if w != 1.0 else 0.0
+                v = pred_null_v + w * (pred_v - pred_null_v)
+                z0t, z1t = z - sigma * v, z + (1 - sigma) * v
+                x_pred = prior.decode(z0t)
+                y_pred = operator(x_pred)
+                y_residue = torch.linalg.norm((y_pred - y).reshape(1, -1))
+                ortho_proj = x_pred.reshape(1, -1) - data_map(y_pred).reshape(1, -1)
+                parallel_proj = data_map(y).reshape(1, -1)
+                recon_z = prior.encode((parallel_proj + ortho_proj).reshape(x_pred.shape), [generator], "sample")
+                z0_residue = torch.linalg.norm((z0t - recon_z).reshape(1, -1))
+                grad = torch.autograd.grad(1.0 * y_residue + 0.1 * z0_residue, z)[0]
+            z = (z0t + (sigma - delta) * (z1t - z0t) - eta * grad).detach()
+            continue
         with torch.enable_grad():
             if variant == "flowchef":
                 z = z0t + (sigma - delta) * (z1t - z0t) - eta * grad_at(z0t)
@@ -119,12 +138,13 @@ def test_grid_is_the_codes_shift_4_grid(steps: int) -> None:
 
 
 # --- the official loop -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["flowdps", "flowchef"])
+@pytest.mark.parametrize("variant", ["flowdps", "flowchef", "psld"])
 def test_equals_the_official_loop_on_tiny_sd3(tiny_sd3, variant: str) -> None:
     """Tiny SD3 (random weights, float64), 4 steps, CFG w = 2, η = 0.5, Gaussian deblurring (the Aᵀ data term):
     the module equals the transcription to 1e-6 (the fp16 rounding of the gradient off on both sides: the grid's float32
     timesteps move a gradient entry across a float16 rounding boundary; the rounding is checked on the flow twin).
-    Catches a wrong mix weight, re-noising, sign, K, CFG order or grid."""
+    Catches a wrong mix weight, re-noising, sign, K, CFG order or grid; for PSLD a gradient that stops at x̂0
+    instead of reaching z through the transformer, or a gluing image built with the wrong map."""
     operator, y = problem(gaussian_deblur(kernel_size=5, kernel_sigma=1.0, sigma_y=SIGMA_Y), 32)
     sigmas = official_sigmas(3.0, 4)
     expected = official_loop(
@@ -152,11 +172,14 @@ def test_equals_the_official_loop_on_the_gaussian_flow_twin_with_the_sr_pinv() -
 
 
 # --- costs, batches, refusals --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("options", [{}, {"cfg_scale": 1.0, "num_dc_steps": 2}, {"variant": "flowchef"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"cfg_scale": 1.0, "num_dc_steps": 2}, {"variant": "flowchef"}, {"variant": "psld"}]
+)
 def test_network_passes_are_counted_and_priced(tiny_sd3, options) -> None:
     """The cost formula (``experiment.cost.flowdps_passes``) equals the prior's counter on a real solve: per step one
     CFG call (2 rows; 1 at w = 1), K differentiated decodes (FlowChef 1), one decode for the output, no backward
-    pass through the transformer. Catches a formula that drifts from the loop."""
+    pass through the transformer (PSLD: per step one through the CFG call, a decode and an encode). Catches a
+    formula that drifts from the loop."""
     from treg_exp.experiment import cost
 
     operator, y = problem(gaussian_deblur(kernel_size=5, kernel_sigma=1.0, sigma_y=SIGMA_Y), 32)
@@ -167,7 +190,7 @@ def test_network_passes_are_counted_and_priced(tiny_sd3, options) -> None:
     passes = cost.solver_passes({"_target_": "treg_exp.solvers.flowdps.FlowDPS", **options}, "flowdps", {})
     for name in cost.COUNT_NAMES:
         assert getattr(passes, name) == tiny_sd3.counter.get(name, 0), name
-    assert tiny_sd3.counter.get("unet_grad_rows", 0) == 0
+    assert (tiny_sd3.counter.get("unet_grad_rows", 0) == 0) == (options.get("variant") != "psld")
 
 
 def test_batch_equals_single_images() -> None:
@@ -193,7 +216,8 @@ def test_refusals_are_one_line() -> None:
         (lambda: FlowDPS().check_prior(GaussianPrior()), "rectified-flow"),
         (lambda: FlowDPS().plan(RandomFluxPrior().load("cpu"), (1, 3, 32, 32)), "solver.shift=null"),
         (lambda: FlowDPS(data_term="pinv").data_map(gaussian_deblur()), "task.impl=svd"),
-        (lambda: FlowDPS(variant="psld"), "solver.variant"),
+        (lambda: FlowDPS(variant="dps"), "solver.variant"),
+        (lambda: FlowDPS(variant="psld", data_term="measurement"), "solver.data_term"),
     ]
     for call, words in cases:
         with pytest.raises(UserError) as error:

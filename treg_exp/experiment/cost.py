@@ -175,11 +175,23 @@ def latino_passes(cfg: Mapping[str, Any]) -> Passes:
 
 def flowdps_passes(cfg: Mapping[str, Any]) -> Passes:
     """FlowDPS (``treg_exp.solvers.flowdps``): per step one CFG call and K differentiated decodes (FlowChef: one);
-    one decode for the output. The transformer is never differentiated."""
+    one decode for the output. The transformer is never differentiated, except by ``variant=psld``: per step one
+    differentiated CFG call, decode and encode (the gluing term)."""
     from treg_exp.solvers.flowdps import FlowDPS
 
     solver = FlowDPS(**{k: v for k, v in cfg.items() if not str(k).startswith("_")})
     steps, decodes = solver.num_steps, solver.num_steps * solver.num_dc_steps
+    if solver.variant == "psld":
+        rows = steps * _branch_rows(solver.cfg_scale)
+        return Passes(
+            unet_calls=steps,
+            unet_rows=rows,
+            unet_grad_rows=rows,
+            decode_rows=steps + 1,
+            decode_grad_rows=steps,
+            encode_rows=steps,
+            encode_grad_rows=steps,
+        )
     return Passes(
         unet_calls=steps,
         unet_rows=steps * _branch_rows(solver.cfg_scale),

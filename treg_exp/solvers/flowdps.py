@@ -20,10 +20,15 @@ runs: ``round_gradient_fp16``).
 
 ``variant: flowchef`` is the repository's FlowChef baseline: one gradient of the same norm at ``x̂0`` and the
 deterministic Euler step ``z = (1−σ′)·x̂0 + σ′·x̂1 − η·∇`` (no fresh noise); its default η is 50.
-The repository's SD3 PSLD baseline differentiates through the transformer with a gluing term; that is
-``solver=psld`` on a flow prior here, not a variant of this module.
+``variant: psld`` is the repository's SD3 PSLD baseline (``SD3PSLD.sample``): the gradient is taken with respect to
+the state ``z`` through the transformer, the flow split and the decoder, of
+``‖y − A(D(x̂0))‖ + γ·‖x̂0 − E(M(y) + D(x̂0) − M(A(D(x̂0))))‖`` (γ = 0.1, ``M`` as above, ``E`` the encoder's
+posterior sample), then the deterministic Euler step ``z = (1−σ′)·x̂0 + σ′·x̂1 − η·∇`` (no float16 rounding there).
+It differs from ``solver=psld`` (the LituRout/PSLD code on an ε grid): the code's grid, ``A⁺`` for SR, the true
+adjoint in the gluing image, no re-noised residual.
 
-Defaults (``solve.py``): 28 steps, CFG w = 2.0, η = 15, K = 3, the empty null prompt, and the grid of diffusers'
+Defaults (``solve.py``): 28 steps, CFG w = 2.0, η = 15 (``--step_size``, which ``solve.py`` passes to every
+``--method``), K = 3, the empty null prompt, and the grid of diffusers'
 ``FlowMatchEulerDiscreteScheduler`` after ``scheduler.config.shift = 4.0`` — in the diffusers release the repository
 pins (0.30.1) that outer shift takes effect while σ_min keeps the model's 3.0 (``shift: 4.0``; ``null`` keeps the
 prior's own grid; FLUX's resolution-dependent shift has no constant to replace). ``efficient_memory`` in
@@ -37,7 +42,8 @@ float64 prior); noise is drawn per image from its generator (the code uses the g
 motion blur with ``Aᵀ = I``) are not reproduced.
 
 Cost per image: ``num_steps`` transformer calls of 2 rows (1 with w ∈ {0, 1}), ``K·num_steps`` decoder passes each
-differentiated (FlowChef: ``num_steps``), one decode for the output. No backward pass through the transformer.
+differentiated (FlowChef: ``num_steps``), one decode for the output. No backward pass through the transformer
+(PSLD: one per step, with one decode and one encode).
 Diagnostics via ``callback(step_index, values)``: ``flowdps/residual`` ``[B]`` ``‖M(y) − M(A(D(x̂0)))‖`` at the
 first data step.
 """
@@ -58,26 +64,28 @@ from treg_exp.operators.base import LinearOperator
 from treg_exp.solvers import core
 from treg_exp.solvers.base import Callback, Solver
 
-VARIANTS = ("flowdps", "flowchef")
+VARIANTS = ("flowdps", "flowchef", "psld")
 DATA_TERMS = ("auto", "adjoint", "pinv", "measurement")
-#: the official step sizes η of ``solve.py`` (FlowDPS) and ``SD3FlowChef.sample`` (FlowChef)
-DEFAULT_STEP_SIZES = {"flowdps": 15.0, "flowchef": 50.0}
+#: the official step sizes η of ``solve.py`` (FlowDPS, PSLD) and ``SD3FlowChef.sample`` (FlowChef)
+DEFAULT_STEP_SIZES = {"flowdps": 15.0, "flowchef": 50.0, "psld": 15.0}
+#: γ of the repository's SD3 PSLD: the weight of the gluing term ``‖x̂0 − E(x̃)‖``
+PSLD_GLUING_WEIGHT = 0.1
 
 
 class FlowDPS(Solver):
-    """FlowDPS (module docstring), and the repository's FlowChef baseline (``variant=flowchef``).
+    """FlowDPS (module docstring), and the repository's FlowChef and PSLD baselines (``variant=flowchef|psld``).
 
     Args:
         num_steps: N, the flow grid's size (NFE 28).
         cfg_scale: w of CFG between the null prompt and the prompt (2.0).
-        step_size: η of the latent gradient steps (``None``: 15 for FlowDPS, 50 for FlowChef, the code's).
+        step_size: η of the latent gradient steps (``None``: 15 for FlowDPS and PSLD, 50 for FlowChef, the code's).
         num_dc_steps: K, gradient steps per grid step (3; FlowChef takes one).
         data_term: ``auto`` (``A⁺`` for SR where the operator has ``pinv``, else ``Aᵀ``), ``adjoint``, ``pinv`` or
             ``measurement``.
         round_gradient_fp16: round each gradient to float16 before the step, as the code does.
         shift: the grid's outer constant shift (4.0, the code's); ``None``: the prior's own grid.
         null_prompt: the text of ``c_∅`` (the empty prompt).
-        variant: ``flowdps`` or ``flowchef``.
+        variant: ``flowdps``, ``flowchef`` or ``psld``.
     """
 
     def __init__(
@@ -106,6 +114,10 @@ class FlowDPS(Solver):
             raise UserError(f"solver.shift must be positive (or null: the prior's grid), got {shift}")
         if variant not in VARIANTS:
             raise UserError(f"solver.variant must be one of {VARIANTS}, got {variant!r}")
+        if variant == "psld" and data_term == "measurement":
+            raise UserError(
+                "FlowDPS: solver.variant=psld glues with A⁺ or Aᵀ: set solver.data_term to auto, adjoint or pinv"
+            )
         self.num_steps = int(num_steps)
         self.cfg_scale = float(cfg_scale)
         self.step_size = DEFAULT_STEP_SIZES[variant] if step_size is None else float(step_size)
@@ -170,6 +182,29 @@ class FlowDPS(Solver):
             grad = grad.half().to(z.dtype)
         return grad, norms.detach()
 
+    def psld_gradient(
+        self,
+        z: torch.Tensor,
+        step: core.Step,
+        guided_output,
+        y: torch.Tensor,
+        operator: LinearOperator,
+        prior: DiffusionPrior,
+        data_map,
+        generators: Sequence[torch.Generator],
+    ) -> core.DenoiserGradient:
+        """The repository's SD3 PSLD: ``∇_z [‖y − A(x̂0)‖ + γ·‖ẑ0 − E(M(y) + x̂0 − M(A(x̂0)))‖]`` per image, through
+        the transformer (``guided_output``: ``z ↦`` the CFG velocity), the flow split and the decoder."""
+        target = y.to(z.dtype)
+
+        def loss(z0: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+            ax = operator(x0).to(z.dtype)
+            glued = data_map(target).to(z.dtype) + x0 - data_map(ax).to(z.dtype)
+            z_glued = prior.encode(glued, generators, mode="sample").to(z.dtype)
+            return batch_norm(ax - target) + PSLD_GLUING_WEIGHT * batch_norm(z0 - z_glued)
+
+        return core.denoiser_gradient(prior, z, step, guided_output, loss)
+
     def solve(
         self,
         y: torch.Tensor,
@@ -192,11 +227,20 @@ class FlowDPS(Solver):
             uncond = prior.null_embedding(batch, self.null_prompt).to(dtype)
             for step in plan:
                 sigma, sigma_next = step.sigma, step.sigma_prev
-                x0_hat, x1_hat = core.denoise(prior, z, step, cond, uncond, self.cfg_scale, dtype)
-                if self.variant == "flowchef":
+                if self.variant == "psld":
+
+                    def guided(z_in: torch.Tensor, step=step) -> torch.Tensor:
+                        return core.guided_prediction(prior, z_in, step.t, cond, uncond, self.cfg_scale)
+
+                    result = self.psld_gradient(z, step, guided, y, operator, prior, data_map, generators)
+                    z = core.flow_step(result.z0, result.eps, sigma_next) - self.step_size * result.grad
+                    residual = result.loss  # the PSLD loss (residual + γ·gluing) at x̂0
+                elif self.variant == "flowchef":
+                    x0_hat, x1_hat = core.denoise(prior, z, step, cond, uncond, self.cfg_scale, dtype)
                     grad, residual = self.data_gradient(x0_hat, y, operator, prior, data_map)
                     z = core.flow_step(x0_hat, x1_hat, sigma_next) - self.step_size * grad
                 else:
+                    x0_hat, x1_hat = core.denoise(prior, z, step, cond, uncond, self.cfg_scale, dtype)
                     z_dc, residual = x0_hat, None
                     for _ in range(self.num_dc_steps):
                         grad, norms = self.data_gradient(z_dc, y, operator, prior, data_map)
