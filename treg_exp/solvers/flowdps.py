@@ -19,7 +19,7 @@ i.e. ``task.impl=svd``, so ``auto`` takes ``Aᵀ`` on the direct SR operators; `
 runs: ``round_gradient_fp16``).
 
 ``variant: flowchef`` is the repository's FlowChef baseline: one gradient of the same norm at ``x̂0`` and the
-deterministic Euler step ``z = (1−σ′)·x̂0 + σ′·x̂1 − η·∇`` (no fresh noise); its default η is 50.
+deterministic Euler step ``z = (1−σ′)·x̂0 + σ′·x̂1 − η·∇`` (no fresh noise).
 ``variant: psld`` is the repository's SD3 PSLD baseline (``SD3PSLD.sample``): the gradient is taken with respect to
 the state ``z`` through the transformer, the flow split and the decoder, of
 ``‖y − A(D(x̂0))‖ + γ·‖x̂0 − E(M(y) + D(x̂0) − M(A(D(x̂0))))‖`` (γ = 0.1, ``M`` as above, ``E`` the encoder's
@@ -27,9 +27,9 @@ posterior sample), then the deterministic Euler step ``z = (1−σ′)·x̂0 + �
 It differs from ``solver=psld`` (the LituRout/PSLD code on an ε grid): the code's grid, ``A⁺`` for SR, the true
 adjoint in the gluing image, no re-noised residual.
 
-Defaults (``solve.py``): 28 steps, CFG w = 2.0, η = 15 (``--step_size``, which ``solve.py`` passes to every
-``--method``), K = 3, the empty null prompt, and the grid of diffusers'
-``FlowMatchEulerDiscreteScheduler`` after ``scheduler.config.shift = 4.0`` — in the diffusers release the repository
+Defaults (``solve.py``): 28 steps, CFG w = 2.0, η = 15 for every variant (``solve.py`` passes ``--step_size``,
+default 15, to each ``--method``; the 30 / 50 / 50 in the ``sample`` signatures apply only to calls without it),
+K = 3, the empty null prompt, and the grid of diffusers' ``FlowMatchEulerDiscreteScheduler`` after ``scheduler.config.shift = 4.0`` — in the diffusers release the repository
 pins (0.30.1) that outer shift takes effect while σ_min keeps the model's 3.0 (``shift: 4.0``; ``null`` keeps the
 prior's own grid; FLUX's resolution-dependent shift has no constant to replace). ``efficient_memory`` in
 ``solve.py`` precomputes the text embeddings and frees the encoders: the loop is unchanged (here the prior caches
@@ -66,8 +66,6 @@ from treg_exp.solvers.base import Callback, Solver
 
 VARIANTS = ("flowdps", "flowchef", "psld")
 DATA_TERMS = ("auto", "adjoint", "pinv", "measurement")
-#: the official step sizes η of ``solve.py`` (FlowDPS, PSLD) and ``SD3FlowChef.sample`` (FlowChef)
-DEFAULT_STEP_SIZES = {"flowdps": 15.0, "flowchef": 50.0, "psld": 15.0}
 #: γ of the repository's SD3 PSLD: the weight of the gluing term ``‖x̂0 − E(x̃)‖``
 PSLD_GLUING_WEIGHT = 0.1
 
@@ -78,7 +76,7 @@ class FlowDPS(Solver):
     Args:
         num_steps: N, the flow grid's size (NFE 28).
         cfg_scale: w of CFG between the null prompt and the prompt (2.0).
-        step_size: η of the latent gradient steps (``None``: 15 for FlowDPS and PSLD, 50 for FlowChef, the code's).
+        step_size: η of the latent gradient steps (15, ``solve.py``'s for every variant).
         num_dc_steps: K, gradient steps per grid step (3; FlowChef takes one).
         data_term: ``auto`` (``A⁺`` for SR where the operator has ``pinv``, else ``Aᵀ``), ``adjoint``, ``pinv`` or
             ``measurement``.
@@ -92,7 +90,7 @@ class FlowDPS(Solver):
         self,
         num_steps: int = 28,
         cfg_scale: float = 2.0,
-        step_size: float | None = None,
+        step_size: float = 15.0,
         num_dc_steps: int = 3,
         data_term: str = "auto",
         round_gradient_fp16: bool = True,
@@ -104,8 +102,8 @@ class FlowDPS(Solver):
             raise UserError(f"solver.num_steps must be at least 1, got {num_steps}")
         if not cfg_scale >= 0:
             raise UserError(f"solver.cfg_scale must be >= 0, got {cfg_scale}")
-        if step_size is not None and not step_size >= 0:
-            raise UserError(f"solver.step_size must be >= 0 (or null: the variant's default), got {step_size}")
+        if not step_size >= 0:
+            raise UserError(f"solver.step_size must be >= 0, got {step_size}")
         if int(num_dc_steps) < 1:
             raise UserError(f"solver.num_dc_steps must be at least 1, got {num_dc_steps}")
         if data_term not in DATA_TERMS:
@@ -120,7 +118,7 @@ class FlowDPS(Solver):
             )
         self.num_steps = int(num_steps)
         self.cfg_scale = float(cfg_scale)
-        self.step_size = DEFAULT_STEP_SIZES[variant] if step_size is None else float(step_size)
+        self.step_size = float(step_size)
         self.num_dc_steps = int(num_dc_steps) if variant == "flowdps" else 1
         self.data_term = data_term
         self.round_gradient_fp16 = bool(round_gradient_fp16)
