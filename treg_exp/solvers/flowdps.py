@@ -27,13 +27,13 @@ posterior sample), then the deterministic Euler step ``z = (1−σ′)·x̂0 + �
 It differs from ``solver=psld`` (the LituRout/PSLD code on an ε grid): the code's grid, ``A⁺`` for SR, the true
 adjoint in the gluing image, no re-noised residual.
 
-Defaults (``solve.py``): 28 steps, CFG w = 2.0, η = 15 for every variant (``solve.py`` passes ``--step_size``,
-default 15, to each ``--method``; the 30 / 50 / 50 in the ``sample`` signatures apply only to calls without it),
-K = 3, the empty null prompt, and the grid of diffusers' ``FlowMatchEulerDiscreteScheduler`` after ``scheduler.config.shift = 4.0`` — in the diffusers release the repository
-pins (0.30.1) that outer shift takes effect while σ_min keeps the model's 3.0 (``shift: 4.0``; ``null`` keeps the
-prior's own grid; FLUX's resolution-dependent shift has no constant to replace). ``efficient_memory`` in
-``solve.py`` precomputes the text embeddings and frees the encoders: the loop is unchanged (here the prior caches
-the conditioning; ``model.offload_text_encoders`` where the prior has it).
+Defaults (``solve.py``): 28 steps, CFG w = 2.0, η = 15 for every variant (``solve.py`` passes ``--step_size``, default
+15, to each ``--method``; the 30 / 50 / 50 in the ``sample`` signatures apply only to calls without it), K = 3, the
+empty null prompt, and the grid of diffusers' ``FlowMatchEulerDiscreteScheduler`` after ``scheduler.config.shift = 4.0``
+— in the diffusers release the repository pins (0.30.1) that outer shift takes effect while σ_min keeps the model's 3.0
+(``shift: 4.0``; ``null`` keeps the prior's own grid; FLUX's resolution-dependent shift has no constant to replace).
+``efficient_memory`` in ``solve.py`` precomputes the text embeddings and frees the encoders: the loop is unchanged (here
+the prior caches the conditioning; ``model.offload_text_encoders`` where the prior has it).
 
 Departures, and why: the norm is per image (the code's norm spans the batch; equal for batch 1, which is all it
 runs); the networks run in ``prior.dtype`` and the latent state, data term and gradient in float32 (float64 for a
