@@ -231,14 +231,16 @@ def residual(operator, y, x) -> float:
     return float((operator(x.double()) - y).norm())
 
 
-def test_fits_the_measurement_better_than_the_flow_sampler() -> None:
-    """On the exact flow twin at the official defaults (28 steps, η = 15, the 4.0 grid): ``‖A x̂ − y‖`` of FlowDPS is
-    well below that of the prior's own Euler sample from the same z_1. Catches a data step of the wrong sign."""
+@pytest.mark.parametrize(("variant", "bound"), [("flowdps", 0.5), ("flowchef", 0.75), ("psld", 0.5)])
+def test_fits_the_measurement_better_than_the_flow_sampler(variant: str, bound: float) -> None:
+    """On the exact flow twin at the official defaults (28 steps, η = 15, the 4.0 grid), each variant:
+    ``‖A x̂ − y‖`` is well below that of the prior's own Euler sample from the same z_1 (measured ratios 0.32 FlowDPS,
+    0.58 FlowChef, 0.33 PSLD). Catches a data step of the wrong sign or one that does not reach the state."""
     prior = GaussianFlowPrior(dtype="float64")
     operator, y = problem(gaussian_deblur(kernel_size=9, kernel_sigma=2.0, sigma_y=SIGMA_Y), 32)
-    out = FlowDPS(cfg_scale=1.0).solve(y, operator, prior, ["gray"], generators(), (1, 3, 32, 32))
+    out = FlowDPS(cfg_scale=1.0, variant=variant).solve(y, operator, prior, ["gray"], generators(), (1, 3, 32, 32))
     sample = DDIMSolver(num_steps=28, guidance_scale=1.0).solve(None, None, prior, ["gray"], generators(), out.shape)
-    assert residual(operator, y, out) < 0.5 * residual(operator, y, sample)
+    assert residual(operator, y, out) < bound * residual(operator, y, sample)
 
 
 @pytest.mark.parametrize("build", ["tiny_sd3", "tiny_flux"])
