@@ -85,6 +85,7 @@ VARIANTS = [
     ("treg cfg 0, no AN", ["solver=treg", "solver.cfg_scale=0", "solver.adaptive_negation=false"]),
     ("treg + DPS", ["solver=treg", "solver.use_dps=true"]),
     ("latino + prompt_opt", ["model.lora=random", "solver=latino", "solver.prompt_opt=true"]),
+    ("flowdps variant=psld (tiny_sd3)", ["model=tiny_sd3", "solver=flowdps", "solver.variant=psld"]),
 ]
 EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the exact Gaussian prior
 #: model options a solver needs on model=tiny: LATINO a consistency model (the tiny UNet with a random LoRA fused)
