@@ -262,3 +262,23 @@ def test_latent_daps_runs_on_the_new_latent_priors(model: str) -> None:
         assert torch.isfinite(out).all()
         fits.append(float((operator(out.double()) - y).norm()))
     assert fits[0] < fits[1]
+
+
+# --- presets -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "grid"),
+    [
+        (["solver=daps"], (200, 5, 100)),
+        (["solver=daps", "+solver/budget=daps_100", "task=motion_deblur"], (50, 2, 100)),
+        (["solver=latent_daps", "model=tiny"], (50, 2, 40)),
+        (["solver=latent_daps", "model=tiny", "+solver/budget=daps_1k", "task=inpaint_box"], (200, 5, 58)),
+    ],
+)
+def test_budget_presets_compose(overrides: list[str], grid: tuple[int, int, int]) -> None:
+    """``+solver/budget=daps_100|daps_1k`` set the paper's grids (annealing levels × ODE steps = 50 × 2 and 200 × 5)
+    on top of the solver's and the task's values, and keep the task's MCMC steps (box inpainting's 58 on SD). Catches
+    a preset that lands outside ``solver`` or is overridden by the per-task file."""
+    from tests.test_configs import compose_with
+
+    solver = compose_with(*overrides).solver
+    assert (solver.annealing_steps, solver.ode_steps, solver.mcmc_steps) == grid

@@ -32,7 +32,8 @@ its generator (the code: the global RNG); a NaN sample is not replaced by zeros 
 priors only run with an ε/v table (rectified-flow priors are refused in one line).
 
 Budgets (the paper's NFE = annealing steps × ODE steps): DAPS-1K = 200 × 5 (the pixel default), DAPS-100 = 50 × 2
-(the latent configs' grid): ``solver.annealing_steps`` and ``solver.ode_steps``, or ``+solver/budget=daps_100``.
+(the latent configs' grid): ``solver.annealing_steps`` and ``solver.ode_steps``, or the presets
+``+solver/budget=daps_100`` / ``+solver/budget=daps_1k`` (``conf/solver/budget/``).
 
 Cost per image: ``annealing_steps × ode_steps`` network calls (2 rows with CFG); MCMC steps need no network on pixel
 priors and one decode with its backward pass each on latent priors (plus one decode of the output).
