@@ -12,7 +12,7 @@ Parts (each a section of RESULTS.md):
 2. **Full-size solvers on a few steps**: TReg, DDIM, LDPS and PSLD through the runner at 512 px, under the
    profiler: seconds per step *extrapolated* to the default steps, and where TReg's time goes (per network and
    outside the networks).
-3. **Activation memory** (``benchmarks/memory.py``, its own process): one LDPS and one PSLD step at 512 px in
+3. **Activation memory** (``benchmarks/memory.py``, its own process): one LDPS, PSLD and LatentDAPS step at 512 px in
    float32, with and without gradient checkpointing.
 4. **Every solver on the small model** (``model=tiny``, 64 px, one photo, through the runner): seconds per image,
    peak RSS and network evaluations per image at the solver's defaults. Solvers whose default is more than
@@ -356,7 +356,8 @@ def markdown(parts: dict, command: str, minutes: float) -> list[str]:
             "",
             "`benchmarks/memory.py`: one step of the latent-DPS gradient ∇_{z_t}‖y − A(D(ẑ0(z_t)))‖ (`ldps`: "
             "UNet + decoder + backward, as LDPS, LDIR, DPS on SD, TReg's DPS steps, P2L) and PSLD's (`psld`: "
-            "the encoder of the gluing term too, as PSLD and GML-DPS), through `core.denoiser_gradient`. "
+            "the encoder of the gluing term too, as PSLD and GML-DPS), through `core.denoiser_gradient`, and one "
+            "MCMC step of LatentDAPS (`latent_daps`: decoder + backward, `daps.likelihood_gradient`). "
             "Activation = peak RSS during the step − RSS before it (weights loaded, a no-grad pass done).",
             "",
             "| case | checkpointing | activation GiB | peak RSS GiB | seconds | target ≤ 3 GiB |",

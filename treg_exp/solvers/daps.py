@@ -65,6 +65,27 @@ def edm_grid(num_steps: int, sigma_max: float, sigma_min: float, rho: float = 7.
     return [(a + i / num_steps * (b - a)) ** rho for i in range(num_steps + 1)]
 
 
+def likelihood_gradient(
+    prior: DiffusionPrior,
+    operator: LinearOperator,
+    y: torch.Tensor,
+    x0: torch.Tensor,
+    latent: bool,
+    gradient_clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MCMC step's data term: ``(∇_x Σ_b ‖A(x_b) − y_b‖², the norms² [B])`` at ``x0`` ``[B, C, h, w]`` (through
+    the decoder ``A(D(z))`` on latent priors, the gradient clamped to ``[−c, c]`` there: the code's ``LatentWrapper``).
+    ``y`` in ``x0``'s dtype."""
+    with torch.enable_grad():
+        x_in = x0.detach().requires_grad_(True)
+        image = prior.decode(x_in).to(x0.dtype) if latent else x_in
+        losses = (operator(image).to(x0.dtype) - y).flatten(1).pow(2).sum(1)
+        (grad,) = torch.autograd.grad(losses.sum(), x_in)
+    if latent and gradient_clip is not None:
+        grad = grad.clamp(-gradient_clip, gradient_clip)
+    return grad, losses.detach()
+
+
 class DAPS(Solver):
     """DAPS / LatentDAPS (module docstring).
 
@@ -168,17 +189,6 @@ class DAPS(Solver):
         tau = self.tau if self.tau is not None else 2.0**0.5 * operator.sigma_y
         target = y.to(dtype)
 
-        def likelihood_gradient(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """``(∇_x Σ_b ‖A(x_b) − y_b‖², the norms² [B])`` (through the decoder on latent priors, clamped)."""
-            with torch.enable_grad():
-                x_in = x0.detach().requires_grad_(True)
-                image = prior.decode(x_in).to(dtype) if latent else x_in
-                losses = (operator(image).to(dtype) - target).flatten(1).pow(2).sum(1)
-                (grad,) = torch.autograd.grad(losses.sum(), x_in)
-            if latent and self.gradient_clip is not None:
-                grad = grad.clamp(-self.gradient_clip, self.gradient_clip)
-            return grad, losses.detach()
-
         def randn() -> torch.Tensor:
             return seeding.randn(shape[1:], generators, device=prior.device, dtype=dtype)
 
@@ -200,7 +210,7 @@ class DAPS(Solver):
                 velocity = randn() if self.mcmc == "hmc" else None
                 losses = None
                 for _ in range(self.mcmc_steps):
-                    grad, losses = likelihood_gradient(x0)
+                    grad, losses = likelihood_gradient(prior, operator, target, x0, latent, self.gradient_clip)
                     score = -grad / tau**2 + (x0_hat - x0) / sigma**2
                     noise = randn()
                     if velocity is None:
