@@ -243,11 +243,11 @@ def test_calibration_against_the_exact_posterior() -> None:
     assert result.bias2 < result.adjoint_bias2
 
 
-@pytest.mark.parametrize("model", ["tiny_sdxl", "tiny_v"])
-def test_latent_daps_runs_on_the_new_latent_priors(model: str) -> None:
-    """LatentDAPS at ``solver=latent_daps`` (3 levels, 4 HMC steps) on the tiny SDXL and SD 2.1-v builds: a finite
-    image that fits y better than the same loop with a vanishing MCMC step (the prior alone). Catches a latent
-    likelihood that ignores y on the two-encoder or v-prediction priors."""
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl", "tiny_v"])
+def test_latent_daps_fits_y_on_the_latent_priors(model: str) -> None:
+    """LatentDAPS at ``solver=latent_daps`` (3 levels, 4 HMC steps) on the tiny SD 1.5, SDXL and SD 2.1-v builds: a
+    finite image that fits y better than the same loop with a vanishing MCMC step (the prior alone). Catches a latent
+    likelihood that ignores y on SD 1.5, the two-encoder or the v-prediction priors."""
     from hydra.utils import instantiate
 
     from tests.test_configs import compose_with
