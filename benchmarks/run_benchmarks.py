@@ -87,6 +87,9 @@ VARIANTS = [
     ("latino + prompt_opt", ["model.lora=random", "solver=latino", "solver.prompt_opt=true"]),
 ]
 EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the exact Gaussian prior
+#: pixel-prior solvers whose defaults exceed the tiny SD table's top level (DAPS's σ_max 100 > σ̄_T 14.6): run on the
+#: Gaussian prior (pixel space; its settings of conf/solver_model/<name>_gaussian.yaml)
+PIXEL_PRIOR = {"daps"}
 #: model options a solver needs on model=tiny: LATINO a consistency model (the tiny UNet with a random LoRA fused)
 PRIOR_OPTIONS = {"latino": ["model.lora=random"]}
 #: solvers defined on rectified-flow priors only: they run on the tiny SD3 build instead of model=tiny
@@ -100,7 +103,7 @@ def solver_names() -> list[str]:
 
 
 def small_model_overrides(name: str) -> list[str]:
-    if name in EXACT_PRIOR:
+    if name in EXACT_PRIOR or name in PIXEL_PRIOR:
         return ["model=gaussian", f"solver={name}", "task.padding=circular"]
     model = "tiny_sd3" if name in FLOW_ONLY else "tiny"
     return [f"model={model}", *PRIOR_OPTIONS.get(name, []), f"solver={name}"]

@@ -98,7 +98,7 @@ def official_daps(prior, y, operator, generator, cfg: dict, latent: bool, prompt
 
 SMALL = {
     "annealing_steps": 4,
-    "sigma_max": 100.0,
+    "sigma_max": 10.0,
     "sigma_min": 0.1,
     "ode_steps": 2,
     "ode_sigma_min": 0.01,
@@ -170,7 +170,14 @@ def test_network_passes_are_counted_and_priced() -> None:
 
     prior = TinyStableDiffusionPrior(vae_slicing=False).load("cpu")
     operator, y = problem(32)
-    options = {"annealing_steps": 3, "ode_steps": 2, "mcmc_steps": 4, "mcmc": "hmc", "cfg_scale": 7.5}
+    options = {
+        "annealing_steps": 3,
+        "sigma_max": 10.0,
+        "ode_steps": 2,
+        "mcmc_steps": 4,
+        "mcmc": "hmc",
+        "cfg_scale": 7.5,
+    }
     prior.embed_text(["a photo", ""])
     prior.reset_counter()
     DAPS(**options).solve(y.float(), operator, prior, ["a photo"], generators(), (1, 3, 32, 32))
@@ -200,9 +207,12 @@ def test_batch_equals_single_images() -> None:
 
 
 def test_refusals_are_one_line() -> None:
-    """Rectified-flow priors and impossible grids are refused in one line before any network pass."""
+    """Rectified-flow priors, a σ_max above the prior's noisiest table level (the pixel default 100 on SD's table,
+    where the nearest-level lookup would silently use t = 999), and impossible grids are refused in one line before
+    any network pass."""
     cases = [
         (lambda: DAPS().check_prior(GaussianFlowPrior()), "rectified-flow"),
+        (lambda: DAPS(sigma_max=100.0).check_prior(GaussianPrior()), "σ̄_T = 14.6"),
         (lambda: DAPS(mcmc="mh"), "solver.mcmc"),
         (lambda: DAPS(sigma_min=200.0), "sigma_min"),
         (lambda: DAPS(tau=0.0), "solver.tau"),
@@ -220,7 +230,7 @@ def test_fits_the_measurement_better_than_ddim() -> None:
     sign or scale."""
     prior = GaussianPrior(dtype="float64")
     operator, y = problem(32)
-    out = DAPS(annealing_steps=50, ode_steps=2, tau=None).solve(
+    out = DAPS(annealing_steps=50, ode_steps=2, tau=None, sigma_max=10.0).solve(
         y, operator, prior, ["gray"], generators(), (1, 3, 32, 32)
     )
     sample = DDIMSolver(num_steps=20, guidance_scale=1.0).solve(None, None, prior, ["gray"], generators(), out.shape)
@@ -238,7 +248,9 @@ def test_calibration_against_the_exact_posterior() -> None:
 
     prior = GaussianPrior(pixel_std=CALIBRATION_PIXEL_STD, dtype="float64").load("cpu")
     operator = gaussian_deblur(kernel_size=15, kernel_sigma=2.0, padding="circular")
-    result = calibrate(DAPS(annealing_steps=50, ode_steps=2, tau=None), make_problem(operator, 2, 32, 3, prior))
+    result = calibrate(
+        DAPS(annealing_steps=50, ode_steps=2, tau=None, sigma_max=10.0), make_problem(operator, 2, 32, 3, prior)
+    )
     assert result.mse_ratio <= 2.0 and 0.5 <= result.spread_ratio <= 1.5
     assert result.bias2 < result.adjoint_bias2
 

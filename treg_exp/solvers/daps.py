@@ -33,7 +33,8 @@ own σ. The SD code's wrapper also runs at 512 px and resizes the decoded image 
 decodes at the data size), uses one fixed prompt ('a natural looking image'; ours: the image's, as ``prompt=``) and
 fp16. Other departures: noise is drawn per image from its generator (the code: the global RNG); a NaN sample is not
 replaced by zeros (the code's early stop); pixel priors only run with an ε/v table (rectified-flow priors are refused
-in one line).
+in one line), and σ_max may not exceed the table's noisiest level σ̄_T by more than 5 % (refused in one line: the
+pixel default 100 on SD's table, σ̄_T = 14.6 — ``model=gaussian`` runs at 10, ``conf/solver_model/daps_gaussian.yaml``).
 
 Budgets (the paper's NFE = annealing steps × ODE steps): DAPS-1K = 200 × 5 (the pixel default), DAPS-100 = 50 × 2
 (the latent configs' grid): ``solver.annealing_steps`` and ``solver.ode_steps``, or the presets
@@ -57,6 +58,8 @@ from treg_exp.solvers import core
 from treg_exp.solvers.base import Callback, Solver
 
 MCMC_ALGORITHMS = ("langevin", "hmc")
+#: σ_max may exceed the table's top level σ̄_T by this factor (the nearest-level lookup's own error) before refusal
+TABLE_TOP_TOLERANCE = 1.05
 
 
 def edm_grid(num_steps: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> list[float]:
@@ -161,6 +164,14 @@ class DAPS(Solver):
 
     def check_prior(self, prior: DiffusionPrior) -> None:
         core.require_alpha_bar_prior("DAPS", prior, "its levels are VP noise levels σ = √((1−ᾱ)/ᾱ) of a DDPM table")
+        alphas = prior.schedule.alphas_cumprod.to(torch.float64)
+        top = float(((1.0 - alphas[-1]) / alphas[-1]).sqrt())
+        if self.sigma_max > TABLE_TOP_TOLERANCE * top:
+            raise UserError(
+                f"solver.sigma_max={self.sigma_max:g} is above the prior's noisiest level σ̄_T = {top:.3g} "
+                f"({type(prior).__name__}): its network has no level there; use sigma_max <= {top:.3g} "
+                "(solver=latent_daps on latent priors: 10)"
+            )
 
     def annealing_sigmas(self) -> list[float]:
         """σ_0 … σ_N of the annealing loop: the poly-ρ grid with its last point replaced by 0."""
