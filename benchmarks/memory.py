@@ -47,7 +47,7 @@ def measure(resolution: int = 512, only: list[str] | None = None) -> list[dict]:
     from treg_exp.common import seeding
     from treg_exp.models.tiny import TinyStableDiffusionPrior
     from treg_exp.operators.blur import gaussian_deblur
-    from treg_exp.solvers.core import denoiser_gradient, residual_norm
+    from treg_exp.solvers.core import Step, denoiser_gradient, residual_norm
     from treg_exp.solvers.daps import likelihood_gradient
 
     torch.manual_seed(0)
@@ -59,6 +59,7 @@ def measure(resolution: int = 512, only: list[str] | None = None) -> list[dict]:
     cond = prior.embed_text([""])
     z_t = seeding.randn(prior.latent_shape(x.shape)[1:], generators)
     t, alpha_bar = 500, float(prior.schedule.alphas_cumprod[500])
+    step = Step(index=0, t=t, t_prev=t - 1, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar)
     gluing_target = operator.adjoint(y)
     with torch.no_grad():  # warm the allocator and the kernels with the same shapes, without a graph
         prior.encode(prior.decode(prior.eps(z_t, t, cond)), mode="mean")
@@ -83,7 +84,7 @@ def measure(resolution: int = 512, only: list[str] | None = None) -> list[dict]:
         if case == "latent_daps":
             grad = likelihood_gradient(prior, operator, y, z_t, latent=True, gradient_clip=1.0)[0]
         else:
-            grad = denoiser_gradient(prior, z_t, alpha_bar, lambda z: prior.eps(z, t, cond), loss).grad
+            grad = denoiser_gradient(prior, z_t, step, lambda z: prior.eps(z, t, cond), loss).grad
         seconds = time.perf_counter() - start
         peak = rss_gib("VmHWM")
         assert torch.isfinite(grad).all()

@@ -245,6 +245,7 @@ def test_calibration_against_the_exact_posterior() -> None:
 
     operator = gaussian_deblur(kernel_size=15, kernel_sigma=2.0, padding="circular")
     prior = GaussianFlowPrior(pixel_std=CALIBRATION_PIXEL_STD, dtype="float64").load("cpu")
-    result = calibrate(FlowDPS(cfg_scale=1.0, round_gradient_fp16=False), make_problem(operator, 2, 32, 3, prior))
+    solver = FlowDPS(cfg_scale=1.0, round_gradient_fp16=False, step_size=30.0)
+    result = calibrate(solver, make_problem(operator, 2, 32, 3, prior))
     assert result.mse_ratio <= 2.0
     assert result.bias2 < result.adjoint_bias2
