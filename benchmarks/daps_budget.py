@@ -51,10 +51,11 @@ def main() -> None:
     lines = [
         "# DAPS: spread and bias against the exact posterior as the budget grows",
         "",
-        f"Written by `python benchmarks/daps_budget.py` on {datetime.date.today()} ({machine()}); "
+        f"Written by `{' '.join(['python benchmarks/daps_budget.py', *sys.argv[1:]])}` on {datetime.date.today()} "
+        f"({machine()}); "
         f"{args.images} prior draws × {args.seeds} seeds, 64 px, circular Gaussian deblurring (15×15, σ = 2), "
         "`model=gaussian` (float64, pixel_std 0.3) with `conf/solver_model/daps_gaussian.yaml` (the exact "
-        "likelihood, τ = √2·σ_y); Langevin, the code's step schedule (lr 1e-4 decaying to 1 %).",
+        "likelihood, τ = √2·σ_y, σ_max = 10); Langevin, the code's step schedule (lr 1e-4 decaying to 1 %).",
         "",
         "| annealing levels N | Langevin steps K per level | ODE steps | network calls | MSE / exact sample | "
         "spread ratio | bias² / posterior var | seconds |",

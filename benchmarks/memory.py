@@ -7,11 +7,11 @@
 A case is one step of a solver that differentiates through the networks: the latent-DPS gradient
 ``∇_{z_t}‖y − A(D(ẑ0(z_t)))‖`` (``ldps``: UNet + decoder + backward) and PSLD's, which adds the gluing term
 ``γ‖E(Aᵀy + (I − AᵀA)D(ẑ0)) − ẑ0‖`` (``psld``: UNet + decoder + encoder + backward), both through the shared
-:func:`treg_exp.solvers.core.denoiser_gradient` that the solvers use, and one MCMC step of LatentDAPS,
-``∇_z‖A(D(z)) − y‖²`` (``latent_daps``: decoder + backward, no UNet), on ``model=sd15_random`` (the real shapes,
-random weights) in float32 on the CPU, batch 1, ``gauss_deblur``; each with the prior's gradient checkpointing
-(:meth:`StableDiffusionPrior.set_gradient_checkpointing`: diffusers' per-block checkpoints of UNet and VAE plus our
-per-ResNet checkpoints of the VAE) on and off.
+:func:`treg_exp.solvers.core.denoiser_gradient` that the solvers use, and one MCMC step of LatentDAPS
+(``latent_daps``: decoder + backward, no UNet, through :func:`treg_exp.solvers.daps.likelihood_gradient`), on
+``model=sd15_random`` (the real shapes, random weights) in float32 on the CPU, batch 1, ``gauss_deblur``; each with
+the prior's gradient checkpointing (:meth:`StableDiffusionPrior.set_gradient_checkpointing`: diffusers' per-block
+checkpoints of UNet and VAE plus our per-ResNet checkpoints of the VAE) on and off.
 
 Activation memory = peak RSS during the step (``VmHWM``) minus RSS just before it (``VmRSS``, after the weights are
 loaded, a no-grad pass with the same shapes has run, and freed memory has been handed back with ``malloc_trim``).
@@ -41,12 +41,14 @@ CASES = (
 GLUING_WEIGHT = 0.1
 
 
-def measure(resolution: int = 512) -> list[dict]:
-    """Every case of :data:`CASES` in this process; one dict per case (memory in GiB, seconds of the step)."""
+def measure(resolution: int = 512, only: list[str] | None = None) -> list[dict]:
+    """Every case of :data:`CASES` (or those named in ``only``) in this process; one dict per case (memory in GiB,
+    seconds of the step)."""
     from treg_exp.common import seeding
     from treg_exp.models.tiny import TinyStableDiffusionPrior
     from treg_exp.operators.blur import gaussian_deblur
     from treg_exp.solvers.core import Step, denoiser_gradient, residual_norm
+    from treg_exp.solvers.daps import likelihood_gradient
 
     torch.manual_seed(0)
     prior = TinyStableDiffusionPrior(architecture="sd15", dtype="float32").load("cpu")
@@ -65,6 +67,8 @@ def measure(resolution: int = 512) -> list[dict]:
 
     rows = []
     for case, checkpointing in CASES:
+        if only and case not in only:
+            continue
         prior.set_gradient_checkpointing(checkpointing)
 
         def loss(z0: torch.Tensor, x0: torch.Tensor, case: str = case) -> torch.Tensor:
@@ -78,9 +82,7 @@ def measure(resolution: int = 512) -> list[dict]:
         prior.reset_counter()
         start = time.perf_counter()
         if case == "latent_daps":
-            with torch.enable_grad():
-                z = z_t.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad((operator(prior.decode(z)) - y).pow(2).sum(), z)
+            grad = likelihood_gradient(prior, operator, y, z_t, latent=True, gradient_clip=1.0)[0]
         else:
             grad = denoiser_gradient(prior, z_t, step, lambda z: prior.eps(z, t, cond), loss).grad
         seconds = time.perf_counter() - start
@@ -107,7 +109,9 @@ def measure(resolution: int = 512) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=512)
-    measure(parser.parse_args().resolution)
+    parser.add_argument("--cases", nargs="*", default=None, help="a subset of the cases by name (default: all)")
+    args = parser.parse_args()
+    measure(args.resolution, args.cases)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Parts (each a section of RESULTS.md):
 2. **Full-size solvers on a few steps**: TReg, DDIM, LDPS and PSLD through the runner at 512 px, under the
    profiler: seconds per step *extrapolated* to the default steps, and where TReg's time goes (per network and
    outside the networks).
-3. **Activation memory** (``benchmarks/memory.py``, its own process): one LDPS and one PSLD step at 512 px in
+3. **Activation memory** (``benchmarks/memory.py``, its own process): one LDPS, PSLD and LatentDAPS step at 512 px in
    float32, with and without gradient checkpointing.
 4. **Every solver on the small model** (``model=tiny``, 64 px, one photo, through the runner): seconds per image,
    peak RSS and network evaluations per image at the solver's defaults. Solvers whose default is more than
@@ -88,6 +88,9 @@ VARIANTS = [
     ("flowdps variant=psld (tiny_sd3)", ["model=tiny_sd3", "solver=flowdps", "solver.variant=psld"]),
 ]
 EXACT_PRIOR = {"posterior_mean", "posterior_sample"}  # no networks: run on the exact Gaussian prior
+#: pixel-prior solvers whose defaults exceed the tiny SD table's top level (DAPS's σ_max 100 > σ̄_T 14.6): run on the
+#: Gaussian prior (pixel space; its settings of conf/solver_model/<name>_gaussian.yaml)
+PIXEL_PRIOR = {"daps"}
 #: model options a solver needs on model=tiny: LATINO a consistency model (the tiny UNet with a random LoRA fused)
 PRIOR_OPTIONS = {"latino": ["model.lora=random"]}
 #: solvers defined on rectified-flow priors only: they run on the tiny SD3 build instead of model=tiny
@@ -101,7 +104,7 @@ def solver_names() -> list[str]:
 
 
 def small_model_overrides(name: str) -> list[str]:
-    if name in EXACT_PRIOR:
+    if name in EXACT_PRIOR or name in PIXEL_PRIOR:
         return ["model=gaussian", f"solver={name}", "task.padding=circular"]
     model = "tiny_sd3" if name in FLOW_ONLY else "tiny"
     return [f"model={model}", *PRIOR_OPTIONS.get(name, []), f"solver={name}"]
@@ -357,7 +360,8 @@ def markdown(parts: dict, command: str, minutes: float) -> list[str]:
             "",
             "`benchmarks/memory.py`: one step of the latent-DPS gradient ∇_{z_t}‖y − A(D(ẑ0(z_t)))‖ (`ldps`: "
             "UNet + decoder + backward, as LDPS, LDIR, DPS on SD, TReg's DPS steps, P2L) and PSLD's (`psld`: "
-            "the encoder of the gluing term too, as PSLD and GML-DPS), through `core.denoiser_gradient`. "
+            "the encoder of the gluing term too, as PSLD and GML-DPS), through `core.denoiser_gradient`, and one "
+            "MCMC step of LatentDAPS (`latent_daps`: decoder + backward, `daps.likelihood_gradient`). "
             "Activation = peak RSS during the step − RSS before it (weights loaded, a no-grad pass done).",
             "",
             "| case | checkpointing | activation GiB | peak RSS GiB | seconds | target ≤ 3 GiB |",

@@ -98,7 +98,7 @@ def official_daps(prior, y, operator, generator, cfg: dict, latent: bool, prompt
 
 SMALL = {
     "annealing_steps": 4,
-    "sigma_max": 100.0,
+    "sigma_max": 10.0,
     "sigma_min": 0.1,
     "ode_steps": 2,
     "ode_sigma_min": 0.01,
@@ -170,7 +170,14 @@ def test_network_passes_are_counted_and_priced() -> None:
 
     prior = TinyStableDiffusionPrior(vae_slicing=False).load("cpu")
     operator, y = problem(32)
-    options = {"annealing_steps": 3, "ode_steps": 2, "mcmc_steps": 4, "mcmc": "hmc", "cfg_scale": 7.5}
+    options = {
+        "annealing_steps": 3,
+        "sigma_max": 10.0,
+        "ode_steps": 2,
+        "mcmc_steps": 4,
+        "mcmc": "hmc",
+        "cfg_scale": 7.5,
+    }
     prior.embed_text(["a photo", ""])
     prior.reset_counter()
     DAPS(**options).solve(y.float(), operator, prior, ["a photo"], generators(), (1, 3, 32, 32))
@@ -200,9 +207,12 @@ def test_batch_equals_single_images() -> None:
 
 
 def test_refusals_are_one_line() -> None:
-    """Rectified-flow priors and impossible grids are refused in one line before any network pass."""
+    """Rectified-flow priors, a σ_max above the prior's noisiest table level (the pixel default 100 on SD's table,
+    where the nearest-level lookup would silently use t = 999), and impossible grids are refused in one line before
+    any network pass."""
     cases = [
         (lambda: DAPS().check_prior(GaussianFlowPrior()), "rectified-flow"),
+        (lambda: DAPS(sigma_max=100.0).check_prior(GaussianPrior()), "σ̄_T = 14.6"),
         (lambda: DAPS(mcmc="mh"), "solver.mcmc"),
         (lambda: DAPS(sigma_min=200.0), "sigma_min"),
         (lambda: DAPS(tau=0.0), "solver.tau"),
@@ -220,7 +230,7 @@ def test_fits_the_measurement_better_than_ddim() -> None:
     sign or scale."""
     prior = GaussianPrior(dtype="float64")
     operator, y = problem(32)
-    out = DAPS(annealing_steps=50, ode_steps=2, tau=None).solve(
+    out = DAPS(annealing_steps=50, ode_steps=2, tau=None, sigma_max=10.0).solve(
         y, operator, prior, ["gray"], generators(), (1, 3, 32, 32)
     )
     sample = DDIMSolver(num_steps=20, guidance_scale=1.0).solve(None, None, prior, ["gray"], generators(), out.shape)
@@ -238,16 +248,18 @@ def test_calibration_against_the_exact_posterior() -> None:
 
     prior = GaussianPrior(pixel_std=CALIBRATION_PIXEL_STD, dtype="float64").load("cpu")
     operator = gaussian_deblur(kernel_size=15, kernel_sigma=2.0, padding="circular")
-    result = calibrate(DAPS(annealing_steps=50, ode_steps=2, tau=None), make_problem(operator, 2, 32, 3, prior))
+    result = calibrate(
+        DAPS(annealing_steps=50, ode_steps=2, tau=None, sigma_max=10.0), make_problem(operator, 2, 32, 3, prior)
+    )
     assert result.mse_ratio <= 2.0 and 0.5 <= result.spread_ratio <= 1.5
     assert result.bias2 < result.adjoint_bias2
 
 
-@pytest.mark.parametrize("model", ["tiny_sdxl", "tiny_v"])
-def test_latent_daps_runs_on_the_new_latent_priors(model: str) -> None:
-    """LatentDAPS at ``solver=latent_daps`` (3 levels, 4 HMC steps) on the tiny SDXL and SD 2.1-v builds: a finite
-    image that fits y better than the same loop with a vanishing MCMC step (the prior alone). Catches a latent
-    likelihood that ignores y on the two-encoder or v-prediction priors."""
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl", "tiny_v"])
+def test_latent_daps_fits_y_on_the_latent_priors(model: str) -> None:
+    """LatentDAPS at ``solver=latent_daps`` (3 levels, 4 HMC steps) on the tiny SD 1.5, SDXL and SD 2.1-v builds: a
+    finite image that fits y better than the same loop with a vanishing MCMC step (the prior alone). Catches a latent
+    likelihood that ignores y on SD 1.5, the two-encoder or the v-prediction priors."""
     from hydra.utils import instantiate
 
     from tests.test_configs import compose_with
@@ -262,3 +274,44 @@ def test_latent_daps_runs_on_the_new_latent_priors(model: str) -> None:
         assert torch.isfinite(out).all()
         fits.append(float((operator(out.double()) - y).norm()))
     assert fits[0] < fits[1]
+
+
+# --- presets -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "grid"),
+    [
+        (["solver=daps"], (200, 5, 100)),
+        (["solver=daps", "+solver/budget=daps_100", "task=motion_deblur"], (50, 2, 100)),
+        (["solver=latent_daps", "model=tiny"], (50, 2, 40)),
+        (["solver=latent_daps", "model=tiny", "+solver/budget=daps_1k", "task=inpaint_box"], (200, 5, 58)),
+    ],
+)
+def test_budget_presets_compose(overrides: list[str], grid: tuple[int, int, int]) -> None:
+    """``+solver/budget=daps_100|daps_1k`` set the paper's grids (annealing levels × ODE steps = 50 × 2 and 200 × 5)
+    on top of the solver's and the task's values, and keep the task's MCMC steps (box inpainting's 58 on SD). Catches
+    a preset that lands outside ``solver`` or is overridden by the per-task file."""
+    from tests.test_configs import compose_with
+
+    solver = compose_with(*overrides).solver
+    assert (solver.annealing_steps, solver.ode_steps, solver.mcmc_steps) == grid
+
+
+@pytest.mark.parametrize("table", ["linear", "scaled_linear"])
+def test_nearest_table_level_is_within_2_5_percent_over_the_annealing_range(table: str) -> None:
+    """The module docstring's departure bound: on ADM's linear and SD's scaled-linear DDPM tables the nearest table
+    level σ̄_t of every σ in the annealing range [0.1, 100] (capped at σ̄_999) is within 2.5 % of σ, while below it (the
+    ODE's last inner points) the error grows past 15 %. Catches a level lookup in ᾱ instead of σ̄, or a docstring
+    whose bound is wrong."""
+    from treg_exp.models.schedule import NoiseSchedule
+    from treg_exp.solvers.core import timestep_for_sigma
+
+    schedule = getattr(NoiseSchedule, table)()
+    alphas = schedule.alphas_cumprod.double()
+    levels = ((1 - alphas) / alphas).sqrt()
+
+    def worst(low: float, high: float) -> float:
+        sigmas = torch.logspace(torch.tensor(low).log10(), torch.tensor(high).log10(), 400, dtype=torch.float64)
+        return max(abs(float(levels[timestep_for_sigma(schedule, float(s))[0]]) / float(s) - 1) for s in sigmas)
+
+    assert worst(0.1, min(100.0, float(levels[-1]))) < 0.025
+    assert worst(float(levels[0]), 0.1) > 0.15

@@ -26,13 +26,19 @@ elementwise (``LatentWrapper.gradient``), the ODE's denoiser with CFG between ``
 The denoiser of our VP (DDPM-table) priors at an EDM level σ: ``D(x; σ) = x − σ̄_t·ε̂(√ᾱ_t·x, t)`` at the table's
 timestep t whose ``σ̄_t = √((1−ᾱ_t)/ᾱ_t)`` is nearest σ (:func:`treg_exp.solvers.core.edm_denoise`, as RED's
 denoiser level). Departure: the official wrappers evaluate the network at the continuous time of a β-line between
-table points (``VPPrecond``: ``c_noise = 999·t(σ)``); with 1000 levels the nearest σ̄_t is within a few per cent of σ
-in the annealed range. The Euler coefficients use the grid's own σ. Other departures: noise is drawn per image from
-its generator (the code: the global RNG); a NaN sample is not replaced by zeros (the code's early stop); pixel
-priors only run with an ε/v table (rectified-flow priors are refused in one line).
+table points (``VPPrecond``: ``c_noise = 999·t(σ)``); with 1000 levels the nearest σ̄_t is within 2.5 % of σ over
+the annealing range [0.1, 100] on ADM's and SD's tables, 15–20 % off at the ODE's inner points below 0.1, and the
+level σ̄_0 (0.01 ADM, 0.029 SD) for any σ below it (``tests/test_daps.py``). The Euler coefficients use the grid's
+own σ. The SD code's wrapper also runs at 512 px and resizes the decoded image bilinearly to 256 before ``A`` (ours
+decodes at the data size), uses one fixed prompt ('a natural looking image'; ours: the image's, as ``prompt=``) and
+fp16. Other departures: noise is drawn per image from its generator (the code: the global RNG); a NaN sample is not
+replaced by zeros (the code's early stop); pixel priors only run with an ε/v table (rectified-flow priors are refused
+in one line), and σ_max may not exceed the table's noisiest level σ̄_T by more than 5 % (refused in one line: the
+pixel default 100 on SD's table, σ̄_T = 14.6 — ``model=gaussian`` runs at 10, ``conf/solver_model/daps_gaussian.yaml``).
 
 Budgets (the paper's NFE = annealing steps × ODE steps): DAPS-1K = 200 × 5 (the pixel default), DAPS-100 = 50 × 2
-(the latent configs' grid): ``solver.annealing_steps`` and ``solver.ode_steps``, or ``+solver/budget=daps_100``.
+(the latent configs' grid): ``solver.annealing_steps`` and ``solver.ode_steps``, or the presets
+``+solver/budget=daps_100`` / ``+solver/budget=daps_1k`` (``conf/solver/budget/``).
 
 Cost per image: ``annealing_steps × ode_steps`` network calls (2 rows with CFG); MCMC steps need no network on pixel
 priors and one decode with its backward pass each on latent priors (plus one decode of the output).
@@ -52,12 +58,35 @@ from treg_exp.solvers import core
 from treg_exp.solvers.base import Callback, Solver
 
 MCMC_ALGORITHMS = ("langevin", "hmc")
+#: σ_max may exceed the table's top level σ̄_T by this factor (the nearest-level lookup's own error) before refusal
+TABLE_TOP_TOLERANCE = 1.05
 
 
 def edm_grid(num_steps: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> list[float]:
     """EDM's ``poly-ρ`` grid: ``num_steps + 1`` levels from ``sigma_max`` down to ``sigma_min`` (both included)."""
     a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
     return [(a + i / num_steps * (b - a)) ** rho for i in range(num_steps + 1)]
+
+
+def likelihood_gradient(
+    prior: DiffusionPrior,
+    operator: LinearOperator,
+    y: torch.Tensor,
+    x0: torch.Tensor,
+    latent: bool,
+    gradient_clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MCMC step's data term: ``(∇_x Σ_b ‖A(x_b) − y_b‖², the norms² [B])`` at ``x0`` ``[B, C, h, w]`` (through
+    the decoder ``A(D(z))`` on latent priors, the gradient clamped to ``[−c, c]`` there: the code's ``LatentWrapper``).
+    ``y`` in ``x0``'s dtype."""
+    with torch.enable_grad():
+        x_in = x0.detach().requires_grad_(True)
+        image = prior.decode(x_in).to(x0.dtype) if latent else x_in
+        losses = (operator(image).to(x0.dtype) - y).flatten(1).pow(2).sum(1)
+        (grad,) = torch.autograd.grad(losses.sum(), x_in)
+    if latent and gradient_clip is not None:
+        grad = grad.clamp(-gradient_clip, gradient_clip)
+    return grad, losses.detach()
 
 
 class DAPS(Solver):
@@ -135,6 +164,14 @@ class DAPS(Solver):
 
     def check_prior(self, prior: DiffusionPrior) -> None:
         core.require_alpha_bar_prior("DAPS", prior, "its levels are VP noise levels σ = √((1−ᾱ)/ᾱ) of a DDPM table")
+        alphas = prior.schedule.alphas_cumprod.to(torch.float64)
+        top = float(((1.0 - alphas[-1]) / alphas[-1]).sqrt())
+        if self.sigma_max > TABLE_TOP_TOLERANCE * top:
+            raise UserError(
+                f"solver.sigma_max={self.sigma_max:g} is above the prior's noisiest level σ̄_T = {top:.3g} "
+                f"({type(prior).__name__}): its network has no level there; use sigma_max <= {top:.3g} "
+                "(solver=latent_daps on latent priors: 10)"
+            )
 
     def annealing_sigmas(self) -> list[float]:
         """σ_0 … σ_N of the annealing loop: the poly-ρ grid with its last point replaced by 0."""
@@ -163,17 +200,6 @@ class DAPS(Solver):
         tau = self.tau if self.tau is not None else 2.0**0.5 * operator.sigma_y
         target = y.to(dtype)
 
-        def likelihood_gradient(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """``(∇_x Σ_b ‖A(x_b) − y_b‖², the norms² [B])`` (through the decoder on latent priors, clamped)."""
-            with torch.enable_grad():
-                x_in = x0.detach().requires_grad_(True)
-                image = prior.decode(x_in).to(dtype) if latent else x_in
-                losses = (operator(image).to(dtype) - target).flatten(1).pow(2).sum(1)
-                (grad,) = torch.autograd.grad(losses.sum(), x_in)
-            if latent and self.gradient_clip is not None:
-                grad = grad.clamp(-self.gradient_clip, self.gradient_clip)
-            return grad, losses.detach()
-
         def randn() -> torch.Tensor:
             return seeding.randn(shape[1:], generators, device=prior.device, dtype=dtype)
 
@@ -195,7 +221,7 @@ class DAPS(Solver):
                 velocity = randn() if self.mcmc == "hmc" else None
                 losses = None
                 for _ in range(self.mcmc_steps):
-                    grad, losses = likelihood_gradient(x0)
+                    grad, losses = likelihood_gradient(prior, operator, target, x0, latent, self.gradient_clip)
                     score = -grad / tau**2 + (x0_hat - x0) / sigma**2
                     noise = randn()
                     if velocity is None:
