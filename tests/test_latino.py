@@ -375,7 +375,8 @@ def test_calibration_against_the_exact_posterior() -> None:
     consistency map, 2 images × 3 seeds at 32 px of circular Gaussian deblurring and random inpainting: MSE over an
     exact posterior sample's ≤ 2 (the issue's bound), the reconstructions' mean nearer the posterior mean than
     ``Aᵀy`` is, and a spread that is neither collapsed nor blown up (``benchmarks/CALIBRATION.md``, 4 × 4 at 64 px:
-    0.955/0.896/0.021 and 1.509/1.686/0.373). Catches a data step of the wrong weight or sign and a re-noising that
+    1.309/1.406/0.231 with the per-task δ of conf/solver_task/latino_gauss_deblur.yaml, and
+    1.509/1.686/0.373). Catches a data step of the wrong weight or sign and a re-noising that
     is missing or doubled."""
     from treg_exp.operators.inpaint import Inpainting
     from treg_exp.reporting.calibration import calibrate, make_problem
