@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,13 +61,40 @@ class DiffusionPrior(nn.Module, ABC):
         """Load weights (if any) and move to ``device``. Idempotent."""
         return self.to(device)
 
+    #: the text encoders among the prior's submodules (what ``offload_text_encoders`` keeps on the CPU)
+    text_encoder_names: tuple[str, ...] = ()
+    #: keep the text encoders on the CPU and run them there (``model.offload_text_encoders``): the device holds only
+    #: the denoiser and the VAE; the conditioning is cached per prompt and moved to :attr:`device`
+    offload_text_encoders: bool = False
+
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
+        """The denoiser's device (the text encoders' may differ: :attr:`text_device`)."""
+        for name, module in self.named_children():
+            if name not in self.text_encoder_names:
+                for tensor in itertools.chain(module.parameters(), module.buffers()):
+                    return tensor.device
+        for tensor in self.buffers(recurse=False):
             return tensor.device
         return torch.device("cpu")
+
+    @property
+    def text_device(self) -> torch.device:
+        """Where the text encoders run: the CPU under ``offload_text_encoders``, else :attr:`device`."""
+        return torch.device("cpu") if self.offload_text_encoders else self.device
+
+    def to(self, *args: Any, **kwargs: Any) -> DiffusionPrior:
+        """``nn.Module.to``; under ``offload_text_encoders`` the text encoders go to the CPU instead (never through
+        the device: a T5-XXL copy there would need the memory the option saves). Priors with text encoders keep
+        every tensor in a submodule, so moving the submodules moves them all."""
+        if not self.offload_text_encoders:
+            return super().to(*args, **kwargs)
+        for name, module in self.named_children():
+            if name in self.text_encoder_names:
+                torch.nn.Module.to(module, "cpu")
+            else:
+                module.to(*args, **kwargs)
+        return self
 
     def reset_counter(self) -> None:
         self.counter.clear()

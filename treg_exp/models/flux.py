@@ -73,9 +73,11 @@ class FluxPrior(SD3Prior):
         guidance_scale: the distilled guidance embedding of [dev] (3.5); ignored by a transformer without one
             ([schnell]).
         t5_max_length: T5 tokens (FluxPipeline: 512; [schnell]: 256).
-        dtype, local_files_only, cache_dir, gradient_checkpointing, vae_slicing, vae_tiling, revision: as for
-            :class:`~treg_exp.models.sd3.SD3Prior`.
+        dtype, local_files_only, cache_dir, gradient_checkpointing, offload_text_encoders, vae_slicing, vae_tiling,
+            revision: as for :class:`~treg_exp.models.sd3.SD3Prior`.
     """
+
+    text_encoder_names = ("text_encoder_1", "text_encoder_2")
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class FluxPrior(SD3Prior):
         cache_dir: str | os.PathLike | None = None,
         t5_max_length: int = 512,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
         vae_slicing: bool = True,
         vae_tiling: bool = False,
         revision: str | None = None,
@@ -98,6 +101,7 @@ class FluxPrior(SD3Prior):
             use_t5=True,
             t5_max_length=t5_max_length,
             gradient_checkpointing=gradient_checkpointing,
+            offload_text_encoders=offload_text_encoders,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
             revision=revision,
@@ -180,7 +184,7 @@ class FluxPrior(SD3Prior):
         tokenizer = self.tokenizers[0]
         ids = tokenizer(
             prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
+        ).input_ids.to(self.text_device)
         pooled = self.text_encoder_1(ids).pooler_output
         t5 = self.text_encoder_2(self._t5_ids(self.tokenizers[1], prompts))[0].to(pooled.dtype)
         return pack_pooled(t5, pooled)
@@ -262,7 +266,8 @@ class RandomFluxPrior(FluxPrior):
 
     Args:
         variant: ``dev`` (guidance embedding, μ-shifted grid) or ``schnell`` (neither).
-        seed: weight seed; guidance_scale, dtype, gradient_checkpointing: as for :class:`FluxPrior`.
+        seed: weight seed.
+        guidance_scale, dtype, gradient_checkpointing, offload_text_encoders: as for :class:`FluxPrior`.
         t5_max_length: T5 tokens (16 at toy size).
     """
 
@@ -274,6 +279,7 @@ class RandomFluxPrior(FluxPrior):
         dtype: str | torch.dtype = "float32",
         t5_max_length: int = 16,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
     ) -> None:
         if variant not in ("dev", "schnell"):
             raise UserError(f"model.variant must be dev or schnell, got {variant!r}")
@@ -284,6 +290,7 @@ class RandomFluxPrior(FluxPrior):
             local_files_only=True,
             t5_max_length=t5_max_length,
             gradient_checkpointing=gradient_checkpointing,
+            offload_text_encoders=offload_text_encoders,
             vae_slicing=False,
         )
         self.variant = variant

@@ -52,11 +52,14 @@ class SD3Prior(DiffusionPrior):
             pipeline without ``text_encoder_3``.
         t5_max_length: T5 tokens (diffusers' pipeline: 256; FlowDPS: 77).
         gradient_checkpointing: on the transformer and the VAE (solvers that backpropagate through them).
+        offload_text_encoders: keep the CLIP / T5 encoders on the CPU and encode prompts there (the device holds the
+            transformer and the VAE only; the conditioning is cached per prompt, as without offload).
         vae_slicing, vae_tiling: diffusers' VAE slicing (one image at a time) and tiling (seams blended).
         revision: Hub revision of ``model_id``.
     """
 
     prediction_type = "flow"
+    text_encoder_names = ("text_encoder_1", "text_encoder_2", "text_encoder_3")
     latent_channels = 16
     latent_factor = 8
 
@@ -69,6 +72,7 @@ class SD3Prior(DiffusionPrior):
         use_t5: bool = True,
         t5_max_length: int = 256,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
         vae_slicing: bool = True,
         vae_tiling: bool = False,
         revision: str | None = None,
@@ -83,6 +87,7 @@ class SD3Prior(DiffusionPrior):
         self.use_t5 = bool(use_t5)
         self.t5_max_length = int(t5_max_length)
         self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.offload_text_encoders = bool(offload_text_encoders)
         self.vae_slicing = bool(vae_slicing)
         self.vae_tiling = bool(vae_tiling)
         self.revision = revision
@@ -266,7 +271,7 @@ class SD3Prior(DiffusionPrior):
         tokenizer, encoder = self.tokenizers[index], getattr(self, f"text_encoder_{index + 1}")
         ids = tokenizer(
             prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
+        ).input_ids.to(self.text_device)
         out = encoder(ids, output_hidden_states=True)
         return out.hidden_states[-2], out.text_embeds
 
@@ -299,10 +304,10 @@ class SD3Prior(DiffusionPrior):
         return pack_pooled(torch.cat([clip, t5], dim=1), torch.cat([pooled_l, pooled_g], dim=-1))
 
     def _t5_ids(self, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
-        """T5 token ids ``[n, t5_max_length]`` (padded to the maximum length, truncated), on the prior's device."""
+        """T5 token ids ``[n, t5_max_length]`` (padded to the maximum length, truncated), on :attr:`text_device`."""
         return tokenizer(
             prompts, padding="max_length", max_length=self.t5_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
+        ).input_ids.to(self.text_device)
 
 
 #: Random-weight architectures: ``tiny`` (toy widths, 64-px images) and ``sd35_medium`` (SD3.5 medium's transformer,
@@ -427,6 +432,7 @@ class RandomSD3Prior(SD3Prior):
         seed: int = 0,
         dtype: str | torch.dtype = "float32",
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
         vae_slicing: bool = False,
         vae_tiling: bool = False,
     ) -> None:
@@ -439,6 +445,7 @@ class RandomSD3Prior(SD3Prior):
             use_t5=False,
             t5_max_length=RANDOM_ARCHITECTURES[architecture]["t5_max_length"],
             gradient_checkpointing=gradient_checkpointing,
+            offload_text_encoders=offload_text_encoders,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
         )

@@ -64,6 +64,7 @@ class SDXLPrior(StableDiffusionPrior):
     """
 
     network_names = (*StableDiffusionPrior.network_names, "text_encoder_2", "image_encoder_2")
+    text_encoder_names = ("text_encoder", "text_encoder_2")
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class SDXLPrior(StableDiffusionPrior):
         clip_image_model_2: str | None = None,
         zero_empty_prompt: bool = True,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
         revision: str | None = None,
         variant: str | None = None,
         vae_slicing: bool = True,
@@ -94,6 +96,7 @@ class SDXLPrior(StableDiffusionPrior):
             cache_dir=cache_dir,
             clip_image_model=clip_image_model,
             gradient_checkpointing=gradient_checkpointing,
+            offload_text_encoders=offload_text_encoders,
             revision=revision,
             variant=variant,
             vae_slicing=vae_slicing,
@@ -418,7 +421,8 @@ class RandomSDXLPrior(SDXLPrior):
     Args:
         architecture: ``tiny`` (tests) or ``sdxl`` (SDXL base's full size, benchmarks).
         seed: weight seed (the same seed gives the same model).
-        dtype, vae_dtype, gradient_checkpointing, vae_slicing, vae_tiling: as for :class:`SDXLPrior`.
+        dtype, vae_dtype, gradient_checkpointing, offload_text_encoders, vae_slicing, vae_tiling: as for
+            :class:`SDXLPrior`.
         lora: ``random`` (a random LoRA of the UNet from ``seed``, loaded back through the real loader), a LoRA
             folder, or ``None``.
         unet_weights: a UNet state-dict file replacing the random UNet's weights (as :class:`SDXLPrior`'s).
@@ -431,6 +435,7 @@ class RandomSDXLPrior(SDXLPrior):
         dtype: str | torch.dtype = "float32",
         vae_dtype: str | torch.dtype | None = None,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         lora: str | None = None,
@@ -446,6 +451,7 @@ class RandomSDXLPrior(SDXLPrior):
             clip_image_model="random" if ARCHITECTURES[architecture]["vision_size"] else None,
             clip_image_model_2="random" if ARCHITECTURES[architecture]["vision_size"] else None,
             gradient_checkpointing=gradient_checkpointing,
+            offload_text_encoders=offload_text_encoders,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
             lora=lora,

@@ -117,6 +117,8 @@ class StableDiffusionPrior(DiffusionPrior):
         clip_image_model: Hub id or local directory of a transformers ``CLIPVisionModelWithProjection`` for
             :meth:`embed_image` (``openai/clip-vit-large-patch14`` for SD 1.x); ``None``: no image tower.
         gradient_checkpointing: enable it on the UNet and the VAE (for solvers that backpropagate through them).
+        offload_text_encoders: keep the text encoders on the CPU and encode prompts there (the device holds the
+            UNet and the VAE only; the conditioning is cached per prompt, as without offload).
         revision: Hub revision of ``model_id``.
         variant: weight variant of ``model_id`` (e.g. ``fp16``), for the UNet, VAE and text encoder.
         vae_slicing: decode/encode a batch one image at a time (diffusers' VAE slicing): the VAE's activation
@@ -138,6 +140,7 @@ class StableDiffusionPrior(DiffusionPrior):
     latent_factor = 8
     #: the networks :meth:`_install` adopts (frozen, eval mode, cast) from the loaded parts
     network_names: tuple[str, ...] = ("unet", "vae", "text_encoder", "image_encoder")
+    text_encoder_names: tuple[str, ...] = ("text_encoder",)
 
     def __init__(
         self,
@@ -147,6 +150,7 @@ class StableDiffusionPrior(DiffusionPrior):
         cache_dir: str | os.PathLike | None = None,
         clip_image_model: str | None = None,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
         revision: str | None = None,
         variant: str | None = None,
         vae_slicing: bool = True,
@@ -168,6 +172,7 @@ class StableDiffusionPrior(DiffusionPrior):
         self.cache_dir = None if cache_dir in (None, "") else str(cache_dir)
         self.clip_image_model = None if clip_image_model in (None, "") else str(clip_image_model)
         self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.offload_text_encoders = bool(offload_text_encoders)
         self.revision = revision
         self.variant = variant
         self.vae_slicing = bool(vae_slicing)
@@ -450,14 +455,14 @@ class StableDiffusionPrior(DiffusionPrior):
         )
 
     def token_ids(self, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
-        """``[B, model_max_length]`` token ids on the prior's device, padded and truncated as diffusers pads them."""
+        """``[B, model_max_length]`` token ids on :attr:`text_device`, padded and truncated as diffusers pads them."""
         return tokenizer(
             list(prompts),
             padding="max_length",
             max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(self.device)
+        ).input_ids.to(self.text_device)
 
     def cached_embeddings(self, prompts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         """``[B, ...]``: the rows ``encode(prompts)`` would return, in :attr:`state_dtype`, each distinct prompt encoded

@@ -248,7 +248,7 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         seed: weight seed (the same seed gives the same model).
         prediction_type: ``epsilon`` (SD 1.x) or ``v_prediction`` (SD 2.1-768's parameterisation), written into the
             scheduler config that the prior reads like a real model's.
-        gradient_checkpointing, vae_slicing, vae_tiling, channels_last, compile_mode: as for
+        gradient_checkpointing, offload_text_encoders, vae_slicing, vae_tiling, channels_last, compile_mode: as for
             :class:`StableDiffusionPrior`.
         lora: ``random`` (a random LoRA of the UNet from ``seed``, :func:`~treg_exp.models.stable_diffusion.
             save_random_lora`, loaded back through the real loader), a LoRA folder, or ``None``.
@@ -259,6 +259,7 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
         dtype: str | torch.dtype = "float32",
         seed: int = 0,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
         architecture: str = "tiny",
         vae_slicing: bool = True,
         vae_tiling: bool = False,
@@ -277,6 +278,7 @@ class TinyStableDiffusionPrior(StableDiffusionPrior):
             local_files_only=True,
             clip_image_model="tiny",
             gradient_checkpointing=gradient_checkpointing,
+            offload_text_encoders=offload_text_encoders,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
             channels_last=channels_last,
