@@ -45,7 +45,8 @@ bench: $(STAMP)
 
 # SDXL's full-size architecture (random weights) at 1024 px: pass seconds, TReg DC-step memory (7 GiB, minutes).
 bench-large: $(STAMP)
-	$(PY) benchmarks/large_priors.py
+	$(PY) benchmarks/large_priors.py --model sdxl_random
+	$(PY) benchmarks/large_priors.py --model sd35_medium_random
 
 # Every solver against the exact posterior on the Gaussian prior: writes benchmarks/CALIBRATION.md (a few minutes).
 calibration: $(STAMP)
