@@ -43,7 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py
 
-# SDXL's full-size architecture (random weights) at 1024 px: pass seconds, TReg DC-step memory (7 GiB, minutes).
+# SDXL and SD3.5-medium full-size architectures (random weights) at 1024 px: pass seconds, DC- and LDPS-step memory (minutes).
 bench-large: $(STAMP)
 	$(PY) benchmarks/large_priors.py --model sdxl_random
 	$(PY) benchmarks/large_priors.py --model sd35_medium_random
