@@ -405,11 +405,16 @@ def test_killed_sweep_resumes_and_treg_table(tmp_path):
     )
     sweep_dir = tmp_path / ("treg_table1_sr16+" + ",".join(sorted(o for o in FAST if not o.startswith("data.limit"))))
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(sweep_dir.glob("*/*/*/recon/*.png")):
+    while time.monotonic() < deadline and not list(sweep_dir.glob("*/*/*/rows/*.json")):
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    finished = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/*/*/recon/*.png")}
+    # finished = recorded in rows/ (the row is written after the image's PNG: a PNG without its row is redone)
+    finished = {
+        png: png.stat().st_mtime_ns
+        for row in sweep_dir.glob("*/*/*/rows/*.json")
+        if (png := row.parent.parent / "recon" / f"{row.stem}.png").exists()
+    }
     assert finished, "the sweep was killed before it finished an image"
     result = run_cli(*args[2:])
     assert result.returncode == 0, result.stderr[-3000:]
