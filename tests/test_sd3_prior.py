@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
+from tests._latent_problems import blurred_problem, run_solver
 from treg_exp.common import seeding
 from treg_exp.common.errors import UserError
 from treg_exp.models.sd3 import RandomSD3Prior
-from treg_exp.operators.blur import gaussian_deblur
 from treg_exp.solvers.ddim import DDIMSolver
 
 PROMPTS = ["a photo of the astronaut", "a cup of coffee"]
@@ -91,16 +91,8 @@ def test_flow_sampler_matches_stable_diffusion_3_pipeline(prior, pipeline) -> No
     assert prior.counter["unet_calls"] == STEPS and prior.counter["unet_rows"] == 4 * STEPS
 
 
-def _problem(prior):
-    operator = gaussian_deblur(kernel_size=9, kernel_sigma=2.0)
-    gen = torch.Generator().manual_seed(5)
-    x = (torch.rand(1, 3, SIZE, SIZE, generator=gen) * 2 - 1).clamp(-0.9, 0.9)
-    return operator, operator(x) + 0.01 * torch.randn(operator(x).shape, generator=gen)
-
-
 def _run(solver, prior, y, operator, callback=None):
-    generators = seeding.batch_generators(0, ["img"], seeding.SOLVER)
-    return solver.solve(y, operator, prior, ["a photo"], generators, (1, 3, SIZE, SIZE), callback)
+    return run_solver(solver, prior, y, operator, SIZE, callback)
 
 
 def _compose(overrides):
@@ -117,7 +109,7 @@ def test_latent_family_runs_on_the_flow_prior(prior, name: str) -> None:
     defined on flow priors). With ``step_size=0`` (and no gluing term) it is exactly the flow sampler
     (``solver=ddim``: the family's (ẑ0, ε̂) and step are the core's), and its gradient step moves the result (the
     measurement is used)."""
-    operator, y = _problem(prior)
+    operator, y = blurred_problem(SIZE)
     extra = ["solver.sampler=ddim"] if name == "dps" else []
     base = ["solver.num_steps=4", "solver.output=latent", "solver.cfg_scale=0.0", *extra]
     off = ["solver.step_size=0.0"] + (["solver.gluing_weight=0.0"] if name in ("gml_dps", "psld") else [])
@@ -133,7 +125,7 @@ def test_treg_and_p2l_run_on_the_flow_prior(prior) -> None:
     """TReg (AN off: no image tower) on tiny_sd3: every DC step's CG lowers ‖A x̂ − y‖ (the data step acts on the
     flow prior's decoded ẑ0); P2L runs its prompt tuning through the transformer (the tuned ``c`` moves). Asking
     for adaptive negation is one line, before any network pass."""
-    operator, y = _problem(prior)
+    operator, y = blurred_problem(SIZE)
     values: list[dict] = []
     treg = _compose(["solver=treg", "solver.num_steps=6", "solver.cfg_scale=2.0"])  # AN off: solver_model preset
     out = _run(treg, prior, y, operator, lambda i, v: values.append(v))
@@ -150,7 +142,7 @@ def test_treg_and_p2l_run_on_the_flow_prior(prior) -> None:
 
 def test_resample_refuses_the_flow_prior(prior) -> None:
     """ReSample is written in ᾱ: on an SD3 prior it stops with one line before any network pass."""
-    operator, y = _problem(prior)
+    operator, y = blurred_problem(SIZE)
     prior.reset_counter()
     with pytest.raises(UserError, match="not defined for rectified-flow priors"):
         _run(_compose(["solver=resample", "solver.num_steps=4"]), prior, y, operator)

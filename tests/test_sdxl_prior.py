@@ -10,12 +10,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
+from tests._latent_problems import blurred_problem, run_solver
 from tests.test_flow import compose
 from treg_exp.common import seeding
 from treg_exp.common.batch import batch_norm
 from treg_exp.common.errors import UserError, WeightsNotFoundError
 from treg_exp.models.sdxl import RandomSDXLPrior, SDXLPrior
-from treg_exp.operators.blur import gaussian_deblur
 from treg_exp.solvers.ddim import DDIMSolver
 
 PROMPTS = ["a photo of the astronaut", "a cup of coffee"]
@@ -96,16 +96,8 @@ def test_ddim_matches_stable_diffusion_xl_pipeline(prior, pipeline) -> None:
     assert prior.counter["unet_calls"] == steps and prior.counter["unet_rows"] == 4 * steps
 
 
-def _problem():
-    operator = gaussian_deblur(kernel_size=9, kernel_sigma=2.0)
-    gen = torch.Generator().manual_seed(5)
-    x = (torch.rand(1, 3, SIZE, SIZE, generator=gen) * 2 - 1).clamp(-0.9, 0.9)
-    return operator, operator(x) + 0.01 * torch.randn(operator(x).shape, generator=gen)
-
-
 def _run(solver, prior, y, operator, callback=None):
-    generators = seeding.batch_generators(0, ["img"], seeding.SOLVER)
-    return solver.solve(y, operator, prior, ["a photo"], generators, (1, 3, SIZE, SIZE), callback)
+    return run_solver(solver, prior, y, operator, SIZE, callback)
 
 
 def _solver(overrides):
@@ -117,7 +109,7 @@ def _solver(overrides):
 def _unconditional_residual(prior, solver=None) -> torch.Tensor:
     """``‖A x − y‖`` of a sample that ignores ``y``: ``solver`` without its measurement step, or the prior's own DDIM
     sample (4 steps)."""
-    operator, y = _problem()
+    operator, y = blurred_problem(SIZE)
     solver = solver or DDIMSolver(num_steps=4, guidance_scale=0.0, null_prompt="")
     return batch_norm(operator(_run(solver, prior, y if solver.__class__ is not DDIMSolver else None, operator)) - y)
 
@@ -142,7 +134,7 @@ def test_latent_family_fits_the_measurement_on_sdxl(prior, unconditional_residua
     """Each latent method runs on tiny_sdxl (a few steps, CFG through the pooled conditioning) and its output fits
     ``y`` better than a sample that ignores ``y`` (the prior's DDIM sample; for DPS, whose DDPM steps draw their own
     noise, DPS itself with ζ = 0): a method that ignored the measurement would not."""
-    operator, y = _problem()
+    operator, y = blurred_problem(SIZE)
     out = _run(_solver([f"solver={name}", *SOLVERS[name]]), prior, y, operator)
     residual = batch_norm(operator(out) - y)
     if name == "dps":
@@ -156,7 +148,7 @@ def test_treg_with_adaptive_negation_on_sdxl(prior, unconditional_residual) -> N
     """TReg with adaptive negation on tiny_sdxl (both image towers, ``[f̂_L ; f̂_G]`` against ``c_∅``'s rows): every
     DC step's CG lowers ‖A x̂ − y‖, every AN update lowers its loss and moves ``c_∅`` (hidden states and pooled row),
     and the output fits ``y`` better than the unconditional sample."""
-    operator, y = _problem()
+    operator, y = blurred_problem(SIZE)
     values: list[dict] = []
     treg = _solver(["solver=treg", "solver.num_steps=6", "solver.cfg_scale=2.0"])
     out = _run(treg, prior, y, operator, lambda i, v: values.append(v))
